@@ -1,0 +1,113 @@
+//! # focusllm-backends
+//!
+//! Which burn backend runs focusllm. Cargo features choose what is compiled in:
+//! `cpu` (default: burn's `flex` backend, pure Rust with SIMD and threads), `wgpu`
+//! (Vulkan / Metal / DX12 through burn-wgpu) and `cuda` (NVIDIA, through burn-cuda).
+//!
+//! Library code stays generic over `B: Backend`; this crate gives the concrete types and a small
+//! runtime chooser ([`BackendKind`]) for command-line programs.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The CPU backend (burn `flex`, f32).
+#[cfg(feature = "cpu")]
+pub type Cpu = burn::backend::Flex;
+
+/// The wgpu backend (f32).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+
+/// The CUDA backend (f32).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// A backend named at run time (e.g. by `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn `flex` on the CPU.
+    Cpu,
+    /// burn `wgpu` (Vulkan, Metal, DX12).
+    Wgpu,
+    /// burn `cuda`.
+    Cuda,
+}
+
+/// A backend that cannot be used: unknown name, or not compiled in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The name is not one of `cpu`, `wgpu`, `cuda`.
+    #[error("unknown backend `{0}` (expected cpu, wgpu or cuda)")]
+    Unknown(String),
+    /// The backend's cargo feature was not enabled at build time.
+    #[error("backend `{kind}` is not compiled in: rebuild with `--features {feature}`")]
+    NotCompiled {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+}
+
+impl BackendKind {
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Self::Cpu => cfg!(feature = "cpu"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// Errors with the feature to enable when the backend is not compiled in.
+    pub fn ensure_compiled(self) -> Result<Self, BackendError> {
+        if self.is_compiled() {
+            Ok(self)
+        } else {
+            Err(BackendError::NotCompiled { kind: self, feature: self.feature() })
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.feature())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "wgpu" | "vulkan" | "metal" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(BackendError::Unknown(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_missing_features_are_named() {
+        assert_eq!("CPU".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
+        assert!(matches!("tpu".parse::<BackendKind>(), Err(BackendError::Unknown(_))));
+        if !cfg!(feature = "cuda") {
+            let err = BackendKind::Cuda.ensure_compiled().unwrap_err();
+            assert!(err.to_string().contains("--features cuda"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The engine's error type.
+
+/// What can go wrong while planning, decoding or sampling. Public APIs of `focusllm-core` return it.
+#[derive(Debug, thiserror::Error)]
+pub enum FocusError {
+    /// A configuration value is out of range (the field and the reason are named).
+    #[error("invalid config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The field at fault.
+        field: &'static str,
+        /// Why its value is rejected.
+        reason: String,
+    },
+    /// The input holds no tokens.
+    #[error("empty input: at least one token is needed")]
+    EmptyInput,
+    /// A token id is not in the model's vocabulary.
+    #[error("token id {id} at input position {position} is out of the vocabulary (size {vocab})")]
+    TokenOutOfVocab {
+        /// The offending id.
+        id: u32,
+        /// Where it occurs in the sequence handed to the engine.
+        position: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The work was cancelled through a [`crate::CancelToken`].
+    #[error("cancelled by the caller")]
+    Cancelled,
+    /// `step` or `generate` was called before `prefill`.
+    #[error("no prompt: call `prefill` before `step`")]
+    NotPrefilled,
+    /// The sampler got logits it cannot sample from (empty, or all NaN).
+    #[error("cannot sample: {0}")]
+    Sampling(String),
+    /// A decoder (model implementation) failed.
+    #[error("decoder: {0}")]
+    Decoder(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = FocusError> = std::result::Result<T, E>;
+
+/// Checks that every id is inside the vocabulary.
+pub fn check_vocab(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= vocab) {
+        Some(position) => Err(FocusError::TokenOutOfVocab { id: ids[position], position, vocab }),
+        None => Ok(()),
+    }
+}

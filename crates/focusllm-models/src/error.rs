@@ -1,0 +1,95 @@
+//! The one error type of `focusllm-models`: every loader and model entry point returns it.
+
+use std::path::PathBuf;
+
+/// What went wrong while loading or running a model. Each variant names the file, key, tensor or
+/// shape at fault so that a user can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be opened, mapped or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A safetensors file (or its index) is truncated or malformed.
+    #[error("{path}: invalid safetensors file: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A GGUF file is truncated or malformed.
+    #[error("{path}: invalid GGUF file: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor is stored in a type this crate cannot decode.
+    #[error("{path}: tensor `{tensor}` has unsupported type {dtype}")]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The type found in the file.
+        dtype: String,
+    },
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("{path}: missing tensor `{tensor}`")]
+    MissingTensor {
+        /// The checkpoint (file or directory).
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A tensor's shape disagrees with the model configuration.
+    #[error("tensor `{tensor}` has shape {found:?}, but the config expects {expected:?}")]
+    ShapeMismatch {
+        /// The tensor's name.
+        tensor: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape found in the checkpoint.
+        found: Vec<usize>,
+    },
+    /// A configuration (`config.json` or GGUF metadata) is missing a key or has a bad value.
+    #[error("{path}: invalid model config: {reason}")]
+    Config {
+        /// The file the config came from.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The checkpoint is of an architecture this crate does not implement.
+    #[error("unsupported architecture `{arch}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The architecture named by the checkpoint.
+        arch: String,
+        /// The architectures this crate supports.
+        supported: &'static str,
+    },
+    /// The tokenizer could not be built, or failed to encode/decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A token id is not in the model's vocabulary.
+    #[error("token id {id} is out of the vocabulary (size {vocab})")]
+    TokenOutOfVocab {
+        /// The offending id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}

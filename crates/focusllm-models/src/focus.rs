@@ -1,0 +1,175 @@
+//! The Llama decoder as FocusLLM's [`LocalDecoder`] (chunk pass) and [`MainDecoder`] (main pass).
+
+use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
+use focusllm_core::{
+    CandidateCache, ChunkBatchCache, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder, ModelSpec,
+    PlainCache, Result, check_vocab,
+};
+
+use crate::llama::{ForwardInput, LlamaModel, PastKeys};
+
+/// Token used to fill left padding (any valid id: padded positions are masked).
+const PAD_ID: u32 = 0;
+
+fn logits_to_vec<B: Backend>(logits: Option<Tensor<B, 3>>) -> Result<Vec<f32>> {
+    let logits = logits.ok_or_else(|| FocusError::Decoder("forward returned no logits".into()))?;
+    logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| FocusError::Decoder(format!("reading logits: {e:?}")))
+}
+
+impl<B: Backend> LlamaModel<B> {
+    fn bool_mask(&self, data: Vec<bool>, shape: [usize; 4]) -> Tensor<B, 4, Bool> {
+        Tensor::from_data(TensorData::new(data, shape), &self.device())
+    }
+}
+
+impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
+    fn decode_chunks(&self, sequences: &[ChunkSequence]) -> Result<ChunkBatchCache<B>> {
+        let vocab = self.config().vocab_size;
+        for s in sequences {
+            if s.tokens.len() < 2 {
+                return Err(FocusError::Decoder(format!(
+                    "chunk {} has {} tokens; a chunk sequence needs context and a candidate",
+                    s.chunk_id,
+                    s.tokens.len()
+                )));
+            }
+            check_vocab(&s.tokens, vocab)?;
+        }
+        let len = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+        let left_pad: Vec<usize> = sequences.iter().map(|s| len - s.tokens.len()).collect();
+        let rows: Vec<Vec<u32>> = sequences
+            .iter()
+            .zip(&left_pad)
+            .map(|(s, &pad)| std::iter::repeat_n(PAD_ID, pad).chain(s.tokens.iter().copied()).collect())
+            .collect();
+        let positions: Vec<Vec<usize>> =
+            left_pad.iter().map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect()).collect();
+        // Padding keys are hidden from real tokens; a padding query sees only itself so that no row
+        // of the softmax is empty (an empty row gives NaN on some backends).
+        let mask = left_pad.iter().any(|&p| p > 0).then(|| {
+            let mut data = Vec::with_capacity(rows.len() * len * len);
+            for &pad in &left_pad {
+                for i in 0..len {
+                    data.extend((0..len).map(|j| j < pad && j != i));
+                }
+            }
+            self.bool_mask(data, [rows.len(), 1, len, len])
+        });
+        let out = self.forward(ForwardInput {
+            ids: self.ids_tensor(&rows),
+            positions: &positions,
+            past: None,
+            mask,
+            candidate_last: true,
+            logits_last: 0,
+        });
+        let mut raw = Vec::with_capacity(out.kv.len());
+        let mut candidates = Vec::with_capacity(out.kv.len());
+        for kv in out.kv {
+            raw.push(LayerKv { k: kv.k_rotated.narrow(2, 0, len - 1), v: kv.v.clone().narrow(2, 0, len - 1) });
+            candidates.push(LayerKv { k: kv.k_unrotated.narrow(2, len - 1, 1), v: kv.v.narrow(2, len - 1, 1) });
+        }
+        Ok(ChunkBatchCache {
+            chunk_ids: sequences.iter().map(|s| s.chunk_id).collect(),
+            raw,
+            candidates,
+            left_pad,
+        })
+    }
+
+    fn extend_chunks(&self, batch: &mut ChunkBatchCache<B>, prev: u32, new: u32) -> Result<()> {
+        check_vocab(&[prev, new], self.config().vocab_size)?;
+        let b = batch.batch_size();
+        let cached = batch.raw.first().map_or(0, LayerKv::len);
+        let rows = vec![vec![prev, new]; b];
+        let positions: Vec<Vec<usize>> =
+            batch.left_pad.iter().map(|&pad| vec![cached - pad, cached + 1 - pad]).collect();
+        let mask = batch.left_pad.iter().any(|&p| p > 0).then(|| {
+            let total = cached + 2;
+            let data = batch.left_pad.iter().flat_map(|&pad| (0..total).map(move |j| j < pad)).collect();
+            self.bool_mask(data, [b, 1, 1, total])
+        });
+        let out = self.forward(ForwardInput {
+            ids: self.ids_tensor(&rows),
+            positions: &positions,
+            past: Some((&batch.raw, PastKeys::Rotated)),
+            mask,
+            candidate_last: true,
+            logits_last: 0,
+        });
+        for (layer, kv) in out.kv.into_iter().enumerate() {
+            let raw = &mut batch.raw[layer];
+            raw.k = Tensor::cat(vec![raw.k.clone(), kv.k_rotated.narrow(2, 0, 1)], 2);
+            raw.v = Tensor::cat(vec![raw.v.clone(), kv.v.clone().narrow(2, 0, 1)], 2);
+            batch.candidates[layer] = LayerKv { k: kv.k_unrotated.narrow(2, 1, 1), v: kv.v.narrow(2, 1, 1) };
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
+    fn spec(&self) -> ModelSpec {
+        let c = self.config();
+        ModelSpec {
+            vocab_size: c.vocab_size,
+            bos_id: c.bos_token_id,
+            eos_ids: c.eos_ids(),
+            native_context: c.max_position_embeddings,
+        }
+    }
+
+    fn decode_main(&self, tokens: &[u32], past: &CandidateCache<B>) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(FocusError::EmptyInput);
+        }
+        check_vocab(tokens, self.config().vocab_size)?;
+        let c = past.len();
+        let past_positions = vec![(0..c).collect::<Vec<_>>()];
+        let positions = vec![(c..c + tokens.len()).collect::<Vec<_>>()];
+        let out = self.forward(ForwardInput {
+            ids: self.ids_tensor(&[tokens.to_vec()]),
+            positions: &positions,
+            past: (c > 0).then_some((past.layers.as_slice(), PastKeys::Unrotated(&past_positions))),
+            mask: None,
+            candidate_last: false,
+            logits_last: 1,
+        });
+        logits_to_vec(out.logits)
+    }
+
+    fn decode_plain(&self, tokens: &[u32], cache: &mut PlainCache<B>) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(FocusError::EmptyInput);
+        }
+        check_vocab(tokens, self.config().vocab_size)?;
+        let start = cache.len();
+        let positions = vec![(start..start + tokens.len()).collect::<Vec<_>>()];
+        let out = self.forward(ForwardInput {
+            ids: self.ids_tensor(&[tokens.to_vec()]),
+            positions: &positions,
+            past: (!cache.is_empty()).then_some((cache.layers.as_slice(), PastKeys::Rotated)),
+            mask: None,
+            candidate_last: false,
+            logits_last: 1,
+        });
+        let new_layers = out.kv.into_iter().map(|kv| LayerKv { k: kv.k_rotated, v: kv.v });
+        cache.layers = if cache.is_empty() {
+            new_layers.collect()
+        } else {
+            cache
+                .layers
+                .iter()
+                .zip(new_layers)
+                .map(|(old, new)| LayerKv {
+                    k: Tensor::cat(vec![old.k.clone(), new.k], 2),
+                    v: Tensor::cat(vec![old.v.clone(), new.v], 2),
+                })
+                .collect()
+        };
+        logits_to_vec(out.logits)
+    }
+}

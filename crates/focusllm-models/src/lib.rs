@@ -1,0 +1,23 @@
+//! # focusllm-models
+//!
+//! Real model families for [`focusllm_core`]: a Llama-architecture decoder (Llama 2/3, Mistral,
+//! Qwen2, SmolLM2) on any burn backend, loaders for HF safetensors directories and GGUF files, and
+//! tokenizers. The decoder implements [`focusllm_core::LocalDecoder`] and
+//! [`focusllm_core::MainDecoder`], so it plugs straight into [`focusllm_core::FocusEngine`].
+
+pub mod config;
+pub mod error;
+mod focus;
+pub mod gguf;
+pub mod llama;
+pub mod loader;
+pub mod rope;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use error::ModelError;
+pub use llama::{CandidateSource, LlamaModel};
+pub use loader::{LoadedModel, build_model, config_from_gguf, load_model};
+pub use tokenizer::Tokenizer;
+pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};

@@ -1,0 +1,200 @@
+//! Parity with the official FocusLLM implementation on the tiny models C and D
+//! (`tests/fixtures/official`): plain forward, prefill, greedy steps, perplexity, chunk structure.
+
+mod common;
+
+use common::*;
+use focusllm::core::{FocusError, GenerateOptions, Mode};
+use focusllm::models::llama::ForwardInput;
+use focusllm::models::CandidateSource;
+
+const TOL: f32 = 1e-4;
+
+fn short_forward(name: &str) {
+    let (model, dir) = official(name);
+    assert_eq!(model.candidate_source(), CandidateSource::Trained);
+    let fixture = json(&dir.join("a_short_forward.json"));
+    for case in fixture["cases"].as_array().unwrap() {
+        let mut input = ids(&case["input_ids"]);
+        if input[0] != 1 {
+            input.insert(0, 1);
+        }
+        assert_eq!(input.len() as u64, case["model_input_len"].as_u64().unwrap());
+        let positions = vec![(0..input.len()).collect::<Vec<_>>()];
+        let out = model.forward(ForwardInput {
+            ids: model.ids_tensor(&[input.clone()]),
+            positions: &positions,
+            past: None,
+            mask: None,
+            candidate_last: false,
+            logits_last: 3,
+        });
+        let logits = out.logits.unwrap().into_data().to_vec::<f32>().unwrap();
+        let vocab = model.config().vocab_size;
+        for (k, expected) in case["logits_last3"].as_array().unwrap().iter().enumerate() {
+            let got = &logits[k * vocab..(k + 1) * vocab];
+            let diff = max_abs_diff(got, &floats(expected));
+            assert!(diff < TOL, "{name} {}: position {k} max diff {diff}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn c_short_forward_matches_reference() {
+    short_forward("C");
+}
+
+#[test]
+fn d_short_forward_matches_reference() {
+    short_forward("D");
+}
+
+fn prefill(name: &str) {
+    let (model, dir) = official(name);
+    let inputs = json(&dir.join("inputs.json"));
+    let fixture = json(&dir.join("b_prefill.json"));
+    let long = ids(&inputs["long_ids"]);
+    let engine = engine(&model, official_config(&dir));
+    let plan = engine.plan(&long).unwrap().expect("chunked");
+    let structure = &fixture["structure"];
+    let chunks = structure["chunks"].as_array().unwrap();
+    assert_eq!(plan.chunks.len(), chunks.len());
+    for (got, want) in plan.chunks.iter().zip(chunks) {
+        let range = ids(&want["token_range"]);
+        assert_eq!((got.start as u32, got.end as u32), (range[0], range[1]));
+        assert_eq!(plan.chunk_sequence(&long, 0).len() > 0, true);
+    }
+    assert_eq!(plan.local.len() as u64, structure["local_len_incl_bos"].as_u64().unwrap());
+    let mut session = engine.session();
+    let logits = session.prefill(&long).unwrap();
+    assert_eq!(session.mode(), Mode::Focus { chunks: chunks.len() });
+    let diff = max_abs_diff(&logits, &floats(&fixture["final_logits"]));
+    assert!(diff < TOL, "{name}: prefill logits max diff {diff}");
+}
+
+#[test]
+fn c_prefill_matches_reference() {
+    prefill("C");
+}
+
+#[test]
+fn d_prefill_matches_reference() {
+    prefill("D");
+}
+
+fn greedy(name: &str, batch: usize) {
+    let (model, dir) = official(name);
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let fixture = json(&dir.join("c_greedy.json"));
+    let engine = engine(&model, official_config(&dir).with_chunk_batch_size(batch));
+    let mut session = engine.session();
+    let mut steps = Vec::new();
+    let options = GenerateOptions { max_tokens: 5, stop_tokens: vec![u32::MAX], ..Default::default() };
+    let generation = session
+        .generate(&long, &options, None, |t| {
+            steps.push(t.clone());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(generation.tokens, ids(&fixture["tokens"]), "{name}: greedy tokens");
+    for (k, (got, want)) in steps.iter().zip(fixture["steps"].as_array().unwrap()).enumerate() {
+        let diff = max_abs_diff(&got.logits, &floats(&want["logits"]));
+        assert!(diff < TOL, "{name}: step {k} logits max diff {diff}");
+    }
+}
+
+#[test]
+fn c_greedy_matches_reference() {
+    greedy("C", 4);
+}
+
+#[test]
+fn d_greedy_matches_reference() {
+    greedy("D", 4);
+}
+
+fn perplexity(name: &str) {
+    let (model, dir) = official(name);
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let fixture = json(&dir.join("d_ppl.json"));
+    let engine = engine(&model, official_config(&dir));
+    let report = engine.session().perplexity(&long, 128).unwrap();
+    let want = fixture["loss"].as_f64().unwrap();
+    let rel = (report.loss - want).abs() / want;
+    assert!(rel < 1e-5, "{name}: loss {} vs {want} (rel {rel})", report.loss);
+    let per_token = floats(&fixture["per_token_nll_manual_official"]);
+    let got: Vec<f32> = report.nll.iter().map(|&x| x as f32).collect();
+    assert!(max_abs_diff(&got, &per_token) < 1e-3);
+    let n_chunks = fixture["structure_of_context_prefill"]["n_chunks"].as_u64().unwrap() as usize;
+    assert_eq!(report.chunks, n_chunks);
+}
+
+#[test]
+fn c_perplexity_matches_reference() {
+    perplexity("C");
+}
+
+#[test]
+fn d_perplexity_matches_reference() {
+    perplexity("D");
+}
+
+#[test]
+fn batched_and_one_by_one_chunks_agree() {
+    // Batch 3 on C's 7 chunks puts the short last chunk with two full ones (left padding).
+    let (model, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let run = |batch: usize| {
+        let engine = engine(&model, official_config(&dir).with_chunk_batch_size(batch));
+        let mut session = engine.session();
+        let mut logits = vec![session.prefill(&long).unwrap()];
+        for t in [5u32, 17, 300] {
+            logits.push(session.step(t).unwrap());
+        }
+        logits
+    };
+    let one = run(1);
+    for batch in [3, 7] {
+        let many = run(batch);
+        for (a, b) in one.iter().zip(&many) {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-5, "batch {batch}: max diff {diff}");
+        }
+    }
+}
+
+#[test]
+fn errors_not_panics() {
+    let (model, dir) = official("D");
+    let engine = engine(&model, official_config(&dir));
+    let mut session = engine.session();
+    assert!(matches!(session.prefill(&[]), Err(FocusError::EmptyInput)));
+    assert!(matches!(session.step(3), Err(FocusError::NotPrefilled)));
+    let err = session.prefill(&[1, 5, 512]).unwrap_err();
+    assert!(matches!(err, FocusError::TokenOutOfVocab { id: 512, position: 2, vocab: 512 }), "{err}");
+    let bad = focusllm::core::FocusEngine::new(&model, &model, official_config(&dir).with_chunk_size(0));
+    assert!(matches!(bad, Err(FocusError::InvalidConfig { field: "chunk_size", .. })));
+    session.prefill(&[1, 5, 6]).unwrap();
+    assert!(matches!(session.step(9999), Err(FocusError::TokenOutOfVocab { id: 9999, .. })));
+}
+
+#[test]
+fn cancellation_stops_prefill() {
+    let (model, dir) = official("D");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let token = focusllm::core::CancelToken::new();
+    let mut seen = Vec::new();
+    let engine = engine(&model, official_config(&dir).with_chunk_batch_size(2));
+    let mut session = engine.session();
+    session.set_cancel_token(token.clone());
+    session.on_progress(|p| {
+        seen.push(p);
+        if p.done >= 4 {
+            token.cancel();
+        }
+    });
+    assert!(matches!(session.prefill(&long), Err(FocusError::Cancelled)));
+    drop(session);
+    assert!(seen.iter().all(|p| p.done <= 4), "work went on after cancellation: {seen:?}");
+    assert!(seen.iter().any(|p| p.done == 4));
+}
