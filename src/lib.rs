@@ -15,3 +15,4 @@ pub use focusllm_core as core;
 pub use focusllm_models as models;
 
 pub mod fetch;
+pub mod app;

@@ -25,7 +25,7 @@ fn short_forward(name: &str) {
             ids: model.ids_tensor(&[input.clone()]),
             positions: &positions,
             past: None,
-            mask: None,
+            left_pad: None,
             candidate_last: false,
             logits_last: 3,
         });

@@ -1,6 +1,6 @@
 //! The Llama decoder as FocusLLM's [`LocalDecoder`] (chunk pass) and [`MainDecoder`] (main pass).
 
-use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use focusllm_core::{
     CandidateCache, ChunkBatchCache, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder, ModelSpec,
     PlainCache, Result, check_vocab,
@@ -18,12 +18,6 @@ fn logits_to_vec<B: Backend>(logits: Option<Tensor<B, 3>>) -> Result<Vec<f32>> {
         .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| FocusError::Decoder(format!("reading logits: {e:?}")))
-}
-
-impl<B: Backend> LlamaModel<B> {
-    fn bool_mask(&self, data: Vec<bool>, shape: [usize; 4]) -> Tensor<B, 4, Bool> {
-        Tensor::from_data(TensorData::new(data, shape), &self.device())
-    }
 }
 
 impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
@@ -48,22 +42,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             .collect();
         let positions: Vec<Vec<usize>> =
             left_pad.iter().map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect()).collect();
-        // Padding keys are hidden from real tokens; a padding query sees only itself so that no row
-        // of the softmax is empty (an empty row gives NaN on some backends).
-        let mask = left_pad.iter().any(|&p| p > 0).then(|| {
-            let mut data = Vec::with_capacity(rows.len() * len * len);
-            for &pad in &left_pad {
-                for i in 0..len {
-                    data.extend((0..len).map(|j| j < pad && j != i));
-                }
-            }
-            self.bool_mask(data, [rows.len(), 1, len, len])
-        });
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
             past: None,
-            mask,
+            left_pad: Some(&left_pad),
             candidate_last: true,
             logits_last: 0,
         });
@@ -88,16 +71,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let rows = vec![vec![prev, new]; b];
         let positions: Vec<Vec<usize>> =
             batch.left_pad.iter().map(|&pad| vec![cached - pad, cached + 1 - pad]).collect();
-        let mask = batch.left_pad.iter().any(|&p| p > 0).then(|| {
-            let total = cached + 2;
-            let data = batch.left_pad.iter().flat_map(|&pad| (0..total).map(move |j| j < pad)).collect();
-            self.bool_mask(data, [b, 1, 1, total])
-        });
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
             past: Some((&batch.raw, PastKeys::Rotated)),
-            mask,
+            left_pad: Some(&batch.left_pad),
             candidate_last: true,
             logits_last: 0,
         });
@@ -134,7 +112,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             ids: self.ids_tensor(&[tokens.to_vec()]),
             positions: &positions,
             past: (c > 0).then_some((past.layers.as_slice(), PastKeys::Unrotated(&past_positions))),
-            mask: None,
+            left_pad: None,
             candidate_last: false,
             logits_last: 1,
         });
@@ -152,7 +130,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             ids: self.ids_tensor(&[tokens.to_vec()]),
             positions: &positions,
             past: (!cache.is_empty()).then_some((cache.layers.as_slice(), PastKeys::Rotated)),
-            mask: None,
+            left_pad: None,
             candidate_last: false,
             logits_last: 1,
         });

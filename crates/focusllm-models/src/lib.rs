@@ -5,6 +5,7 @@
 //! tokenizers. The decoder implements [`focusllm_core::LocalDecoder`] and
 //! [`focusllm_core::MainDecoder`], so it plugs straight into [`focusllm_core::FocusEngine`].
 
+mod attention;
 pub mod config;
 pub mod error;
 mod focus;

@@ -8,10 +8,10 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding};
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::module::embedding;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
+use crate::attention::AttentionPlan;
 use crate::config::LlamaConfig;
 use crate::rope::{Rope, apply_rope};
 
@@ -143,9 +143,8 @@ pub struct ForwardInput<'a, B: Backend> {
     pub positions: &'a [Vec<usize>],
     /// Past keys/values per layer, and how their keys are stored.
     pub past: Option<(&'a [PastKv<B>], PastKeys<'a>)>,
-    /// Extra mask `[batch, 1, seq, past+seq]` (or broadcastable), `true` = hidden; combined with the
-    /// causal mask.
-    pub mask: Option<Tensor<B, 4, Bool>>,
+    /// Per batch element, how many leading positions (of past ++ new) are padding to hide.
+    pub left_pad: Option<&'a [usize]>,
     /// Whether the last position is a candidate token (uses the candidate projections).
     pub candidate_last: bool,
     /// For how many of the last positions to compute next-token logits (0: none, skips the LM head).
@@ -187,15 +186,6 @@ fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Param<Tensor<B, 1>>, eps: f64)
     (x * (variance + eps).sqrt().recip()) * weight.val().unsqueeze::<3>()
 }
 
-/// `[batch, kv_heads, len, d]` -> `[batch, kv_heads * groups, len, d]` (GQA head sharing).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kvh, len, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kvh, groups, len, d]).reshape([b, kvh * groups, len, d])
-}
-
 impl<B: Backend> Attention<B> {
     #[allow(clippy::too_many_arguments)]
     fn forward(
@@ -203,31 +193,32 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         rope: (&Tensor<B, 4>, &Tensor<B, 4>),
         past: Option<(&PastKv<B>, Option<(&Tensor<B, 4>, &Tensor<B, 4>)>)>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        plan: &AttentionPlan<B>,
         candidate_last: bool,
     ) -> (Tensor<B, 3>, NewKv<B>) {
         let [b, s, _] = x.dims();
         let cand = self.candidate.as_ref();
-        let to_heads = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]).swap_dims(1, 2);
-        let q = to_heads(project(x.clone(), &self.q, cand.map(|c| &c.q), candidate_last), self.heads);
-        let k = to_heads(project(x.clone(), &self.k, cand.map(|c| &c.k), candidate_last), self.kv_heads);
-        let v = to_heads(project(x, &self.v, cand.map(|c| &c.v), candidate_last), self.kv_heads);
+        // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
+        // heads move forward for attention.
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
+        let q = split(project(x.clone(), &self.q, cand.map(|c| &c.q), candidate_last), self.heads);
+        let k = split(project(x.clone(), &self.k, cand.map(|c| &c.k), candidate_last), self.kv_heads);
+        let v = split(project(x, &self.v, cand.map(|c| &c.v), candidate_last), self.kv_heads).swap_dims(1, 2);
         let (cos, sin) = rope;
-        let q = apply_rope(q, cos, sin);
-        let k_rotated = apply_rope(k.clone(), cos, sin);
+        let q = apply_rope(q, cos, sin).swap_dims(1, 2);
+        let k_rotated = apply_rope(k.clone(), cos, sin).swap_dims(1, 2);
+        let k = k.swap_dims(1, 2);
         let (keys, values) = match past {
             Some((kv, past_rope)) => {
                 let past_k = match past_rope {
-                    Some((pc, ps)) => apply_rope(kv.k.clone(), pc, ps),
+                    Some((pc, ps)) => apply_rope(kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2),
                     None => kv.k.clone(),
                 };
                 (Tensor::cat(vec![past_k, k_rotated.clone()], 2), Tensor::cat(vec![kv.v.clone(), v.clone()], 2))
             }
             None => (k_rotated.clone(), v.clone()),
         };
-        let groups = self.heads / self.kv_heads;
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let out = attention(q, repeat_kv(keys, groups), repeat_kv(values, groups), mask, None, options);
+        let out = plan.attend(q, keys, values);
         let out = out.swap_dims(1, 2).reshape([b, s, self.heads * self.head_dim]);
         let out = project(out, &self.o, cand.map(|c| &c.o), candidate_last);
         (out, NewKv { k_unrotated: k, k_rotated, v })
@@ -294,6 +285,10 @@ impl<B: Backend> LlamaModel<B> {
             Some((_, PastKeys::Unrotated(pos))) => Some(self.rope.tables::<B>(pos, &device)),
             _ => None,
         };
+        let [batch, seq] = input.ids.dims();
+        let past_len = input.past.map_or(0, |(layers, _)| layers.first().map_or(0, |kv| kv.len()));
+        let groups = self.config.num_attention_heads / self.config.kv_heads();
+        let plan = AttentionPlan::new(batch, seq, past_len, self.config.kv_heads(), groups, input.left_pad, &device);
         let mut x = embedding(self.embed.val(), input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
@@ -303,7 +298,7 @@ impl<B: Backend> LlamaModel<B> {
                 .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
             let h = rms_norm(x.clone(), &layer.input_norm, eps);
             let (attn, new_kv) =
-                layer.attn.forward(h, (&cos, &sin), past, input.mask.clone(), input.candidate_last);
+                layer.attn.forward(h, (&cos, &sin), past, &plan, input.candidate_last);
             x = x + attn;
             let h = rms_norm(x.clone(), &layer.post_attn_norm, eps);
             x = x + layer.mlp.forward(h, input.candidate_last);

@@ -44,7 +44,8 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// cos and sin tables `[batch, 1, seq, head_dim]` for `positions` (`batch` rows of `seq`).
+    /// cos and sin tables `[batch, seq, 1, head_dim]` for `positions` (`batch` rows of `seq`), for
+/// tensors laid out `[batch, seq, heads, head_dim]`.
     pub fn tables<B: Backend>(
         &self,
         positions: &[Vec<usize>],
@@ -66,7 +67,7 @@ impl Rope {
                 sin.extend_from_slice(&s);
             }
         }
-        let shape = [batch, 1, seq, half * 2];
+        let shape = [batch, seq, 1, half * 2];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
@@ -74,7 +75,7 @@ impl Rope {
     }
 }
 
-/// Applies RoPE to `x` `[batch, heads, seq, head_dim]` with tables from [`Rope::tables`].
+/// Applies RoPE to `x` `[batch, seq, heads, head_dim]` with tables from [`Rope::tables`].
 pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let half = x.dims()[3] / 2;
     let x1 = x.clone().narrow(3, 0, half);

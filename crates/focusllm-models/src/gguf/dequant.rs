@@ -134,7 +134,10 @@ pub fn block_layout(ggml_type: u32) -> Option<BlockLayout> {
         39 => (32, 17),
         _ => return None,
     };
-    Some(BlockLayout { block_elems, block_bytes })
+    Some(BlockLayout {
+        block_elems,
+        block_bytes,
+    })
 }
 
 /// Whether [`dequantize`] can decode this ggml type.
@@ -203,17 +206,27 @@ pub fn describe_type(ggml_type: u32) -> String {
 /// Decode `n_elements` elements of ggml type `ggml_type` from `data` into `f32`.
 ///
 /// `data` must be exactly the bytes of those elements (`data_size(ggml_type, n_elements)`).
-pub fn dequantize(ggml_type: u32, data: &[u8], n_elements: usize) -> Result<Vec<f32>, DequantError> {
+pub fn dequantize(
+    ggml_type: u32,
+    data: &[u8],
+    n_elements: usize,
+) -> Result<Vec<f32>, DequantError> {
     if !is_supported(ggml_type) {
         return Err(DequantError::Unsupported(ggml_type));
     }
     let layout = block_layout(ggml_type).ok_or(DequantError::Unsupported(ggml_type))?;
     if !n_elements.is_multiple_of(layout.block_elems) {
-        return Err(DequantError::PartialBlock { n_elements, block_elems: layout.block_elems });
+        return Err(DequantError::PartialBlock {
+            n_elements,
+            block_elems: layout.block_elems,
+        });
     }
     let expected = (n_elements / layout.block_elems).checked_mul(layout.block_bytes);
     if expected != Some(data.len()) {
-        return Err(DequantError::WrongLength { expected: expected.unwrap_or(usize::MAX), found: data.len() });
+        return Err(DequantError::WrongLength {
+            expected: expected.unwrap_or(usize::MAX),
+            found: data.len(),
+        });
     }
     let mut out = vec![0.0f32; n_elements];
     match ggml_type {
@@ -246,7 +259,11 @@ fn decode_elems<const B: usize>(data: &[u8], out: &mut [f32], f: impl Fn(&[u8; B
 }
 
 /// Decode block types: `B` bytes per block, `N` elements per block.
-fn decode_blocks<const B: usize, const N: usize>(data: &[u8], out: &mut [f32], f: impl Fn(&[u8; B], &mut [f32; N])) {
+fn decode_blocks<const B: usize, const N: usize>(
+    data: &[u8],
+    out: &mut [f32],
+    f: impl Fn(&[u8; B], &mut [f32; N]),
+) {
     let (blocks, _) = data.as_chunks::<B>();
     let (outs, _) = out.as_chunks_mut::<N>();
     for (b, y) in blocks.iter().zip(outs.iter_mut()) {
@@ -390,7 +407,10 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -486,7 +506,11 @@ mod tests {
                 assert!(block_layout(t).is_some(), "type {t}");
                 assert!(type_name(t).is_some(), "type {t}");
             }
-            assert_eq!(block_layout(t).is_some(), type_name(t).is_some(), "type {t}");
+            assert_eq!(
+                block_layout(t).is_some(),
+                type_name(t).is_some(),
+                "type {t}"
+            );
         }
     }
 
@@ -494,11 +518,17 @@ mod tests {
     fn wrong_lengths_are_errors() {
         assert_eq!(
             dequantize(GGML_TYPE_Q8_0, &[0; 33], 32),
-            Err(DequantError::WrongLength { expected: 34, found: 33 })
+            Err(DequantError::WrongLength {
+                expected: 34,
+                found: 33
+            })
         );
         assert_eq!(
             dequantize(GGML_TYPE_Q4_K, &[0; 144], 100),
-            Err(DequantError::PartialBlock { n_elements: 100, block_elems: 256 })
+            Err(DequantError::PartialBlock {
+                n_elements: 100,
+                block_elems: 256
+            })
         );
         assert_eq!(dequantize(99, &[], 0), Err(DequantError::Unsupported(99)));
         // A known layout (IQ2_XXS) that this module does not decode.
@@ -524,7 +554,11 @@ mod tests {
         aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
         aux[0] = (aux[0] & k2) | ((tmp & k1) << 4);
         aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
-        let expected: Vec<i32> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|v| (v as i8) as i32 - 32).collect();
+        let expected: Vec<i32> = aux
+            .iter()
+            .flat_map(|a| a.to_le_bytes())
+            .map(|v| (v as i8) as i32 - 32)
+            .collect();
         assert_eq!(q3_k_scales(&s).to_vec(), expected);
     }
 }

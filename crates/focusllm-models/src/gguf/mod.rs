@@ -152,13 +152,20 @@ impl GgufTensorInfo {
     /// The shape in row-major (PyTorch) order: `dims` reversed. [`GgufFile::open`] has checked
     /// that every dimension, and the element count, fit in `usize`.
     pub fn shape(&self) -> Vec<usize> {
-        self.dims.iter().rev().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect()
+        self.dims
+            .iter()
+            .rev()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect()
     }
 
     /// The number of elements (1 for a tensor with no dimensions).
     pub fn n_elements(&self) -> u64 {
         // `open` rejects tensors whose element count overflows, so this saturation never bites.
-        self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX)
+        self.dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// The ggml name of the tensor's type (`"Q4_K"`), or `"type N"` for unknown ids.
@@ -205,7 +212,12 @@ impl GgufFile {
         // mapped; model files are not modified while a model is loaded from them.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
         let header = parse_header(&mmap).map_err(|reason| gguf_err(&path, reason))?;
-        let index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Self {
             path,
             version: header.version,
@@ -242,21 +254,24 @@ impl GgufFile {
     /// missing or not a non-negative integer.
     pub fn get_u64(&self, key: &str) -> Result<u64, ModelError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| self.wrong_type(key, v, "a non-negative integer"))
+        v.as_u64()
+            .ok_or_else(|| self.wrong_type(key, v, "a non-negative integer"))
     }
 
     /// The metadata value of `key` as a float (integers are converted); an error naming the key
     /// if it is missing or not a number.
     pub fn get_f64(&self, key: &str) -> Result<f64, ModelError> {
         let v = self.require(key)?;
-        v.as_f64().ok_or_else(|| self.wrong_type(key, v, "a number"))
+        v.as_f64()
+            .ok_or_else(|| self.wrong_type(key, v, "a number"))
     }
 
     /// The metadata value of `key` as a string; an error naming the key if it is missing or not
     /// a string.
     pub fn get_str(&self, key: &str) -> Result<&str, ModelError> {
         let v = self.require(key)?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, v, "a string"))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
     }
 
     /// The descriptions of all tensors, in file order.
@@ -284,14 +299,18 @@ impl GgufFile {
     /// Errors: [`ModelError::MissingTensor`] if absent, [`ModelError::UnsupportedDtype`] if its
     /// type's layout is unknown, [`ModelError::Gguf`] if its data lies outside the file.
     pub fn tensor_data(&self, name: &str) -> Result<&[u8], ModelError> {
-        let info = self.tensor_info(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_owned(),
-        })?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+            })?;
         let size = info.data_size().ok_or_else(|| self.unsupported(info))?;
         let range = tensor_range(self.data_offset, info.offset, size, self.mmap.len() as u64)
             .map_err(|reason| gguf_err(&self.path, format!("tensor `{name}`: {reason}")))?;
-        self.mmap.get(range).ok_or_else(|| gguf_err(&self.path, format!("tensor `{name}`: data out of bounds")))
+        self.mmap
+            .get(range)
+            .ok_or_else(|| gguf_err(&self.path, format!("tensor `{name}`: data out of bounds")))
     }
 
     /// Tensor `name` dequantized to `f32`, with its row-major (PyTorch-order) shape, i.e. the
@@ -303,15 +322,21 @@ impl GgufFile {
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
         let data = self.tensor_data(name)?;
         // `tensor_data` found the tensor, so this lookup succeeds; keep it fallible anyway.
-        let info = self.tensor_info(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_owned(),
-        })?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+            })?;
         if !dequant::is_supported(info.ggml_type) {
             return Err(self.unsupported(info));
         }
-        let n = usize::try_from(info.n_elements())
-            .map_err(|_| gguf_err(&self.path, format!("tensor `{name}` is too large for this platform")))?;
+        let n = usize::try_from(info.n_elements()).map_err(|_| {
+            gguf_err(
+                &self.path,
+                format!("tensor `{name}` is too large for this platform"),
+            )
+        })?;
         let values = dequant::dequantize(info.ggml_type, data, n).map_err(|e| match e {
             dequant::DequantError::Unsupported(_) => self.unsupported(info),
             other => gguf_err(&self.path, format!("tensor `{name}`: {other}")),
@@ -320,11 +345,19 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue, ModelError> {
-        self.metadata.get(key).ok_or_else(|| gguf_err(&self.path, format!("metadata key `{key}` is missing")))
+        self.metadata
+            .get(key)
+            .ok_or_else(|| gguf_err(&self.path, format!("metadata key `{key}` is missing")))
     }
 
     fn wrong_type(&self, key: &str, v: &GgufValue, expected: &str) -> ModelError {
-        gguf_err(&self.path, format!("metadata key `{key}` is a {}, expected {expected}", v.type_name()))
+        gguf_err(
+            &self.path,
+            format!(
+                "metadata key `{key}` is a {}, expected {expected}",
+                v.type_name()
+            ),
+        )
     }
 
     fn unsupported(&self, info: &GgufTensorInfo) -> ModelError {
@@ -350,7 +383,11 @@ impl GgufFile {
 /// If `data.len() != rows * cols`, or `rows` is not a multiple of `2 * n_heads` (including
 /// `n_heads == 0`). Callers check the tensor shape against the configuration first.
 pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
-    assert_eq!(Some(data.len()), rows.checked_mul(cols), "unpermute_qk_rows: data is not [rows, cols]");
+    assert_eq!(
+        Some(data.len()),
+        rows.checked_mul(cols),
+        "unpermute_qk_rows: data is not [rows, cols]"
+    );
     assert!(
         n_heads > 0 && rows.is_multiple_of(2 * n_heads),
         "unpermute_qk_rows: {rows} rows do not split into {n_heads} heads of pairs"
@@ -371,12 +408,22 @@ pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize)
 }
 
 fn gguf_err(path: &Path, reason: impl Into<String>) -> ModelError {
-    ModelError::Gguf { path: path.to_path_buf(), reason: reason.into() }
+    ModelError::Gguf {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// The byte range of a tensor's data in the file, checked against the file length.
-fn tensor_range(data_offset: u64, offset: u64, size: u64, file_len: u64) -> Result<std::ops::Range<usize>, String> {
-    let start = data_offset.checked_add(offset).ok_or("data offset overflows")?;
+fn tensor_range(
+    data_offset: u64,
+    offset: u64,
+    size: u64,
+    file_len: u64,
+) -> Result<std::ops::Range<usize>, String> {
+    let start = data_offset
+        .checked_add(offset)
+        .ok_or("data offset overflows")?;
     let end = start.checked_add(size).ok_or("data size overflows")?;
     if end > file_len {
         return Err(format!(
@@ -401,30 +448,50 @@ struct Header {
 /// Parse and validate the header in `bytes` (the whole file).
 fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     let mut r = Reader { bytes, pos: 0 };
-    let magic = r.take(4).map_err(|_| "the file is too short to be GGUF".to_owned())?;
+    let magic = r
+        .take(4)
+        .map_err(|_| "the file is too short to be GGUF".to_owned())?;
     if magic != MAGIC {
-        return Err(format!("bad magic {magic:02x?}, expected \"GGUF\" (47 47 55 46): not a GGUF file"));
+        return Err(format!(
+            "bad magic {magic:02x?}, expected \"GGUF\" (47 47 55 46): not a GGUF file"
+        ));
     }
-    let version = r.u32("version")?;
+    let version = ctx(r.u32(), || "reading the version".to_owned())?;
     match version {
         2 | 3 => {}
-        1 => return Err("GGUF version 1 is not supported (only versions 2 and 3); re-convert the model".to_owned()),
-        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-            return Err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()));
+        1 => {
+            return Err(
+                "GGUF version 1 is not supported (only versions 2 and 3); re-convert the model"
+                    .to_owned(),
+            );
         }
-        v => return Err(format!("unsupported GGUF version {v} (only versions 2 and 3 are supported)")),
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+            return Err(format!(
+                "big-endian GGUF (version {}) is not supported",
+                v.swap_bytes()
+            ));
+        }
+        v => {
+            return Err(format!(
+                "unsupported GGUF version {v} (only versions 2 and 3 are supported)"
+            ));
+        }
     }
-    let n_tensors = r.u64("tensor count")?;
-    let n_kv = r.u64("metadata count")?;
+    let n_tensors = ctx(r.u64(), || "reading the tensor count".to_owned())?;
+    let n_kv = ctx(r.u64(), || "reading the metadata count".to_owned())?;
 
     // Each key/value takes at least 13 bytes (key length, type, a 1-byte value); each tensor
     // description at least 24 (name length, n_dims, type, offset). Rejecting larger counts up
     // front keeps allocations bounded by the file size.
-    r.check_count(n_kv, 13, "metadata count")?;
+    ctx(r.check_count(n_kv, 13), || "metadata count".to_owned())?;
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
-        let key = r.string_strict(&format!("key of metadata entry {i}"))?;
-        let ty = r.u32(&format!("type of metadata key `{key}`"))?;
+        let key = ctx(r.string_strict(), || {
+            format!("reading the key of metadata entry {i}")
+        })?;
+        let ty = ctx(r.u32(), || {
+            format!("reading the type of metadata key `{key}`")
+        })?;
         let value = r.value(ty, &key, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
             return Err(format!("duplicate metadata key `{key}`"));
@@ -435,11 +502,15 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a > 0 && a.is_power_of_two() && a <= (1 << 30) => a,
-            _ => return Err(format!("bad `general.alignment` {v:?}: must be a power of two")),
+            _ => {
+                return Err(format!(
+                    "bad `general.alignment` {v:?}: must be a power of two"
+                ));
+            }
         },
     };
 
-    r.check_count(n_tensors, 24, "tensor count")?;
+    ctx(r.check_count(n_tensors, 24), || "tensor count".to_owned())?;
     let mut tensors = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for i in 0..n_tensors {
@@ -457,21 +528,38 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     let file_len = bytes.len() as u64;
     for t in &tensors {
         if t.offset % alignment != 0 {
-            return Err(format!("tensor `{}` has offset {} that is not a multiple of the alignment {alignment}", t.name, t.offset));
+            return Err(format!(
+                "tensor `{}` has offset {} that is not a multiple of the alignment {alignment}",
+                t.name, t.offset
+            ));
         }
         // Tensors of unknown type are reported when they are read: their size is unknown.
         if let Some(size) = t.data_size() {
-            tensor_range(data_offset, t.offset, size, file_len).map_err(|e| format!("tensor `{}`: {e}", t.name))?;
+            tensor_range(data_offset, t.offset, size, file_len)
+                .map_err(|e| format!("tensor `{}`: {e}", t.name))?;
         }
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
-/// A bounds-checked little-endian cursor over the file bytes. Every read fails with a message
-/// naming what was being read when the file ends first.
+/// A bounds-checked little-endian cursor over the file bytes.
+///
+/// Reads fail with a context-free message; callers add what was being read with `ctx`, whose
+/// closure only runs on failure, so that reading a 100k-entry vocabulary formats nothing.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+}
+
+/// Prefix an error with a lazily built description of what was being read.
+fn ctx<T>(r: Result<T, String>, what: impl FnOnce() -> String) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
 }
 
 impl<'a> Reader<'a> {
@@ -481,118 +569,149 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
-            return Err(format!("unexpected end of file at byte {} (needed {n} more bytes)", self.pos));
+        let out = end.and_then(|end| self.bytes.get(self.pos..end));
+        let (Some(end), Some(out)) = (end, out) else {
+            return Err(format!(
+                "unexpected end of file at byte {} (needed {n} more bytes, {} left)",
+                self.pos,
+                self.remaining()
+            ));
         };
-        let out = self.bytes.get(self.pos..end).ok_or("unexpected end of file")?;
         self.pos = end;
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        let b = self.take(N).map_err(|e| format!("reading {what}: {e}"))?;
-        b.try_into().map_err(|_| format!("reading {what}: short read"))
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let b = self.take(N)?;
+        b.try_into().map_err(|_| "short read".to_owned())
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
-        self.array(what).map(u32::from_le_bytes)
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
-        self.array(what).map(u64::from_le_bytes)
+    fn u64(&mut self) -> Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
     }
 
     /// Fail unless `count` items of at least `min_size` bytes each can fit in what remains.
-    fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<(), String> {
+    fn check_count(&self, count: u64, min_size: u64) -> Result<(), String> {
         if count.saturating_mul(min_size) > self.remaining() as u64 {
             return Err(format!(
-                "{what} {count} is impossible: the {} bytes left in the file cannot hold that many",
+                "count {count} is impossible: the {} bytes left in the file cannot hold that many",
                 self.remaining()
             ));
         }
         Ok(())
     }
 
-    fn string_bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
-        let len = self.u64(&format!("length of {what}"))?;
+    /// A GGUF string: `u64` length, then the bytes.
+    fn string_bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u64()?;
         if len > self.remaining() as u64 {
             return Err(format!(
-                "{what}: string length {len} exceeds the {} bytes left in the file",
+                "string length {len} exceeds the {} bytes left in the file",
                 self.remaining()
             ));
         }
         // Fits in usize: it is at most `remaining`.
-        let len = usize::try_from(len).map_err(|_| format!("{what}: string too long"))?;
-        self.take(len).map_err(|e| format!("reading {what}: {e}"))
+        let len = usize::try_from(len).map_err(|_| "string too long".to_owned())?;
+        self.take(len)
     }
 
     /// A string that must be valid UTF-8 (keys and tensor names).
-    fn string_strict(&mut self, what: &str) -> Result<String, String> {
-        let b = self.string_bytes(what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not valid UTF-8"))
+    fn string_strict(&mut self) -> Result<String, String> {
+        let b = self.string_bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| "not valid UTF-8".to_owned())
     }
 
     /// A value of GGUF type `ty` for metadata key `key`; `depth` counts enclosing arrays.
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<GgufValue, String> {
-        let what = || format!("value of `{key}`");
-        Ok(match ty {
-            0 => GgufValue::U8(u8::from_le_bytes(self.array(&what())?)),
-            1 => GgufValue::I8(i8::from_le_bytes(self.array(&what())?)),
-            2 => GgufValue::U16(u16::from_le_bytes(self.array(&what())?)),
-            3 => GgufValue::I16(i16::from_le_bytes(self.array(&what())?)),
-            4 => GgufValue::U32(u32::from_le_bytes(self.array(&what())?)),
-            5 => GgufValue::I32(i32::from_le_bytes(self.array(&what())?)),
-            6 => GgufValue::F32(f32::from_le_bytes(self.array(&what())?)),
-            7 => GgufValue::Bool(self.array::<1>(&what())?[0] != 0),
+        let v = match ty {
+            0 => self.array().map(|b| GgufValue::U8(u8::from_le_bytes(b))),
+            1 => self.array().map(|b| GgufValue::I8(i8::from_le_bytes(b))),
+            2 => self.array().map(|b| GgufValue::U16(u16::from_le_bytes(b))),
+            3 => self.array().map(|b| GgufValue::I16(i16::from_le_bytes(b))),
+            4 => self.array().map(|b| GgufValue::U32(u32::from_le_bytes(b))),
+            5 => self.array().map(|b| GgufValue::I32(i32::from_le_bytes(b))),
+            6 => self.array().map(|b| GgufValue::F32(f32::from_le_bytes(b))),
+            7 => self.array::<1>().map(|[b]| GgufValue::Bool(b != 0)),
             // Values (chat templates, vocabulary entries) are kept even if not valid UTF-8.
-            8 => GgufValue::String(String::from_utf8_lossy(self.string_bytes(&what())?).into_owned()),
-            9 => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(format!("`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"));
-                }
-                let elem_ty = self.u32(&format!("element type of `{key}`"))?;
-                let count = self.u64(&format!("element count of `{key}`"))?;
-                let min_size = match elem_ty {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    8 | 10..=12 => 8,
-                    9 => 12,
-                    other => return Err(format!("`{key}`: unknown array element type {other}")),
-                };
-                self.check_count(count, min_size, &format!("element count of `{key}`"))?;
-                let mut items = Vec::with_capacity(usize::try_from(count).map_err(|_| "array too long")?);
-                for _ in 0..count {
-                    items.push(self.value(elem_ty, key, depth + 1)?);
-                }
-                GgufValue::Array(items)
+            8 => self
+                .string_bytes()
+                .map(|b| GgufValue::String(String::from_utf8_lossy(b).into_owned())),
+            9 => return self.array_value(key, depth),
+            10 => self.array().map(|b| GgufValue::U64(u64::from_le_bytes(b))),
+            11 => self.array().map(|b| GgufValue::I64(i64::from_le_bytes(b))),
+            12 => self.array().map(|b| GgufValue::F64(f64::from_le_bytes(b))),
+            other => {
+                return Err(format!(
+                    "metadata key `{key}` has unknown value type {other}"
+                ));
             }
-            10 => GgufValue::U64(u64::from_le_bytes(self.array(&what())?)),
-            11 => GgufValue::I64(i64::from_le_bytes(self.array(&what())?)),
-            12 => GgufValue::F64(f64::from_le_bytes(self.array(&what())?)),
-            other => return Err(format!("metadata key `{key}` has unknown value type {other}")),
-        })
+        };
+        ctx(v, || format!("reading the value of `{key}`"))
+    }
+
+    /// An array value (after its type id) for metadata key `key`.
+    fn array_value(&mut self, key: &str, depth: usize) -> Result<GgufValue, String> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(format!(
+                "`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+            ));
+        }
+        let elem_ty = ctx(self.u32(), || {
+            format!("reading the element type of `{key}`")
+        })?;
+        let count = ctx(self.u64(), || format!("reading the length of `{key}`"))?;
+        let min_size = match elem_ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 | 10..=12 => 8,
+            9 => 12,
+            other => return Err(format!("`{key}`: unknown array element type {other}")),
+        };
+        ctx(self.check_count(count, min_size), || {
+            format!("array `{key}`")
+        })?;
+        // Bounded by the file size thanks to the check above.
+        let capacity = usize::try_from(count).map_err(|_| format!("array `{key}` is too long"))?;
+        let mut items = Vec::with_capacity(capacity);
+        for _ in 0..count {
+            items.push(self.value(elem_ty, key, depth + 1)?);
+        }
+        Ok(GgufValue::Array(items))
     }
 
     /// The description of tensor number `i`.
     fn tensor_info(&mut self, i: u64) -> Result<GgufTensorInfo, String> {
-        let name = self.string_strict(&format!("name of tensor {i}"))?;
-        let n_dims = self.u32(&format!("dimension count of tensor `{name}`"))?;
+        let name = ctx(self.string_strict(), || {
+            format!("reading the name of tensor {i}")
+        })?;
+        let what = || format!("reading the description of tensor `{name}`");
+        let n_dims = ctx(self.u32(), what)?;
         if n_dims > MAX_DIMS {
-            return Err(format!("tensor `{name}` has {n_dims} dimensions (at most {MAX_DIMS} are allowed)"));
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (at most {MAX_DIMS} are allowed)"
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
-            dims.push(self.u64(&format!("dimensions of tensor `{name}`"))?);
+            dims.push(ctx(self.u64(), what)?);
         }
-        let ggml_type = self.u32(&format!("type of tensor `{name}`"))?;
-        let offset = self.u64(&format!("offset of tensor `{name}`"))?;
+        let ggml_type = ctx(self.u32(), what)?;
+        let offset = ctx(self.u64(), what)?;
 
         // ggml stores dims as i64, and the element count must be addressable.
         let n_elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok() && dims.iter().all(|&d| d <= i64::MAX as u64))
+            .filter(|&n| {
+                n <= i64::MAX as u64
+                    && usize::try_from(n).is_ok()
+                    && dims.iter().all(|&d| d <= i64::MAX as u64)
+            })
             .ok_or_else(|| format!("tensor `{name}` has absurd dimensions {dims:?}"))?;
         if let Some(layout) = dequant::block_layout(ggml_type) {
             let row = dims.first().copied().unwrap_or(1);
@@ -603,11 +722,17 @@ impl<'a> Reader<'a> {
                     layout.block_elems
                 ));
             }
-            let size = (n_elements / layout.block_elems as u64).checked_mul(layout.block_bytes as u64);
+            let size =
+                (n_elements / layout.block_elems as u64).checked_mul(layout.block_bytes as u64);
             if size.is_none() {
                 return Err(format!("tensor `{name}` is too large"));
             }
         }
-        Ok(GgufTensorInfo { name, dims, ggml_type, offset })
+        Ok(GgufTensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        })
     }
 }

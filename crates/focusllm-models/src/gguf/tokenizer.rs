@@ -11,8 +11,6 @@
 //! `add_special_tokens` argument. Callers add [`GgufTokenizer::bos_id`] when
 //! [`GgufTokenizer::add_bos`] says the model expects it, or use the chat template.
 
-use std::collections::HashMap;
-
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::normalizers::NFC;
@@ -99,7 +97,10 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer, ModelError>
     }
     let merges = parse_merges(gguf, &vocab)?;
 
-    let pre = gguf.get("tokenizer.ggml.pre").and_then(GgufValue::as_str).unwrap_or("default");
+    let pre = gguf
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("default");
     let (pre_tokenizer, ignore_merges, nfc) = pre_tokenizer_for(pre)?;
 
     let bpe = BPE::builder()
@@ -137,18 +138,34 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<GgufTokenizer, ModelError>
         .map_err(|e| tok_err(format!("cannot add the user-defined tokens: {e}")))?;
 
     let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
-        let Some(v) = gguf.get(key) else { return Ok(None) };
+        let Some(v) = gguf.get(key) else {
+            return Ok(None);
+        };
         match v.as_u64().and_then(|id| u32::try_from(id).ok()) {
             Some(id) if id < vocab_size => Ok(Some(id)),
-            _ => Err(tok_err(format!("`{key}` = {v:?} is not a token id of the {n_vocab}-token vocabulary"))),
+            _ => Err(tok_err(format!(
+                "`{key}` = {v:?} is not a token id of the {n_vocab}-token vocabulary"
+            ))),
         }
     };
     let bos_id = token_id("tokenizer.ggml.bos_token_id")?;
     let eos_id = token_id("tokenizer.ggml.eos_token_id")?;
-    let add_bos = matches!(gguf.get("tokenizer.ggml.add_bos_token"), Some(GgufValue::Bool(true)));
-    let chat_template = gguf.get("tokenizer.chat_template").and_then(GgufValue::as_str).map(str::to_owned);
+    let add_bos = matches!(
+        gguf.get("tokenizer.ggml.add_bos_token"),
+        Some(GgufValue::Bool(true))
+    );
+    let chat_template = gguf
+        .get("tokenizer.chat_template")
+        .and_then(GgufValue::as_str)
+        .map(str::to_owned);
 
-    Ok(GgufTokenizer { tokenizer, bos_id, eos_id, add_bos, chat_template })
+    Ok(GgufTokenizer {
+        tokenizer,
+        bos_id,
+        eos_id,
+        add_bos,
+        chat_template,
+    })
 }
 
 fn tok_err(reason: impl Into<String>) -> ModelError {
@@ -164,7 +181,10 @@ fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, Model
         .ok_or_else(|| tok_err(format!("`{key}` is not an array")))?;
     arr.iter()
         .enumerate()
-        .map(|(i, v)| v.as_str().ok_or_else(|| tok_err(format!("`{key}`[{i}] is not a string"))))
+        .map(|(i, v)| {
+            v.as_str()
+                .ok_or_else(|| tok_err(format!("`{key}`[{i}] is not a string")))
+        })
         .collect()
 }
 
@@ -190,7 +210,9 @@ fn parse_merges(gguf: &GgufFile, vocab: &Vocab) -> Result<Vec<(String, String)>,
         joined.push_str(right);
         for part in [left, right, joined.as_str()] {
             if !vocab.contains_key(part) {
-                return Err(tok_err(format!("merge {i} ({line:?}) uses {part:?}, which is not in the vocabulary")));
+                return Err(tok_err(format!(
+                    "merge {i} ({line:?}) uses {part:?}, which is not in the vocabulary"
+                )));
             }
         }
         merges.push((left.to_owned(), right.to_owned()));
@@ -204,18 +226,28 @@ fn parse_merges(gguf: &GgufFile, vocab: &Vocab) -> Result<Vec<(String, String)>,
 fn pre_tokenizer_for(pre: &str) -> Result<(PreTokenizerWrapper, bool, bool), ModelError> {
     let byte_level_regex = || ByteLevel::new(false, true, true);
     let split = |regex: &str| -> Result<PreTokenizerWrapper, ModelError> {
-        let split = Split::new(SplitPattern::Regex(regex.to_owned()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| tok_err(format!("bad split regex for `{pre}`: {e}")))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+        let split = Split::new(
+            SplitPattern::Regex(regex.to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(format!("bad split regex for `{pre}`: {e}")))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
     };
     Ok(match pre {
         // GPT-2's own split (contractions, letters, numbers, punctuation, whitespace) as built
         // into the ByteLevel pre-tokenizer.
         "default" | "gpt2" | "gpt-2" => (byte_level_regex().into(), false, false),
         // StarCoder-style: every digit alone, then the GPT-2 split. SmolLM reuses it.
-        "smollm" | "starcoder" | "refact" => {
-            (Sequence::new(vec![Digits::new(true).into(), byte_level_regex().into()]).into(), false, false)
-        }
+        "smollm" | "starcoder" | "refact" => (
+            Sequence::new(vec![Digits::new(true).into(), byte_level_regex().into()]).into(),
+            false,
+            false,
+        ),
         "llama3" | "llama-v3" | "llama-bpe" => (split(LLAMA3_REGEX)?, true, false),
         "qwen2" => (split(QWEN2_REGEX)?, false, true),
         other => {
@@ -233,10 +265,21 @@ mod tests {
 
     #[test]
     fn known_pre_tokenizers_build_and_unknown_ones_are_named() {
-        for name in ["default", "gpt2", "smollm", "starcoder", "llama-bpe", "llama3", "qwen2"] {
+        for name in [
+            "default",
+            "gpt2",
+            "smollm",
+            "starcoder",
+            "llama-bpe",
+            "llama3",
+            "qwen2",
+        ] {
             assert!(pre_tokenizer_for(name).is_ok(), "{name}");
         }
-        let err = pre_tokenizer_for("deepseek-coder").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = pre_tokenizer_for("deepseek-coder")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("deepseek-coder"), "{err}");
     }
 
@@ -252,6 +295,9 @@ mod tests {
             .map(|(p, _, _)| p.to_owned())
             .collect();
         // Ġ is the byte-level image of a space, Ċ of a newline.
-        assert_eq!(pieces, ["Hello", "Ġworld", "'s", "Ġ", "123", "45", "!!ĊĊ", "Ġ", "Ġx"]);
+        assert_eq!(
+            pieces,
+            ["Hello", "Ġworld", "'s", "Ġ", "123", "45", "!!ĊĊ", "Ġ", "Ġx"]
+        );
     }
 }
