@@ -99,3 +99,64 @@ impl ProgressView {
         self.bar.finish_and_clear();
     }
 }
+
+/// The allocator the example programs install (`#[global_allocator]`); see the crate docs of
+/// `mimalloc`. Library users choose their own allocator; mimalloc (or jemalloc) is recommended for
+/// long inputs.
+pub type Allocator = mimalloc::MiMalloc;
+
+/// Command-line flags shared by the examples: the model, the backend and the FocusLLM sizes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// HF model directory or GGUF file (default: $FOCUSLLM_MODEL, else the SmolLM2-135M-Instruct
+    /// GGUF, fetched into the cache on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Backend: cpu, wgpu or cuda (the latter two need the cargo feature of the same name).
+    #[arg(long, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Device index (GPU backends).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Local window L (tokens the main decoder reads in full).
+    #[arg(long, default_value_t = 2048)]
+    pub local_window: usize,
+    /// Chunk size S.
+    #[arg(long, default_value_t = 2048)]
+    pub chunk_size: usize,
+    /// Dynamic-prompt cap.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_cap: usize,
+    /// Inputs shorter than this are decoded plainly (default: the model's native context).
+    #[arg(long)]
+    pub threshold: Option<usize>,
+    /// Chunks decoded per batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Use copies of the ordinary projections as candidate projections even when the checkpoint
+    /// has trained ones.
+    #[arg(long)]
+    pub untrained: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn focus_config(&self) -> focusllm_core::FocusConfig {
+        focusllm_core::FocusConfig::default()
+            .with_local_window(self.local_window)
+            .with_chunk_size(self.chunk_size)
+            .with_prompt_cap(self.prompt_cap)
+            .with_plain_threshold(self.threshold)
+            .with_chunk_batch_size(self.batch)
+    }
+
+    /// Resolves (and if needed fetches) the model, then loads it on `device`.
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<focusllm_models::LoadedModel<B>, AppError> {
+        let path = resolve_model(self.model.clone())?;
+        let options = focusllm_models::LoadOptions { trained_candidates: !self.untrained };
+        Ok(focusllm_models::load_model_with::<B>(&path, device, &options)?)
+    }
+}

@@ -16,3 +16,4 @@ pub use focusllm_models as models;
 
 pub mod fetch;
 pub mod app;
+pub mod passkey;

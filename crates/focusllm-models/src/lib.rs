@@ -19,6 +19,6 @@ pub mod weights;
 pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use llama::{CandidateSource, LlamaModel};
-pub use loader::{LoadedModel, build_model, config_from_gguf, load_model};
+pub use loader::{LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model, load_model_with};
 pub use tokenizer::Tokenizer;
 pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};

@@ -24,13 +24,39 @@ pub struct LoadedModel<B: Backend> {
     pub path: PathBuf,
 }
 
+/// Choices made while loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Load trained candidate projections when the checkpoint has them (`false`: the candidate
+    /// uses the ordinary projections, like an untrained FocusLLM model).
+    pub trained_candidates: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { trained_candidates: true }
+    }
+}
+
 /// Loads an HF model directory (`config.json`, safetensors, optional `tokenizer.json`) or a GGUF
 /// file, on `device`.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, ModelError> {
+    load_model_with(path, device, &LoadOptions::default())
+}
+
+/// [`load_model`] with options.
+pub fn load_model_with<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<LoadedModel<B>, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+    }
     if path.is_dir() {
         let config = LlamaConfig::from_json_file(&path.join("config.json"))?;
         let weights = SafetensorsWeights::open_dir(path)?;
-        let model = build_model(config, &weights, device)?;
+        let model = build_model_with(config, &weights, device, options)?;
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
         Ok(LoadedModel { model, tokenizer, path: path.into() })
@@ -39,7 +65,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedM
         let config = config_from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let weights = GgufWeights::new(gguf, config.num_attention_heads, config.kv_heads());
-        let model = build_model(config, &weights, device)?;
+        let model = build_model_with(config, &weights, device, options)?;
         Ok(LoadedModel { model, tokenizer: Some(tokenizer), path: path.into() })
     }
 }
@@ -123,11 +149,21 @@ pub fn build_model<B: Backend>(
     source: &dyn WeightSource,
     device: &B::Device,
 ) -> Result<LlamaModel<B>, ModelError> {
+    build_model_with(config, source, device, &LoadOptions::default())
+}
+
+/// [`build_model`] with options.
+pub fn build_model_with<B: Backend>(
+    config: LlamaConfig,
+    source: &dyn WeightSource,
+    device: &B::Device,
+    options: &LoadOptions,
+) -> Result<LlamaModel<B>, ModelError> {
     let t = TensorLoader::<B> { source, device };
     let (hidden, inter, vocab) = (config.hidden_size, config.intermediate_size, config.vocab_size);
     let (q_out, kv_out) = (config.num_attention_heads * config.head_dim(), config.kv_heads() * config.head_dim());
     let bias = config.attention_bias;
-    let trained = t.has("model.layers.0.self_attn.beacon_q_proj.weight");
+    let trained = options.trained_candidates && t.has("model.layers.0.self_attn.beacon_q_proj.weight");
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -153,7 +189,7 @@ pub fn build_model<B: Backend>(
             &config,
         );
         let m = format!("{p}.mlp");
-        let mlp_candidate = if t.has(&format!("{m}.beacon_up_proj.weight")) {
+        let mlp_candidate = if trained && t.has(&format!("{m}.beacon_up_proj.weight")) {
             Some(CandidateMlp {
                 up: t.linear(&format!("{m}.beacon_up_proj"), inter, hidden, false)?,
                 down: t.linear(&format!("{m}.beacon_down_proj"), hidden, inter, false)?,

@@ -1,0 +1,82 @@
+//! Question answering over a long text file: the whole document is read through FocusLLM's chunks,
+//! the question sits in the local context.
+//!
+//! ```text
+//! cargo run --release --example longdoc -- --file book.txt --question "Who is the narrator?"
+//! ```
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use focusllm::core::{FocusEngine, GenerateOptions, Mode};
+
+#[derive(Parser, Debug)]
+#[command(about = "Answer a question about a long text file with FocusLLM")]
+struct Args {
+    /// The document.
+    #[arg(long)]
+    file: PathBuf,
+    /// The question.
+    #[arg(long)]
+    question: String,
+    /// Most tokens in the answer.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+impl BackendRunner for &Args {
+    type Output = Result<(), AppError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let document =
+            std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
+        let loaded = self.engine.load::<B>(&device)?;
+        let tokenizer = loaded.tokenizer.as_ref().ok_or("the model has no tokenizer")?;
+        let request = format!(
+            "{document}\n\nAnswer the question using the text above.\nQuestion: {}",
+            self.question
+        );
+        let ids = tokenizer.encode(&tokenizer.chat_prompt(&request))?;
+        let mut stops = loaded.model.config().eos_ids();
+        stops.extend(["<|im_end|>", "<|eot_id|>", "</s>"].iter().filter_map(|t| tokenizer.token_id(t)));
+        let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
+        let view = ProgressView::new("document", self.engine.quiet);
+        let mut session = engine.session();
+        session.on_progress(|p| view.update(p));
+        let options = GenerateOptions { max_tokens: self.max_tokens, stop_tokens: stops.clone(), ..Default::default() };
+        let mut stdout = std::io::stdout();
+        let mut started = false;
+        session.generate(&ids, &options, Some(tokenizer), |t| {
+            if !started {
+                view.finish();
+                started = true;
+            }
+            if !stops.contains(&t.id) {
+                print!("{}", t.text);
+                stdout.flush().ok();
+            }
+            ControlFlow::Continue(())
+        })?;
+        println!();
+        let mode = match session.mode() {
+            Mode::Focus { chunks } => format!("FocusLLM with {chunks} chunks"),
+            _ => "plain decoding".into(),
+        };
+        eprintln!("[{} tokens read with {mode}]", ids.len());
+        Ok(())
+    }
+}
+
+#[global_allocator]
+static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+
+fn main() -> Result<(), AppError> {
+    let args = Args::parse();
+    run_on(args.engine.backend, args.engine.device, &args)?
+}

@@ -1,0 +1,157 @@
+//! The passkey retrieval benchmark: FocusLLM against the plain model, for several input lengths and
+//! seeds, on the SmolLM2 GGUF by default (fetched when absent).
+//!
+//! ```text
+//! cargo run --release --example passkey -- --lengths 4096,8192,16384 --seeds 2
+//! ```
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use focusllm::core::{FocusEngine, GenerateOptions, Mode};
+use focusllm::passkey::{is_correct, passkey_prompt};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Passkey retrieval: FocusLLM vs the plain model")]
+struct Args {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Prompt lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384")]
+    lengths: Vec<usize>,
+    /// Trials (seeds) per length and method.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Methods to compare, comma-separated: focus, plain.
+    #[arg(long, value_delimiter = ',', default_value = "focus,plain")]
+    methods: Vec<String>,
+    /// Plain decoding is skipped above this length (its cost is quadratic).
+    #[arg(long, default_value_t = 32768)]
+    plain_max: usize,
+    /// Tokens generated for the answer.
+    #[arg(long, default_value_t = 7)]
+    answer_tokens: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct Row {
+    method: String,
+    tokens: usize,
+    accuracy: f64,
+    trials: usize,
+    chunks: usize,
+    mean_seconds: f64,
+    answers: Vec<String>,
+    keys: Vec<String>,
+}
+
+impl BackendRunner for &Args {
+    type Output = Result<Vec<Row>, AppError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let loaded = self.engine.load::<B>(&device)?;
+        let tokenizer = loaded.tokenizer.as_ref().ok_or("the model has no tokenizer")?;
+        eprintln!(
+            "model {} ({} layers, candidates: {:?})",
+            loaded.path.display(),
+            loaded.model.config().num_hidden_layers,
+            loaded.model.candidate_source()
+        );
+        let mut rows = Vec::new();
+        for &length in &self.lengths {
+            for method in &self.methods {
+                let config = match method.as_str() {
+                    "focus" => self.engine.focus_config(),
+                    "plain" if length > self.plain_max => {
+                        eprintln!("plain at {length} tokens skipped (above --plain-max {})", self.plain_max);
+                        continue;
+                    }
+                    "plain" => self.engine.focus_config().with_plain_threshold(Some(usize::MAX)),
+                    other => return Err(format!("unknown method `{other}` (focus, plain)").into()),
+                };
+                let engine = FocusEngine::new(&loaded.model, &loaded.model, config)?;
+                let mut row = Row {
+                    method: method.clone(),
+                    tokens: length,
+                    accuracy: 0.0,
+                    trials: 0,
+                    chunks: 0,
+                    mean_seconds: 0.0,
+                    answers: Vec::new(),
+                    keys: Vec::new(),
+                };
+                let mut correct = 0;
+                let mut seconds = 0.0;
+                for seed in self.first_seed..self.first_seed + self.seeds {
+                    let prompt = passkey_prompt(tokenizer, length, seed)?;
+                    let view = ProgressView::new(&format!("{method} {length} #{seed}"), self.engine.quiet);
+                    let mut session = engine.session();
+                    session.on_progress(|p| view.update(p));
+                    let options = GenerateOptions { max_tokens: self.answer_tokens, ..Default::default() };
+                    let start = Instant::now();
+                    let generation =
+                        session.generate(&prompt.ids, &options, Some(tokenizer), |_| ControlFlow::Continue(()))?;
+                    seconds += start.elapsed().as_secs_f64();
+                    if let Mode::Focus { chunks } = session.mode() {
+                        row.chunks = chunks;
+                    }
+                    drop(session);
+                    view.finish();
+                    let ok = is_correct(&generation.text, &prompt.key);
+                    correct += usize::from(ok);
+                    if !self.json {
+                        eprintln!(
+                            "{method:>5} {length:>6} seed {seed}: key {} at depth {:.2} -> {:?} {}",
+                            prompt.key,
+                            prompt.depth,
+                            generation.text,
+                            if ok { "ok" } else { "wrong" }
+                        );
+                    }
+                    row.answers.push(generation.text);
+                    row.keys.push(prompt.key);
+                    row.trials += 1;
+                }
+                row.accuracy = correct as f64 / row.trials.max(1) as f64;
+                row.mean_seconds = seconds / row.trials.max(1) as f64;
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+#[global_allocator]
+static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+
+fn main() -> Result<(), AppError> {
+    let args = Args::parse();
+    let rows = run_on(args.engine.backend, args.engine.device, &args)??;
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| serde_json::json!({"method": r.method, "tokens": r.tokens, "accuracy": r.accuracy, "trials": r.trials}))
+            .collect();
+        println!("{}", serde_json::json!({ "rows": rows }));
+        return Ok(());
+    }
+    println!("| method | tokens | chunks | accuracy | trials | s / trial |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {} | {:.1} |",
+            r.method, r.tokens, r.chunks, r.accuracy, r.trials, r.mean_seconds
+        );
+    }
+    Ok(())
+}
