@@ -52,15 +52,28 @@ impl BackendRunner for &Args {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let text = match (&self.prompt, &self.file) {
             (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+            (None, Some(f)) => {
+                std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?
+            }
             (None, None) => return Err("give a prompt or --file".into()),
         };
         let loaded = self.engine.load::<B>(&device)?;
-        let tokenizer = loaded.tokenizer.as_ref().ok_or("the model has no tokenizer")?;
-        let prompt = if self.raw { text } else { tokenizer.chat_prompt(&text) };
+        let tokenizer = loaded
+            .tokenizer
+            .as_ref()
+            .ok_or("the model has no tokenizer")?;
+        let prompt = if self.raw {
+            text
+        } else {
+            tokenizer.chat_prompt(&text)
+        };
         let ids = tokenizer.encode(&prompt)?;
         let mut stops: Vec<u32> = loaded.model.config().eos_ids();
-        stops.extend(["<|im_end|>", "<|eot_id|>", "</s>"].iter().filter_map(|t| tokenizer.token_id(t)));
+        stops.extend(
+            ["<|im_end|>", "<|eot_id|>", "</s>"]
+                .iter()
+                .filter_map(|t| tokenizer.token_id(t)),
+        );
         let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("prompt", self.engine.quiet);
         let mut session = engine.session();
@@ -68,7 +81,12 @@ impl BackendRunner for &Args {
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
             stop_tokens: stops.clone(),
-            sampling: SamplingConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed },
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
         };
         let start = Instant::now();
         let mut first_token = None;

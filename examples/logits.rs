@@ -35,8 +35,13 @@ impl BackendRunner for Args {
     type Output = Result<serde_json::Value, AppError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let ids: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(&self.ids)?)
-            .map_err(|e| format!("{}: expected a JSON array of token ids: {e}", self.ids.display()))?;
+        let ids: Vec<u32> =
+            serde_json::from_str(&std::fs::read_to_string(&self.ids)?).map_err(|e| {
+                format!(
+                    "{}: expected a JSON array of token ids: {e}",
+                    self.ids.display()
+                )
+            })?;
         let loaded = self.engine.load::<B>(&device)?;
         let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("logits", self.engine.quiet);
@@ -50,7 +55,11 @@ impl BackendRunner for Args {
             }));
         }
         let mut steps = Vec::new();
-        let options = GenerateOptions { max_tokens: self.steps.max(1), stop_tokens: vec![u32::MAX], ..Default::default() };
+        let options = GenerateOptions {
+            max_tokens: self.steps.max(1),
+            stop_tokens: vec![u32::MAX],
+            ..Default::default()
+        };
         session.generate(&ids, &options, None, |t| {
             steps.push(json!({"token": t.id, "logits": t.logits}));
             ControlFlow::Continue(())

@@ -34,22 +34,33 @@ impl BackendRunner for &Args {
     type Output = Result<(), AppError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let document =
-            std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
+        let document = std::fs::read_to_string(&self.file)
+            .map_err(|e| format!("{}: {e}", self.file.display()))?;
         let loaded = self.engine.load::<B>(&device)?;
-        let tokenizer = loaded.tokenizer.as_ref().ok_or("the model has no tokenizer")?;
+        let tokenizer = loaded
+            .tokenizer
+            .as_ref()
+            .ok_or("the model has no tokenizer")?;
         let request = format!(
             "{document}\n\nAnswer the question using the text above.\nQuestion: {}",
             self.question
         );
         let ids = tokenizer.encode(&tokenizer.chat_prompt(&request))?;
         let mut stops = loaded.model.config().eos_ids();
-        stops.extend(["<|im_end|>", "<|eot_id|>", "</s>"].iter().filter_map(|t| tokenizer.token_id(t)));
+        stops.extend(
+            ["<|im_end|>", "<|eot_id|>", "</s>"]
+                .iter()
+                .filter_map(|t| tokenizer.token_id(t)),
+        );
         let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("document", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
-        let options = GenerateOptions { max_tokens: self.max_tokens, stop_tokens: stops.clone(), ..Default::default() };
+        let options = GenerateOptions {
+            max_tokens: self.max_tokens,
+            stop_tokens: stops.clone(),
+            ..Default::default()
+        };
         let mut stdout = std::io::stdout();
         let mut started = false;
         session.generate(&ids, &options, Some(tokenizer), |t| {

@@ -60,7 +60,10 @@ impl BackendRunner for &Args {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let loaded = self.engine.load::<B>(&device)?;
-        let tokenizer = loaded.tokenizer.as_ref().ok_or("the model has no tokenizer")?;
+        let tokenizer = loaded
+            .tokenizer
+            .as_ref()
+            .ok_or("the model has no tokenizer")?;
         eprintln!(
             "model {} ({} layers, candidates: {:?})",
             loaded.path.display(),
@@ -73,10 +76,16 @@ impl BackendRunner for &Args {
                 let config = match method.as_str() {
                     "focus" => self.engine.focus_config(),
                     "plain" if length > self.plain_max => {
-                        eprintln!("plain at {length} tokens skipped (above --plain-max {})", self.plain_max);
+                        eprintln!(
+                            "plain at {length} tokens skipped (above --plain-max {})",
+                            self.plain_max
+                        );
                         continue;
                     }
-                    "plain" => self.engine.focus_config().with_plain_threshold(Some(usize::MAX)),
+                    "plain" => self
+                        .engine
+                        .focus_config()
+                        .with_plain_threshold(Some(usize::MAX)),
                     other => return Err(format!("unknown method `{other}` (focus, plain)").into()),
                 };
                 let engine = FocusEngine::new(&loaded.model, &loaded.model, config)?;
@@ -94,13 +103,19 @@ impl BackendRunner for &Args {
                 let mut seconds = 0.0;
                 for seed in self.first_seed..self.first_seed + self.seeds {
                     let prompt = passkey_prompt(tokenizer, length, seed)?;
-                    let view = ProgressView::new(&format!("{method} {length} #{seed}"), self.engine.quiet);
+                    let view =
+                        ProgressView::new(&format!("{method} {length} #{seed}"), self.engine.quiet);
                     let mut session = engine.session();
                     session.on_progress(|p| view.update(p));
-                    let options = GenerateOptions { max_tokens: self.answer_tokens, ..Default::default() };
+                    let options = GenerateOptions {
+                        max_tokens: self.answer_tokens,
+                        ..Default::default()
+                    };
                     let start = Instant::now();
                     let generation =
-                        session.generate(&prompt.ids, &options, Some(tokenizer), |_| ControlFlow::Continue(()))?;
+                        session.generate(&prompt.ids, &options, Some(tokenizer), |_| {
+                            ControlFlow::Continue(())
+                        })?;
                     seconds += start.elapsed().as_secs_f64();
                     if let Mode::Focus { chunks } = session.mode() {
                         row.chunks = chunks;

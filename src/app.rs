@@ -21,7 +21,11 @@ pub trait BackendRunner {
 
 /// Runs `runner` on the backend `kind` (device `index` for GPUs). A backend whose cargo feature is
 /// off is an error naming the feature.
-pub fn run_on<R: BackendRunner>(kind: BackendKind, index: usize, runner: R) -> Result<R::Output, BackendError> {
+pub fn run_on<R: BackendRunner>(
+    kind: BackendKind,
+    index: usize,
+    runner: R,
+) -> Result<R::Output, BackendError> {
     kind.ensure_compiled()?;
     let _ = (&runner, index);
     match kind {
@@ -41,7 +45,10 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, index: usize, runner: R) -> R
             Ok(runner.run::<focusllm_backends::Cuda>(burn::backend::cuda::CudaDevice::new(index)))
         }
         #[allow(unreachable_patterns)]
-        other => Err(BackendError::NotCompiled { kind: other, feature: other.feature() }),
+        other => Err(BackendError::NotCompiled {
+            kind: other,
+            feature: other.feature(),
+        }),
     }
 }
 
@@ -66,11 +73,17 @@ pub struct ProgressView {
 impl ProgressView {
     /// A bar labelled `label`.
     pub fn new(label: &str, quiet: bool) -> Self {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(label.to_string());
         Self { bar }
@@ -154,9 +167,16 @@ impl EngineArgs {
     }
 
     /// Resolves (and if needed fetches) the model, then loads it on `device`.
-    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<focusllm_models::LoadedModel<B>, AppError> {
+    pub fn load<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<focusllm_models::LoadedModel<B>, AppError> {
         let path = resolve_model(self.model.clone())?;
-        let options = focusllm_models::LoadOptions { trained_candidates: !self.untrained };
-        Ok(focusllm_models::load_model_with::<B>(&path, device, &options)?)
+        let options = focusllm_models::LoadOptions {
+            trained_candidates: !self.untrained,
+        };
+        Ok(focusllm_models::load_model_with::<B>(
+            &path, device, &options,
+        )?)
     }
 }

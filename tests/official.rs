@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use focusllm::core::{FocusError, GenerateOptions, Mode};
-use focusllm::models::llama::ForwardInput;
 use focusllm::models::CandidateSource;
+use focusllm::models::llama::ForwardInput;
 
 const TOL: f32 = 1e-4;
 
@@ -19,7 +19,10 @@ fn short_forward(name: &str) {
         if input[0] != 1 {
             input.insert(0, 1);
         }
-        assert_eq!(input.len() as u64, case["model_input_len"].as_u64().unwrap());
+        assert_eq!(
+            input.len() as u64,
+            case["model_input_len"].as_u64().unwrap()
+        );
         let positions = vec![(0..input.len()).collect::<Vec<_>>()];
         let out = model.forward(ForwardInput {
             ids: model.ids_tensor(&[input.clone()]),
@@ -34,7 +37,11 @@ fn short_forward(name: &str) {
         for (k, expected) in case["logits_last3"].as_array().unwrap().iter().enumerate() {
             let got = &logits[k * vocab..(k + 1) * vocab];
             let diff = max_abs_diff(got, &floats(expected));
-            assert!(diff < TOL, "{name} {}: position {k} max diff {diff}", case["name"]);
+            assert!(
+                diff < TOL,
+                "{name} {}: position {k} max diff {diff}",
+                case["name"]
+            );
         }
     }
 }
@@ -59,15 +66,24 @@ fn prefill(name: &str) {
     let structure = &fixture["structure"];
     let chunks = structure["chunks"].as_array().unwrap();
     assert_eq!(plan.chunks.len(), chunks.len());
-    for (got, want) in plan.chunks.iter().zip(chunks) {
+    for (index, (got, want)) in plan.chunks.iter().zip(chunks).enumerate() {
         let range = ids(&want["token_range"]);
         assert_eq!((got.start as u32, got.end as u32), (range[0], range[1]));
-        assert_eq!(plan.chunk_sequence(&long, 0).len() > 0, true);
+        let forward_len = plan.chunk_sequence(&long, index).len() as u64;
+        assert_eq!(forward_len, want["forward_len"].as_u64().unwrap());
     }
-    assert_eq!(plan.local.len() as u64, structure["local_len_incl_bos"].as_u64().unwrap());
+    assert_eq!(
+        plan.local.len() as u64,
+        structure["local_len_incl_bos"].as_u64().unwrap()
+    );
     let mut session = engine.session();
     let logits = session.prefill(&long).unwrap();
-    assert_eq!(session.mode(), Mode::Focus { chunks: chunks.len() });
+    assert_eq!(
+        session.mode(),
+        Mode::Focus {
+            chunks: chunks.len()
+        }
+    );
     let diff = max_abs_diff(&logits, &floats(&fixture["final_logits"]));
     assert!(diff < TOL, "{name}: prefill logits max diff {diff}");
 }
@@ -89,15 +105,27 @@ fn greedy(name: &str, batch: usize) {
     let engine = engine(&model, official_config(&dir).with_chunk_batch_size(batch));
     let mut session = engine.session();
     let mut steps = Vec::new();
-    let options = GenerateOptions { max_tokens: 5, stop_tokens: vec![u32::MAX], ..Default::default() };
+    let options = GenerateOptions {
+        max_tokens: 5,
+        stop_tokens: vec![u32::MAX],
+        ..Default::default()
+    };
     let generation = session
         .generate(&long, &options, None, |t| {
             steps.push(t.clone());
             std::ops::ControlFlow::Continue(())
         })
         .unwrap();
-    assert_eq!(generation.tokens, ids(&fixture["tokens"]), "{name}: greedy tokens");
-    for (k, (got, want)) in steps.iter().zip(fixture["steps"].as_array().unwrap()).enumerate() {
+    assert_eq!(
+        generation.tokens,
+        ids(&fixture["tokens"]),
+        "{name}: greedy tokens"
+    );
+    for (k, (got, want)) in steps
+        .iter()
+        .zip(fixture["steps"].as_array().unwrap())
+        .enumerate()
+    {
         let diff = max_abs_diff(&got.logits, &floats(&want["logits"]));
         assert!(diff < TOL, "{name}: step {k} logits max diff {diff}");
     }
@@ -121,11 +149,17 @@ fn perplexity(name: &str) {
     let report = engine.session().perplexity(&long, 128).unwrap();
     let want = fixture["loss"].as_f64().unwrap();
     let rel = (report.loss - want).abs() / want;
-    assert!(rel < 1e-5, "{name}: loss {} vs {want} (rel {rel})", report.loss);
+    assert!(
+        rel < 1e-5,
+        "{name}: loss {} vs {want} (rel {rel})",
+        report.loss
+    );
     let per_token = floats(&fixture["per_token_nll_manual_official"]);
     let got: Vec<f32> = report.nll.iter().map(|&x| x as f32).collect();
     assert!(max_abs_diff(&got, &per_token) < 1e-3);
-    let n_chunks = fixture["structure_of_context_prefill"]["n_chunks"].as_u64().unwrap() as usize;
+    let n_chunks = fixture["structure_of_context_prefill"]["n_chunks"]
+        .as_u64()
+        .unwrap() as usize;
     assert_eq!(report.chunks, n_chunks);
 }
 
@@ -171,11 +205,31 @@ fn errors_not_panics() {
     assert!(matches!(session.prefill(&[]), Err(FocusError::EmptyInput)));
     assert!(matches!(session.step(3), Err(FocusError::NotPrefilled)));
     let err = session.prefill(&[1, 5, 512]).unwrap_err();
-    assert!(matches!(err, FocusError::TokenOutOfVocab { id: 512, position: 2, vocab: 512 }), "{err}");
-    let bad = focusllm::core::FocusEngine::new(&model, &model, official_config(&dir).with_chunk_size(0));
-    assert!(matches!(bad, Err(FocusError::InvalidConfig { field: "chunk_size", .. })));
+    assert!(
+        matches!(
+            err,
+            FocusError::TokenOutOfVocab {
+                id: 512,
+                position: 2,
+                vocab: 512
+            }
+        ),
+        "{err}"
+    );
+    let bad =
+        focusllm::core::FocusEngine::new(&model, &model, official_config(&dir).with_chunk_size(0));
+    assert!(matches!(
+        bad,
+        Err(FocusError::InvalidConfig {
+            field: "chunk_size",
+            ..
+        })
+    ));
     session.prefill(&[1, 5, 6]).unwrap();
-    assert!(matches!(session.step(9999), Err(FocusError::TokenOutOfVocab { id: 9999, .. })));
+    assert!(matches!(
+        session.step(9999),
+        Err(FocusError::TokenOutOfVocab { id: 9999, .. })
+    ));
 }
 
 #[test]
@@ -195,6 +249,9 @@ fn cancellation_stops_prefill() {
     });
     assert!(matches!(session.prefill(&long), Err(FocusError::Cancelled)));
     drop(session);
-    assert!(seen.iter().all(|p| p.done <= 4), "work went on after cancellation: {seen:?}");
+    assert!(
+        seen.iter().all(|p| p.done <= 4),
+        "work went on after cancellation: {seen:?}"
+    );
     assert!(seen.iter().any(|p| p.done == 4));
 }

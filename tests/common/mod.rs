@@ -61,10 +61,10 @@ pub fn official_config(dir: &Path) -> FocusConfig {
         .with_plain_threshold(Some(4096))
 }
 
-pub fn engine<'m>(
-    model: &'m LlamaModel<B>,
+pub fn engine(
+    model: &LlamaModel<B>,
     config: FocusConfig,
-) -> FocusEngine<B, &'m LlamaModel<B>, &'m LlamaModel<B>> {
+) -> FocusEngine<B, &LlamaModel<B>, &LlamaModel<B>> {
     FocusEngine::new(model, model, config).expect("engine")
 }
 

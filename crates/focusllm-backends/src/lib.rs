@@ -7,6 +7,8 @@
 //! Library code stays generic over `B: Backend`; this crate gives the concrete types and a small
 //! runtime chooser ([`BackendKind`]) for command-line programs.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -73,7 +75,10 @@ impl BackendKind {
         if self.is_compiled() {
             Ok(self)
         } else {
-            Err(BackendError::NotCompiled { kind: self, feature: self.feature() })
+            Err(BackendError::NotCompiled {
+                kind: self,
+                feature: self.feature(),
+            })
         }
     }
 }
@@ -104,7 +109,10 @@ mod tests {
     #[test]
     fn names_parse_and_missing_features_are_named() {
         assert_eq!("CPU".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
-        assert!(matches!("tpu".parse::<BackendKind>(), Err(BackendError::Unknown(_))));
+        assert!(matches!(
+            "tpu".parse::<BackendKind>(),
+            Err(BackendError::Unknown(_))
+        ));
         if !cfg!(feature = "cuda") {
             let err = BackendKind::Cuda.ensure_compiled().unwrap_err();
             assert!(err.to_string().contains("--features cuda"), "{err}");

@@ -24,7 +24,10 @@ impl<B: Backend> CandidateAggregator<B> for ConcatAggregator {
         };
         let n_layers = first.candidates.len();
         // Order in which chunks appear after concatenating the batches; the past must be in chunk order.
-        let order: Vec<usize> = batches.iter().flat_map(|b| b.chunk_ids.iter().copied()).collect();
+        let order: Vec<usize> = batches
+            .iter()
+            .flat_map(|b| b.chunk_ids.iter().copied())
+            .collect();
         let mut position_of = vec![usize::MAX; order.len()];
         for (pos, &chunk) in order.iter().enumerate() {
             if chunk >= order.len() || position_of[chunk] != usize::MAX {
@@ -55,7 +58,10 @@ impl<B: Backend> CandidateAggregator<B> for ConcatAggregator {
                         None => all,
                     }
                 };
-                LayerKv { k: gather(|kv| &kv.k), v: gather(|kv| &kv.v) }
+                LayerKv {
+                    k: gather(|kv| &kv.k),
+                    v: gather(|kv| &kv.v),
+                }
             })
             .collect();
         Ok(CandidateCache { layers })

@@ -51,7 +51,9 @@ impl<B: Backend> ChunkBatchCache<B> {
         self.raw
             .iter()
             .chain(&self.candidates)
-            .map(|kv| (kv.k.shape().num_elements() + kv.v.shape().num_elements()) * kv.k.dtype().size())
+            .map(|kv| {
+                (kv.k.shape().num_elements() + kv.v.shape().num_elements()) * kv.k.dtype().size()
+            })
             .sum()
     }
 }

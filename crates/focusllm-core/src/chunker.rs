@@ -67,7 +67,10 @@ impl Chunker for FixedStrideChunker {
         if n <= config.local_window {
             return Err(FocusError::InvalidConfig {
                 field: "local_window",
-                reason: format!("({}) leaves no memory in an input of {n} tokens", config.local_window),
+                reason: format!(
+                    "({}) leaves no memory in an input of {n} tokens",
+                    config.local_window
+                ),
             });
         }
         let memory_len = n - config.local_window;
@@ -95,7 +98,9 @@ mod tests {
     fn fixed_stride_matches_the_reference_layout() {
         // Fixture C: 5000 tokens, L 512, S 700 -> 6 chunks of 700 and one of 288.
         let ids: Vec<u32> = (0..5000).map(|i| 2 + (i % 500)).collect();
-        let cfg = FocusConfig::default().with_local_window(512).with_chunk_size(700);
+        let cfg = FocusConfig::default()
+            .with_local_window(512)
+            .with_chunk_size(700);
         let plan = FixedStrideChunker.plan(&ids, &cfg, Some(1)).unwrap();
         assert_eq!(plan.chunks.len(), 7);
         assert_eq!(plan.chunks[6], 4200..4488);

@@ -81,7 +81,10 @@ impl FocusConfig {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(FocusError::InvalidConfig { field, reason: "must be at least 1".into() });
+                return Err(FocusError::InvalidConfig {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
             }
         }
         if self.plain_threshold == Some(0) {
@@ -100,20 +103,51 @@ mod tests {
 
     #[test]
     fn zero_sizes_are_rejected_by_name() {
-        let err = FocusConfig::default().with_chunk_size(0).validate().unwrap_err();
-        assert!(matches!(err, FocusError::InvalidConfig { field: "chunk_size", .. }));
-        let err = FocusConfig::default().with_local_window(0).validate().unwrap_err();
-        assert!(matches!(err, FocusError::InvalidConfig { field: "local_window", .. }));
-        let err = FocusConfig::default().with_chunk_batch_size(0).validate().unwrap_err();
-        assert!(matches!(err, FocusError::InvalidConfig { field: "chunk_batch_size", .. }));
+        let err = FocusConfig::default()
+            .with_chunk_size(0)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FocusError::InvalidConfig {
+                field: "chunk_size",
+                ..
+            }
+        ));
+        let err = FocusConfig::default()
+            .with_local_window(0)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FocusError::InvalidConfig {
+                field: "local_window",
+                ..
+            }
+        ));
+        let err = FocusConfig::default()
+            .with_chunk_batch_size(0)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FocusError::InvalidConfig {
+                field: "chunk_batch_size",
+                ..
+            }
+        ));
         assert!(FocusConfig::default().validate().is_ok());
     }
 
     #[test]
     fn prompt_len_is_the_smallest_cap() {
-        let cfg = FocusConfig::default().with_local_window(1024).with_chunk_size(256);
+        let cfg = FocusConfig::default()
+            .with_local_window(1024)
+            .with_chunk_size(256);
         assert_eq!(cfg.prompt_len(), 256);
-        let cfg = FocusConfig::default().with_local_window(300).with_chunk_size(700);
+        let cfg = FocusConfig::default()
+            .with_local_window(300)
+            .with_chunk_size(700);
         assert_eq!(cfg.prompt_len(), 300);
     }
 }

@@ -48,10 +48,24 @@ where
     A: CandidateAggregator<B>,
 {
     /// An engine with custom chunking and aggregation policies. Fails on an invalid config.
-    pub fn with_policies(local: L, main: M, chunker: C, aggregator: A, config: FocusConfig) -> Result<Self> {
+    pub fn with_policies(
+        local: L,
+        main: M,
+        chunker: C,
+        aggregator: A,
+        config: FocusConfig,
+    ) -> Result<Self> {
         config.validate()?;
         let spec = main.spec();
-        Ok(Self { local, main, chunker, aggregator, config, spec, _backend: PhantomData })
+        Ok(Self {
+            local,
+            main,
+            chunker,
+            aggregator,
+            config,
+            spec,
+            _backend: PhantomData,
+        })
     }
 
     /// The configuration.
@@ -66,7 +80,9 @@ where
 
     /// Inputs shorter than this are decoded plainly.
     pub fn plain_threshold(&self) -> usize {
-        self.config.plain_threshold.unwrap_or(self.spec.native_context)
+        self.config
+            .plain_threshold
+            .unwrap_or(self.spec.native_context)
     }
 
     /// Whether an input of `len` tokens is decoded plainly: shorter than the threshold, or not longer
@@ -83,12 +99,19 @@ where
         if self.is_plain(ids.len()) {
             return Ok(None);
         }
-        self.chunker.plan(ids, &self.config, self.spec.bos_id).map(Some)
+        self.chunker
+            .plan(ids, &self.config, self.spec.bos_id)
+            .map(Some)
     }
 
     /// Starts a prompt. Sessions share the engine's weights, never state.
     pub fn session(&self) -> Session<'_, B, L, M, C, A> {
-        Session { engine: self, state: State::Empty, observer: None, cancel: CancelToken::new() }
+        Session {
+            engine: self,
+            state: State::Empty,
+            observer: None,
+            cancel: CancelToken::new(),
+        }
     }
 
     /// The local decoder.
@@ -156,7 +179,11 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 32, stop_tokens: Vec::new(), sampling: SamplingConfig::greedy() }
+        Self {
+            max_tokens: 32,
+            stop_tokens: Vec::new(),
+            sampling: SamplingConfig::greedy(),
+        }
     }
 }
 
@@ -252,7 +279,11 @@ where
     }
 
     fn check_cancel(&self) -> Result<()> {
-        if self.cancel.is_cancelled() { Err(FocusError::Cancelled) } else { Ok(()) }
+        if self.cancel.is_cancelled() {
+            Err(FocusError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 
     /// Reads `ids` (a new prompt; any previous state is dropped) and returns the next-token logits.
@@ -267,7 +298,9 @@ where
         let Some(plan) = engine.plan(ids)? else {
             self.report(Stage::PlainPrefill, 0, 1)?;
             let mut cache = PlainCache::default();
-            let logits = engine.main.decode_plain(&with_bos(ids, engine.spec.bos_id), &mut cache)?;
+            let logits = engine
+                .main
+                .decode_plain(&with_bos(ids, engine.spec.bos_id), &mut cache)?;
             self.report(Stage::PlainPrefill, 1, 1)?;
             self.state = State::Plain { cache };
             return Ok(logits);
@@ -299,7 +332,10 @@ where
         for group in order.chunks(engine.config.chunk_batch_size) {
             let sequences: Vec<ChunkSequence> = group
                 .iter()
-                .map(|&c| ChunkSequence { chunk_id: c, tokens: plan.chunk_sequence(ids, c) })
+                .map(|&c| ChunkSequence {
+                    chunk_id: c,
+                    tokens: plan.chunk_sequence(ids, c),
+                })
                 .collect();
             batches.push(engine.local.decode_chunks(&sequences)?);
             done += group.len();
@@ -316,7 +352,12 @@ where
         match &mut self.state {
             State::Empty => Err(FocusError::NotPrefilled),
             State::Plain { cache } => engine.main.decode_plain(&[token], cache),
-            State::Focus { batches, main_input, prev, .. } => {
+            State::Focus {
+                batches,
+                main_input,
+                prev,
+                ..
+            } => {
                 for batch in batches.iter_mut() {
                     engine.local.extend_chunks(batch, *prev, token)?;
                 }
@@ -338,13 +379,20 @@ where
         mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(options.sampling.clone())?;
-        let stops =
-            if options.stop_tokens.is_empty() { &self.engine.spec.eos_ids } else { &options.stop_tokens };
+        let stops = if options.stop_tokens.is_empty() {
+            &self.engine.spec.eos_ids
+        } else {
+            &options.stop_tokens
+        };
         let stops = stops.clone();
         let mut tokens = Vec::new();
         let mut text = String::new();
         if options.max_tokens == 0 {
-            return Ok(Generation { tokens, text, stop: StopReason::MaxTokens });
+            return Ok(Generation {
+                tokens,
+                text,
+                stop: StopReason::MaxTokens,
+            });
         }
         let mut logits = self.prefill(ids)?;
         loop {
@@ -364,15 +412,31 @@ where
                 }
                 None => String::new(),
             };
-            let event = GeneratedToken { id, text: piece, logits };
+            let event = GeneratedToken {
+                id,
+                text: piece,
+                logits,
+            };
             if on_token(&event).is_break() {
-                return Ok(Generation { tokens, text, stop: StopReason::Callback });
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::Callback,
+                });
             }
             if stops.contains(&id) {
-                return Ok(Generation { tokens, text, stop: StopReason::StopToken });
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::StopToken,
+                });
             }
             if tokens.len() >= options.max_tokens {
-                return Ok(Generation { tokens, text, stop: StopReason::MaxTokens });
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::MaxTokens,
+                });
             }
             self.report(Stage::Tokens, tokens.len(), options.max_tokens)?;
             logits = self.step(id)?;
@@ -385,7 +449,11 @@ where
         if scored == 0 || ids.len() <= scored {
             return Err(FocusError::InvalidConfig {
                 field: "scored",
-                reason: format!("must be in 1..{} for an input of {} tokens", ids.len(), ids.len()),
+                reason: format!(
+                    "must be in 1..{} for an input of {} tokens",
+                    ids.len(),
+                    ids.len()
+                ),
             });
         }
         let context = ids.len() - scored;
@@ -404,6 +472,11 @@ where
             }
         }
         let loss = nlls.iter().sum::<f64>() / scored as f64;
-        Ok(PerplexityReport { chunks, nll: nlls, loss, perplexity: loss.exp() })
+        Ok(PerplexityReport {
+            chunks,
+            nll: nlls,
+            loss,
+            perplexity: loss.exp(),
+        })
     }
 }

@@ -44,7 +44,11 @@ pub type Result<T, E = FocusError> = std::result::Result<T, E>;
 /// Checks that every id is inside the vocabulary.
 pub fn check_vocab(ids: &[u32], vocab: usize) -> Result<()> {
     match ids.iter().position(|&id| id as usize >= vocab) {
-        Some(position) => Err(FocusError::TokenOutOfVocab { id: ids[position], position, vocab }),
+        Some(position) => Err(FocusError::TokenOutOfVocab {
+            id: ids[position],
+            position,
+            vocab,
+        }),
         None => Ok(()),
     }
 }

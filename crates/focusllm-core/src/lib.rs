@@ -16,6 +16,8 @@
 //! [`FocusEngine`] wires the four traits together; a [`Session`] reads one prompt. A model family
 //! (see the `focusllm-models` crate) implements [`LocalDecoder`] and [`MainDecoder`].
 
+#![warn(missing_docs)]
+
 mod aggregator;
 mod cache;
 mod chunker;
@@ -33,7 +35,8 @@ pub use config::FocusConfig;
 pub use control::{CancelToken, Progress, Stage};
 pub use decoder::{ChunkSequence, Detokenizer, LocalDecoder, MainDecoder, ModelSpec};
 pub use engine::{
-    FocusEngine, GenerateOptions, GeneratedToken, Generation, Mode, PerplexityReport, Session, StopReason,
+    FocusEngine, GenerateOptions, GeneratedToken, Generation, Mode, PerplexityReport, Session,
+    StopReason,
 };
 pub use error::{FocusError, Result, check_vocab};
 pub use sampler::{Sampler, SamplingConfig, argmax, nll};

@@ -28,12 +28,22 @@ impl Default for SamplingConfig {
 impl SamplingConfig {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        }
     }
 
     /// Sampling at `temperature` with an optional top-p, seeded.
     pub fn sampled(temperature: f32, top_p: Option<f32>, seed: u64) -> Self {
-        Self { temperature, top_k: None, top_p, seed }
+        Self {
+            temperature,
+            top_k: None,
+            top_p,
+            seed,
+        }
     }
 }
 
@@ -62,7 +72,10 @@ impl Sampler {
             });
         }
         if config.top_k == Some(0) {
-            return Err(FocusError::InvalidConfig { field: "top_k", reason: "must be at least 1".into() });
+            return Err(FocusError::InvalidConfig {
+                field: "top_k",
+                reason: "must be at least 1".into(),
+            });
         }
         let rng = StdRng::seed_from_u64(config.seed);
         Ok(Self { config, rng })
@@ -73,8 +86,12 @@ impl Sampler {
         if self.config.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut ranked: Vec<(usize, f32)> =
-            logits.iter().copied().enumerate().filter(|(_, l)| !l.is_nan()).collect();
+        let mut ranked: Vec<(usize, f32)> = logits
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .collect();
         if ranked.is_empty() {
             return Err(FocusError::Sampling("no finite logits".into()));
         }
@@ -84,7 +101,10 @@ impl Sampler {
         }
         let t = self.config.temperature as f64;
         let max = ranked[0].1 as f64;
-        let mut probs: Vec<f64> = ranked.iter().map(|&(_, l)| ((l as f64 - max) / t).exp()).collect();
+        let mut probs: Vec<f64> = ranked
+            .iter()
+            .map(|&(_, l)| ((l as f64 - max) / t).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if let Some(top_p) = self.config.top_p {
@@ -118,16 +138,26 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
             best = Some((i, l));
         }
     }
-    best.map(|(i, _)| i as u32).ok_or_else(|| FocusError::Sampling("no finite logits".into()))
+    best.map(|(i, _)| i as u32)
+        .ok_or_else(|| FocusError::Sampling("no finite logits".into()))
 }
 
 /// Negative log-likelihood of `target` under `logits` (log-softmax in f64).
 pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
-    let logit = logits.get(target as usize).ok_or_else(|| {
-        FocusError::TokenOutOfVocab { id: target, position: 0, vocab: logits.len() }
-    })?;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    let logit = logits
+        .get(target as usize)
+        .ok_or(FocusError::TokenOutOfVocab {
+            id: target,
+            position: 0,
+            vocab: logits.len(),
+        })?;
     Ok(log_sum - *logit as f64)
 }
 
@@ -144,7 +174,12 @@ mod tests {
     #[test]
     fn sampling_is_seeded_and_respects_top_k() {
         let logits = [0.0, 5.0, 4.9, -3.0];
-        let cfg = SamplingConfig { temperature: 1.0, top_k: Some(2), top_p: None, seed: 7 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: Some(2),
+            top_p: None,
+            seed: 7,
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(cfg.clone()).unwrap();
             (0..50).map(|_| s.sample(&logits).unwrap()).collect()

@@ -72,9 +72,17 @@ impl<B: Backend> AttentionPlan<B> {
                         data.extend_from_within(start_of_element..start_of_element + one_head);
                     }
                 }
-                Tensor::from_data(TensorData::new(data, [batch, kv_heads, groups * rows, keys]), device)
+                Tensor::from_data(
+                    TensorData::new(data, [batch, kv_heads, groups * rows, keys]),
+                    device,
+                )
             });
-            blocks.push(QueryBlock { start, end, keys, mask });
+            blocks.push(QueryBlock {
+                start,
+                end,
+                keys,
+                mask,
+            });
             start = end;
         }
         Self { blocks, groups }
@@ -95,20 +103,38 @@ impl<B: Backend> AttentionPlan<B> {
             .iter()
             .map(|block| {
                 let rows = block.end - block.start;
-                let q_block = if self.blocks.len() == 1 { q.clone() } else { q.clone().narrow(3, block.start, rows) };
+                let q_block = if self.blocks.len() == 1 {
+                    q.clone()
+                } else {
+                    q.clone().narrow(3, block.start, rows)
+                };
                 // Scaling the queries is cheaper than scaling the scores.
                 let q_block = q_block.reshape([b, kv_heads, g * rows, d]) * scale;
                 let keys = block.keys;
-                let k_block = if keys == k_t.dims()[3] { k_t.clone() } else { k_t.clone().narrow(3, 0, keys) };
-                let v_block = if keys == v.dims()[2] { v.clone() } else { v.clone().narrow(2, 0, keys) };
+                let k_block = if keys == k_t.dims()[3] {
+                    k_t.clone()
+                } else {
+                    k_t.clone().narrow(3, 0, keys)
+                };
+                let v_block = if keys == v.dims()[2] {
+                    v.clone()
+                } else {
+                    v.clone().narrow(2, 0, keys)
+                };
                 let mut scores = q_block.matmul(k_block);
                 if let Some(mask) = &block.mask {
                     scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
                 }
-                softmax(scores, 3).matmul(v_block).reshape([b, kv_heads, g, rows, d])
+                softmax(scores, 3)
+                    .matmul(v_block)
+                    .reshape([b, kv_heads, g, rows, d])
             })
             .collect();
-        let out = if outputs.len() == 1 { outputs.into_iter().next().expect("one block") } else { Tensor::cat(outputs, 3) };
+        let out = if outputs.len() == 1 {
+            outputs.into_iter().next().expect("one block")
+        } else {
+            Tensor::cat(outputs, 3)
+        };
         out.reshape([b, heads, seq, d])
     }
 }

@@ -116,15 +116,33 @@ impl LlamaConfig {
             model_type: Option<String>,
             architectures: Option<Vec<String>>,
         }
-        let bad = |e: serde_json::Error| ModelError::Config { path: path.into(), reason: e.to_string() };
+        let bad = |e: serde_json::Error| ModelError::Config {
+            path: path.into(),
+            reason: e.to_string(),
+        };
         let probe: Probe = serde_json::from_str(text).map_err(bad)?;
+        // `model_type` names the family; older or hand-written configs only list HF class names.
         let arch = probe
             .model_type
             .clone()
-            .or_else(|| probe.architectures.as_ref().and_then(|a| a.first().cloned()))
+            .or_else(|| {
+                let class = probe.architectures.as_ref()?.first()?.clone();
+                Some(
+                    match class.as_str() {
+                        "LlamaForCausalLM" => "llama",
+                        "MistralForCausalLM" => "mistral",
+                        "Qwen2ForCausalLM" => "qwen2",
+                        _ => return Some(class),
+                    }
+                    .to_string(),
+                )
+            })
             .unwrap_or_default();
         if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
-            return Err(ModelError::UnsupportedArchitecture { arch, supported: SUPPORTED_ARCHITECTURES });
+            return Err(ModelError::UnsupportedArchitecture {
+                arch,
+                supported: SUPPORTED_ARCHITECTURES,
+            });
         }
         let mut config: Self = serde_json::from_str(text).map_err(bad)?;
         if arch == "qwen2" {
@@ -136,7 +154,12 @@ impl LlamaConfig {
 
     /// Checks that the sizes are consistent.
     pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        let fail = |reason: String| Err(ModelError::Config { path: path.into(), reason });
+        let fail = |reason: String| {
+            Err(ModelError::Config {
+                path: path.into(),
+                reason,
+            })
+        };
         for (name, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -150,20 +173,26 @@ impl LlamaConfig {
                 return fail(format!("`{name}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return fail(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim() == 0 || self.head_dim() % 2 != 0 {
-            return fail(format!("head_dim ({}) must be even and positive", self.head_dim()));
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
+            return fail(format!(
+                "head_dim ({}) must be even and positive",
+                self.head_dim()
+            ));
         }
         if let Some(s) = &self.rope_scaling
             && !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default")
         {
-            return fail(format!("rope_scaling type `{}` is not supported (linear, llama3)", s.rope_type));
+            return fail(format!(
+                "rope_scaling type `{}` is not supported (linear, llama3)",
+                s.rope_type
+            ));
         }
         Ok(())
     }
@@ -175,7 +204,8 @@ impl LlamaConfig {
 
     /// Per-head size.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// EOS ids (may be empty).

@@ -23,7 +23,7 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A GGUF file is truncated or malformed.
+    /// A GGUF file is truncated or malformed, or lacks a metadata key the loader needs (named).
     #[error("{path}: invalid GGUF file: {reason}")]
     Gguf {
         /// The file.
@@ -59,7 +59,8 @@ pub enum ModelError {
         /// The shape found in the checkpoint.
         found: Vec<usize>,
     },
-    /// A configuration (`config.json` or GGUF metadata) is missing a key or has a bad value.
+    /// A configuration (`config.json`, or GGUF metadata with inconsistent sizes) has a missing key or
+    /// a bad value.
     #[error("{path}: invalid model config: {reason}")]
     Config {
         /// The file the config came from.
@@ -90,6 +91,9 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -2,8 +2,8 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 use focusllm_core::{
-    CandidateCache, ChunkBatchCache, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder, ModelSpec,
-    PlainCache, Result, check_vocab,
+    CandidateCache, ChunkBatchCache, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder,
+    ModelSpec, PlainCache, Result, check_vocab,
 };
 
 use crate::llama::{ForwardInput, LlamaModel, PastKeys};
@@ -38,10 +38,16 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let rows: Vec<Vec<u32>> = sequences
             .iter()
             .zip(&left_pad)
-            .map(|(s, &pad)| std::iter::repeat_n(PAD_ID, pad).chain(s.tokens.iter().copied()).collect())
+            .map(|(s, &pad)| {
+                std::iter::repeat_n(PAD_ID, pad)
+                    .chain(s.tokens.iter().copied())
+                    .collect()
+            })
             .collect();
-        let positions: Vec<Vec<usize>> =
-            left_pad.iter().map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect()).collect();
+        let positions: Vec<Vec<usize>> = left_pad
+            .iter()
+            .map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect())
+            .collect();
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
@@ -53,8 +59,14 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let mut raw = Vec::with_capacity(out.kv.len());
         let mut candidates = Vec::with_capacity(out.kv.len());
         for kv in out.kv {
-            raw.push(LayerKv { k: kv.k_rotated.narrow(2, 0, len - 1), v: kv.v.clone().narrow(2, 0, len - 1) });
-            candidates.push(LayerKv { k: kv.k_unrotated.narrow(2, len - 1, 1), v: kv.v.narrow(2, len - 1, 1) });
+            raw.push(LayerKv {
+                k: kv.k_rotated.narrow(2, 0, len - 1),
+                v: kv.v.clone().narrow(2, 0, len - 1),
+            });
+            candidates.push(LayerKv {
+                k: kv.k_unrotated.narrow(2, len - 1, 1),
+                v: kv.v.narrow(2, len - 1, 1),
+            });
         }
         Ok(ChunkBatchCache {
             chunk_ids: sequences.iter().map(|s| s.chunk_id).collect(),
@@ -69,8 +81,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let b = batch.batch_size();
         let cached = batch.raw.first().map_or(0, LayerKv::len);
         let rows = vec![vec![prev, new]; b];
-        let positions: Vec<Vec<usize>> =
-            batch.left_pad.iter().map(|&pad| vec![cached - pad, cached + 1 - pad]).collect();
+        let positions: Vec<Vec<usize>> = batch
+            .left_pad
+            .iter()
+            .map(|&pad| vec![cached - pad, cached + 1 - pad])
+            .collect();
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
@@ -83,7 +98,10 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             let raw = &mut batch.raw[layer];
             raw.k = Tensor::cat(vec![raw.k.clone(), kv.k_rotated.narrow(2, 0, 1)], 2);
             raw.v = Tensor::cat(vec![raw.v.clone(), kv.v.clone().narrow(2, 0, 1)], 2);
-            batch.candidates[layer] = LayerKv { k: kv.k_unrotated.narrow(2, 1, 1), v: kv.v.narrow(2, 1, 1) };
+            batch.candidates[layer] = LayerKv {
+                k: kv.k_unrotated.narrow(2, 1, 1),
+                v: kv.v.narrow(2, 1, 1),
+            };
         }
         Ok(())
     }
@@ -134,7 +152,10 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             candidate_last: false,
             logits_last: 1,
         });
-        let new_layers = out.kv.into_iter().map(|kv| LayerKv { k: kv.k_rotated, v: kv.v });
+        let new_layers = out.kv.into_iter().map(|kv| LayerKv {
+            k: kv.k_rotated,
+            v: kv.v,
+        });
         cache.layers = if cache.is_empty() {
             new_layers.collect()
         } else {

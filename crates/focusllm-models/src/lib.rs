@@ -5,6 +5,8 @@
 //! tokenizers. The decoder implements [`focusllm_core::LocalDecoder`] and
 //! [`focusllm_core::MainDecoder`], so it plugs straight into [`focusllm_core::FocusEngine`].
 
+#![warn(missing_docs)]
+
 mod attention;
 pub mod config;
 pub mod error;
@@ -19,6 +21,9 @@ pub mod weights;
 pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use llama::{CandidateSource, LlamaModel};
-pub use loader::{LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model, load_model_with};
+pub use loader::{
+    LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,
+    load_model_with,
+};
 pub use tokenizer::Tokenizer;
 pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};

@@ -121,6 +121,9 @@ pub enum PastKeys<'a> {
     Unrotated(&'a [Vec<usize>]),
 }
 
+/// A cos and a sin table from [`Rope::tables`].
+type RopeTables<'a, B> = (&'a Tensor<B, 4>, &'a Tensor<B, 4>);
+
 /// Keys and values of one layer's past, `[batch, kv_heads, len, head_dim]`.
 pub type PastKv<B> = focusllm_core::LayerKv<B>;
 
@@ -191,8 +194,8 @@ impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: (&Tensor<B, 4>, &Tensor<B, 4>),
-        past: Option<(&PastKv<B>, Option<(&Tensor<B, 4>, &Tensor<B, 4>)>)>,
+        rope: RopeTables<'_, B>,
+        past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
         plan: &AttentionPlan<B>,
         candidate_last: bool,
     ) -> (Tensor<B, 3>, NewKv<B>) {
@@ -201,9 +204,19 @@ impl<B: Backend> Attention<B> {
         // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
         // heads move forward for attention.
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
-        let q = split(project(x.clone(), &self.q, cand.map(|c| &c.q), candidate_last), self.heads);
-        let k = split(project(x.clone(), &self.k, cand.map(|c| &c.k), candidate_last), self.kv_heads);
-        let v = split(project(x, &self.v, cand.map(|c| &c.v), candidate_last), self.kv_heads).swap_dims(1, 2);
+        let q = split(
+            project(x.clone(), &self.q, cand.map(|c| &c.q), candidate_last),
+            self.heads,
+        );
+        let k = split(
+            project(x.clone(), &self.k, cand.map(|c| &c.k), candidate_last),
+            self.kv_heads,
+        );
+        let v = split(
+            project(x, &self.v, cand.map(|c| &c.v), candidate_last),
+            self.kv_heads,
+        )
+        .swap_dims(1, 2);
         let (cos, sin) = rope;
         let q = apply_rope(q, cos, sin).swap_dims(1, 2);
         let k_rotated = apply_rope(k.clone(), cos, sin).swap_dims(1, 2);
@@ -211,25 +224,49 @@ impl<B: Backend> Attention<B> {
         let (keys, values) = match past {
             Some((kv, past_rope)) => {
                 let past_k = match past_rope {
-                    Some((pc, ps)) => apply_rope(kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2),
+                    Some((pc, ps)) => {
+                        apply_rope(kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2)
+                    }
                     None => kv.k.clone(),
                 };
-                (Tensor::cat(vec![past_k, k_rotated.clone()], 2), Tensor::cat(vec![kv.v.clone(), v.clone()], 2))
+                (
+                    Tensor::cat(vec![past_k, k_rotated.clone()], 2),
+                    Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
+                )
             }
             None => (k_rotated.clone(), v.clone()),
         };
         let out = plan.attend(q, keys, values);
-        let out = out.swap_dims(1, 2).reshape([b, s, self.heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, s, self.heads * self.head_dim]);
         let out = project(out, &self.o, cand.map(|c| &c.o), candidate_last);
-        (out, NewKv { k_unrotated: k, k_rotated, v })
+        (
+            out,
+            NewKv {
+                k_unrotated: k,
+                k_rotated,
+                v,
+            },
+        )
     }
 }
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, candidate_last: bool) -> Tensor<B, 3> {
         let gate = silu(self.gate.forward(x.clone()));
-        let up = project(x, &self.up, self.candidate.as_ref().map(|c| &c.up), candidate_last);
-        project(gate * up, &self.down, self.candidate.as_ref().map(|c| &c.down), candidate_last)
+        let up = project(
+            x,
+            &self.up,
+            self.candidate.as_ref().map(|c| &c.up),
+            candidate_last,
+        );
+        project(
+            gate * up,
+            &self.down,
+            self.candidate.as_ref().map(|c| &c.down),
+            candidate_last,
+        )
     }
 }
 
@@ -286,9 +323,19 @@ impl<B: Backend> LlamaModel<B> {
             _ => None,
         };
         let [batch, seq] = input.ids.dims();
-        let past_len = input.past.map_or(0, |(layers, _)| layers.first().map_or(0, |kv| kv.len()));
+        let past_len = input
+            .past
+            .map_or(0, |(layers, _)| layers.first().map_or(0, |kv| kv.len()));
         let groups = self.config.num_attention_heads / self.config.kv_heads();
-        let plan = AttentionPlan::new(batch, seq, past_len, self.config.kv_heads(), groups, input.left_pad, &device);
+        let plan = AttentionPlan::new(
+            batch,
+            seq,
+            past_len,
+            self.config.kv_heads(),
+            groups,
+            input.left_pad,
+            &device,
+        );
         let mut x = embedding(self.embed.val(), input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
@@ -298,7 +345,9 @@ impl<B: Backend> LlamaModel<B> {
                 .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
             let h = rms_norm(x.clone(), &layer.input_norm, eps);
             let (attn, new_kv) =
-                layer.attn.forward(h, (&cos, &sin), past, &plan, input.candidate_last);
+                layer
+                    .attn
+                    .forward(h, (&cos, &sin), past, &plan, input.candidate_last);
             x = x + attn;
             let h = rms_norm(x.clone(), &layer.post_attn_norm, eps);
             x = x + layer.mlp.forward(h, input.candidate_last);
@@ -333,9 +382,20 @@ pub fn linear_from_hf<B: Backend>(
             transposed[i * out_features + o] = *w;
         }
     }
-    let weight = Tensor::from_data(TensorData::new(transposed, [in_features, out_features]), device);
-    let bias = bias.map(|b| Param::from_tensor(Tensor::from_data(TensorData::new(b, [out_features]), device)));
-    Linear { weight: Param::from_tensor(weight), bias }
+    let weight = Tensor::from_data(
+        TensorData::new(transposed, [in_features, out_features]),
+        device,
+    );
+    let bias = bias.map(|b| {
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [out_features]),
+            device,
+        ))
+    });
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias,
+    }
 }
 
 impl<B: Backend> Attention<B> {

@@ -34,13 +34,18 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { trained_candidates: true }
+        Self {
+            trained_candidates: true,
+        }
     }
 }
 
 /// Loads an HF model directory (`config.json`, safetensors, optional `tokenizer.json`) or a GGUF
 /// file, on `device`.
-pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, ModelError> {
+pub fn load_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<LoadedModel<B>, ModelError> {
     load_model_with(path, device, &LoadOptions::default())
 }
 
@@ -51,22 +56,37 @@ pub fn load_model_with<B: Backend>(
     options: &LoadOptions,
 ) -> Result<LoadedModel<B>, ModelError> {
     if !path.exists() {
-        return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
     if path.is_dir() {
         let config = LlamaConfig::from_json_file(&path.join("config.json"))?;
         let weights = SafetensorsWeights::open_dir(path)?;
         let model = build_model_with(config, &weights, device, options)?;
         let tok_path = path.join("tokenizer.json");
-        let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
-        Ok(LoadedModel { model, tokenizer, path: path.into() })
+        let tokenizer = if tok_path.exists() {
+            Some(Tokenizer::from_file(&tok_path)?)
+        } else {
+            None
+        };
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            path: path.into(),
+        })
     } else {
         let gguf = GgufFile::open(path)?;
         let config = config_from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let weights = GgufWeights::new(gguf, config.num_attention_heads, config.kv_heads());
         let model = build_model_with(config, &weights, device, options)?;
-        Ok(LoadedModel { model, tokenizer: Some(tokenizer), path: path.into() })
+        Ok(LoadedModel {
+            model,
+            tokenizer: Some(tokenizer),
+            path: path.into(),
+        })
     }
 }
 
@@ -74,7 +94,10 @@ pub fn load_model_with<B: Backend>(
 pub fn config_from_gguf(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let arch = gguf.get_str("general.architecture")?.to_string();
     if arch != "llama" {
-        return Err(ModelError::UnsupportedArchitecture { arch, supported: SUPPORTED_ARCHITECTURES });
+        return Err(ModelError::UnsupportedArchitecture {
+            arch,
+            supported: SUPPORTED_ARCHITECTURES,
+        });
     }
     let int = |key: &str| gguf.get_u64(&format!("llama.{key}")).map(|v| v as usize);
     let heads = int("attention.head_count")?;
@@ -96,16 +119,27 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> {
         int("block_count")?,
         heads,
         int("attention.head_count_kv").unwrap_or(heads),
-        gguf.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+        gguf.get("llama.rope.freq_base")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10000.0),
         gguf.get_f64("llama.attention.layer_norm_rms_epsilon")?,
         int("context_length")?,
     );
-    if let Some(dim) = gguf.get("llama.rope.dimension_count").and_then(|v| v.as_u64()) {
+    if let Some(dim) = gguf
+        .get("llama.rope.dimension_count")
+        .and_then(|v| v.as_u64())
+    {
         config.head_dim = Some(dim as usize);
     }
     config.tie_word_embeddings = gguf.tensor_info("output.weight").is_none();
-    config.bos_token_id = gguf.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
-    let eos = gguf.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+    config.bos_token_id = gguf
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32);
+    let eos = gguf
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32);
     config.set_eos_ids(eos.into_iter().collect());
     config.validate(gguf.path())?;
     Ok(config)
@@ -121,7 +155,11 @@ impl<B: Backend> TensorLoader<'_, B> {
     fn raw(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
         let (shape, data) = self.source.load_f32(name)?;
         if shape != expected {
-            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: expected.to_vec(), found: shape });
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
         }
         Ok(data)
     }
@@ -135,9 +173,19 @@ impl<B: Backend> TensorLoader<'_, B> {
         Ok(Tensor::from_data(TensorData::new(data, [len]), self.device))
     }
 
-    fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<burn::nn::Linear<B>, ModelError> {
+    fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<burn::nn::Linear<B>, ModelError> {
         let weight = self.raw(&format!("{name}.weight"), &[out, inp])?;
-        let bias = if bias { Some(self.raw(&format!("{name}.bias"), &[out])?) } else { None };
+        let bias = if bias {
+            Some(self.raw(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(linear_from_hf(weight, out, inp, bias, self.device))
     }
 }
@@ -160,10 +208,18 @@ pub fn build_model_with<B: Backend>(
     options: &LoadOptions,
 ) -> Result<LlamaModel<B>, ModelError> {
     let t = TensorLoader::<B> { source, device };
-    let (hidden, inter, vocab) = (config.hidden_size, config.intermediate_size, config.vocab_size);
-    let (q_out, kv_out) = (config.num_attention_heads * config.head_dim(), config.kv_heads() * config.head_dim());
+    let (hidden, inter, vocab) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let (q_out, kv_out) = (
+        config.num_attention_heads * config.head_dim(),
+        config.kv_heads() * config.head_dim(),
+    );
     let bias = config.attention_bias;
-    let trained = options.trained_candidates && t.has("model.layers.0.self_attn.beacon_q_proj.weight");
+    let trained =
+        options.trained_candidates && t.has("model.layers.0.self_attn.beacon_q_proj.weight");
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -204,7 +260,9 @@ pub fn build_model_with<B: Backend>(
             candidate: mlp_candidate,
         };
         layers.push(DecoderLayer {
-            input_norm: burn::module::Param::from_tensor(t.vector(&format!("{p}.input_layernorm.weight"), hidden)?),
+            input_norm: burn::module::Param::from_tensor(
+                t.vector(&format!("{p}.input_layernorm.weight"), hidden)?,
+            ),
             attn,
             post_attn_norm: burn::module::Param::from_tensor(
                 t.vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
@@ -226,8 +284,22 @@ pub fn build_model_with<B: Backend>(
                 transposed[h * vocab + v] = *w;
             }
         }
-        Some(Tensor::from_data(TensorData::new(transposed, [hidden, vocab]), device))
+        Some(Tensor::from_data(
+            TensorData::new(transposed, [hidden, vocab]),
+            device,
+        ))
     };
-    let source_kind = if trained { CandidateSource::Trained } else { CandidateSource::CopiedFromBase };
-    Ok(LlamaModel::from_parts(config, embed, layers, norm, lm_head, source_kind))
+    let source_kind = if trained {
+        CandidateSource::Trained
+    } else {
+        CandidateSource::CopiedFromBase
+    };
+    Ok(LlamaModel::from_parts(
+        config,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        source_kind,
+    ))
 }

@@ -18,15 +18,19 @@ impl Rope {
     pub fn new(config: &LlamaConfig) -> Self {
         let dim = config.head_dim();
         let base = config.rope_theta as f32;
-        let mut inv_freq: Vec<f32> =
-            (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+            .collect();
         if let Some(scaling) = &config.rope_scaling {
             let factor = scaling.factor as f32;
             match scaling.rope_type.as_str() {
                 "linear" => inv_freq.iter_mut().for_each(|f| *f /= factor),
                 "llama3" => {
                     let old = scaling.original_max_position_embeddings as f32;
-                    let (low, high) = (scaling.low_freq_factor as f32, scaling.high_freq_factor as f32);
+                    let (low, high) = (
+                        scaling.low_freq_factor as f32,
+                        scaling.high_freq_factor as f32,
+                    );
                     let (low_wavelen, high_wavelen) = (old / low, old / high);
                     for f in inv_freq.iter_mut() {
                         let wavelen = 2.0 * std::f32::consts::PI / *f;
@@ -45,7 +49,7 @@ impl Rope {
     }
 
     /// cos and sin tables `[batch, seq, 1, head_dim]` for `positions` (`batch` rows of `seq`), for
-/// tensors laid out `[batch, seq, heads, head_dim]`.
+    /// tensors laid out `[batch, seq, heads, head_dim]`.
     pub fn tables<B: Backend>(
         &self,
         positions: &[Vec<usize>],
@@ -76,7 +80,11 @@ impl Rope {
 }
 
 /// Applies RoPE to `x` `[batch, seq, heads, head_dim]` with tables from [`Rope::tables`].
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let half = x.dims()[3] / 2;
     let x1 = x.clone().narrow(3, 0, half);
     let x2 = x.clone().narrow(3, half, half);

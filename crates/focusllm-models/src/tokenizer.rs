@@ -44,7 +44,10 @@ impl Tokenizer {
         Ok(Self {
             bos_id: special("bos_token"),
             eos_id: special("eos_token"),
-            chat_template: config.get("chat_template").and_then(|t| t.as_str()).map(str::to_string),
+            chat_template: config
+                .get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
             inner,
         })
     }
@@ -62,7 +65,10 @@ impl Tokenizer {
 
     /// Encodes text; no special tokens are added (the engine applies the BOS rule).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let encoding = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -72,7 +78,9 @@ impl Tokenizer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::TokenOutOfVocab { id, vocab });
         }
-        self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// Vocabulary size, added tokens included.
@@ -126,6 +134,7 @@ impl Tokenizer {
 
 impl Detokenizer for Tokenizer {
     fn detokenize(&self, ids: &[u32]) -> Result<String, FocusError> {
-        self.decode(ids).map_err(|e| FocusError::Decoder(e.to_string()))
+        self.decode(ids)
+            .map_err(|e| FocusError::Decoder(e.to_string()))
     }
 }

@@ -48,18 +48,21 @@ impl SafetensorsWeights {
             return Self::open_files(dir, &[single]);
         }
         if !index.exists() {
-            return Err(ModelError::MissingTensor {
-                path: dir.into(),
-                tensor: "model.safetensors (or model.safetensors.index.json)".into(),
-            });
+            let missing = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "neither model.safetensors nor model.safetensors.index.json exists",
+            );
+            return Err(ModelError::io(&single, missing));
         }
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
         #[derive(serde::Deserialize)]
         struct Index {
             weight_map: HashMap<String, String>,
         }
-        let parsed: Index = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Safetensors { path: index.clone(), reason: e.to_string() })?;
+        let parsed: Index = serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
+            path: index.clone(),
+            reason: e.to_string(),
+        })?;
         let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
         shards.sort();
         shards.dedup();
@@ -76,8 +79,10 @@ impl SafetensorsWeights {
             // SAFETY: the mapping is read-only; a file changed under us could give wrong numbers,
             // which is the same contract every mmap-based loader has.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-            let parsed = SafeTensors::deserialize(&mmap)
-                .map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+            let parsed = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             let base = mmap.as_ptr() as usize;
             for (name, view) in parsed.iter() {
                 let start = view.data().as_ptr() as usize - base;
@@ -93,7 +98,11 @@ impl SafetensorsWeights {
             }
             files.push((path.clone(), mmap));
         }
-        Ok(Self { location: location.into(), files, entries })
+        Ok(Self {
+            location: location.into(),
+            files,
+            entries,
+        })
     }
 }
 
@@ -114,20 +123,30 @@ impl WeightSource for SafetensorsWeights {
         let entry = self
             .entries
             .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.location.clone(), tensor: name.into() })?;
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.location.clone(),
+                tensor: name.into(),
+            })?;
         let (path, mmap) = &self.files[entry.file];
         let bytes = &mmap[entry.range.clone()];
         let data: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => {
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             Dtype::F64 => bytes
                 .chunks_exact(8)
-                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                .map(|b| {
+                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                })
                 .collect(),
             other => {
                 return Err(ModelError::UnsupportedDtype {
@@ -151,7 +170,11 @@ pub struct GgufWeights {
 impl GgufWeights {
     /// Wraps an open GGUF file of a model with `heads` query heads and `kv_heads` key/value heads.
     pub fn new(gguf: GgufFile, heads: usize, kv_heads: usize) -> Self {
-        Self { gguf, heads, kv_heads }
+        Self {
+            gguf,
+            heads,
+            kv_heads,
+        }
     }
 
     /// The GGUF file.
@@ -207,7 +230,10 @@ impl WeightSource for GgufWeights {
     }
 
     fn load_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let missing = || ModelError::MissingTensor { path: self.gguf.path().into(), tensor: name.into() };
+        let missing = || ModelError::MissingTensor {
+            path: self.gguf.path().into(),
+            tensor: name.into(),
+        };
         let (gguf, heads) = self.gguf_name(name).ok_or_else(missing)?;
         let (shape, data) = self.gguf.tensor_f32(&gguf)?;
         if heads == 0 {
