@@ -13,16 +13,26 @@ use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 /// Queries per block: bounds the score buffer to `heads × BLOCK × keys` floats.
 const BLOCK: usize = 256;
 
+/// What a block must hide. Masks are full-sized (`[batch, kv_heads, groups * rows, columns]`) on
+/// purpose: a broadcast mask makes the CPU backend walk the scores with a slow strided iterator.
+#[derive(Debug, Clone)]
+enum BlockMask<B: Backend> {
+    /// Nothing (a single query row after its whole past).
+    None,
+    /// Only the causal triangle over the block's own keys (the last `rows` keys): the earlier keys
+    /// are all visible, so they need no mask. Shared by every block of the same size.
+    Diagonal(Tensor<B, 4, Bool>),
+    /// Causal and padding over all the block's keys (chunk batches of unequal lengths).
+    Full(Tensor<B, 4, Bool>),
+}
+
 /// One query block: rows `start..end` of the new tokens see keys `0..keys`.
 #[derive(Debug, Clone)]
-pub(crate) struct QueryBlock<B: Backend> {
+struct QueryBlock<B: Backend> {
     start: usize,
     end: usize,
     keys: usize,
-    /// `[batch, kv_heads, groups * (end - start), keys]`, `true` = hidden (causal and padding).
-    /// Full-sized on purpose: a broadcast mask makes the CPU backend walk the scores with a slow
-    /// strided iterator; the mask is built once per forward and shared by all layers.
-    mask: Option<Tensor<B, 4, Bool>>,
+    mask: BlockMask<B>,
 }
 
 /// The blocks of one forward, shared by all layers (the masks are built once).
@@ -34,6 +44,41 @@ pub(crate) struct AttentionPlan<B: Backend> {
 
 /// Which keys are padding: per batch element, the number of leading padded key positions.
 pub(crate) type LeftPad<'a> = Option<&'a [usize]>;
+
+/// Shape of the masks of one forward.
+struct MaskShape {
+    batch: usize,
+    kv_heads: usize,
+    groups: usize,
+}
+
+impl MaskShape {
+    /// A full-sized mask whose row `i` (of `rows`, repeated per group and head) hides column `j` when
+    /// `hidden(b, i, j)`.
+    fn build<B: Backend>(
+        &self,
+        rows: usize,
+        columns: usize,
+        hidden: impl Fn(usize, usize, usize) -> bool,
+        device: &B::Device,
+    ) -> Tensor<B, 4, Bool> {
+        let per_head = self.groups * rows * columns;
+        let mut data = Vec::with_capacity(self.batch * self.kv_heads * per_head);
+        for b in 0..self.batch {
+            let head_start = data.len();
+            for _ in 0..self.groups {
+                for i in 0..rows {
+                    data.extend((0..columns).map(|j| hidden(b, i, j)));
+                }
+            }
+            for _ in 1..self.kv_heads {
+                data.extend_from_within(head_start..head_start + per_head);
+            }
+        }
+        let shape = [self.batch, self.kv_heads, self.groups * rows, columns];
+        Tensor::from_data(TensorData::new(data, shape), device)
+    }
+}
 
 impl<B: Backend> AttentionPlan<B> {
     /// Plans attention for `seq` new tokens after `past` cached ones (causal, bottom-right
@@ -48,41 +93,38 @@ impl<B: Backend> AttentionPlan<B> {
         left_pad: LeftPad<'_>,
         device: &B::Device,
     ) -> Self {
+        let shape = MaskShape { batch, kv_heads, groups };
+        let pads: Vec<usize> = match left_pad {
+            Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
+            _ => Vec::new(),
+        };
+        let mut diagonals: Vec<(usize, Tensor<B, 4, Bool>)> = Vec::new();
         let mut blocks = Vec::with_capacity(seq.div_ceil(BLOCK));
         let mut start = 0;
         while start < seq {
             let end = (start + BLOCK).min(seq);
             let keys = past + end;
             let rows = end - start;
-            let causal_needed = rows > 1;
-            let pad_needed = left_pad.is_some_and(|p| p.iter().any(|&x| x > 0));
-            let mask = (causal_needed || pad_needed).then(|| {
-                let mut data = Vec::with_capacity(batch * kv_heads * groups * rows * keys);
-                for b in 0..batch {
-                    let pad = left_pad.map_or(0, |p| p[b]);
-                    let start_of_element = data.len();
-                    for _ in 0..groups {
-                        for i in start..end {
-                            let own = past + i;
-                            data.extend((0..keys).map(|j| j > own || (j < pad && j != own)));
-                        }
+            let mask = if !pads.is_empty() {
+                let hidden = |b: usize, i: usize, j: usize| {
+                    let own = past + start + i;
+                    j > own || (j < pads[b] && j != own)
+                };
+                BlockMask::Full(shape.build(rows, keys, hidden, device))
+            } else if rows > 1 {
+                let diagonal = match diagonals.iter().find(|(r, _)| *r == rows) {
+                    Some((_, m)) => m.clone(),
+                    None => {
+                        let m = shape.build(rows, rows, |_, i, j| j > i, device);
+                        diagonals.push((rows, m.clone()));
+                        m
                     }
-                    let one_head = data.len() - start_of_element;
-                    for _ in 1..kv_heads {
-                        data.extend_from_within(start_of_element..start_of_element + one_head);
-                    }
-                }
-                Tensor::from_data(
-                    TensorData::new(data, [batch, kv_heads, groups * rows, keys]),
-                    device,
-                )
-            });
-            blocks.push(QueryBlock {
-                start,
-                end,
-                keys,
-                mask,
-            });
+                };
+                BlockMask::Diagonal(diagonal)
+            } else {
+                BlockMask::None
+            };
+            blocks.push(QueryBlock { start, end, keys, mask });
             start = end;
         }
         Self { blocks, groups }
@@ -98,6 +140,7 @@ impl<B: Backend> AttentionPlan<B> {
         // [b, kv_heads, groups, seq, d]: query heads sharing a key/value head sit together.
         let q = q.reshape([b, kv_heads, g, seq, d]);
         let k_t = k.swap_dims(2, 3);
+        let total_keys = k_t.dims()[3];
         let outputs: Vec<Tensor<B, 5>> = self
             .blocks
             .iter()
@@ -111,23 +154,24 @@ impl<B: Backend> AttentionPlan<B> {
                 // Scaling the queries is cheaper than scaling the scores.
                 let q_block = q_block.reshape([b, kv_heads, g * rows, d]) * scale;
                 let keys = block.keys;
-                let k_block = if keys == k_t.dims()[3] {
-                    k_t.clone()
-                } else {
-                    k_t.clone().narrow(3, 0, keys)
+                let k_block = if keys == total_keys { k_t.clone() } else { k_t.clone().narrow(3, 0, keys) };
+                let v_block = if keys == total_keys { v.clone() } else { v.clone().narrow(2, 0, keys) };
+                let scores = match &block.mask {
+                    BlockMask::None => q_block.matmul(k_block),
+                    BlockMask::Full(mask) => q_block.matmul(k_block).mask_fill(mask.clone(), f32::NEG_INFINITY),
+                    BlockMask::Diagonal(mask) => {
+                        let seen = keys - rows;
+                        let own = k_block.clone().narrow(3, seen, rows);
+                        let own_scores = q_block.clone().matmul(own).mask_fill(mask.clone(), f32::NEG_INFINITY);
+                        if seen == 0 {
+                            own_scores
+                        } else {
+                            let past_scores = q_block.matmul(k_block.narrow(3, 0, seen));
+                            Tensor::cat(vec![past_scores, own_scores], 3)
+                        }
+                    }
                 };
-                let v_block = if keys == v.dims()[2] {
-                    v.clone()
-                } else {
-                    v.clone().narrow(2, 0, keys)
-                };
-                let mut scores = q_block.matmul(k_block);
-                if let Some(mask) = &block.mask {
-                    scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
-                }
-                softmax(scores, 3)
-                    .matmul(v_block)
-                    .reshape([b, kv_heads, g, rows, d])
+                softmax(scores, 3).matmul(v_block).reshape([b, kv_heads, g, rows, d])
             })
             .collect();
         let out = if outputs.len() == 1 {
