@@ -255,3 +255,33 @@ fn cancellation_stops_prefill() {
     );
     assert!(seen.iter().any(|p| p.done == 4));
 }
+
+#[test]
+fn compact_f16_chunk_caches_halve_memory_and_keep_greedy_tokens() {
+    let (mut model, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let fixture = json(&dir.join("c_greedy.json"));
+    let run = |model: &focusllm::models::LlamaModel<B>| {
+        let engine = engine(model, official_config(&dir));
+        let mut session = engine.session();
+        let mut logits = session.prefill(&long).unwrap();
+        let bytes = session.chunk_cache_bytes();
+        let mut tokens = Vec::new();
+        for _ in 0..5 {
+            let t = focusllm::core::argmax(&logits).unwrap();
+            tokens.push(t);
+            logits = session.step(t).unwrap();
+        }
+        (tokens, bytes)
+    };
+    let (tokens32, bytes32) = run(&model);
+    model.set_cache_dtype(Some(burn::tensor::DType::F16));
+    let (tokens16, bytes16) = run(&model);
+    assert_eq!(tokens32, ids(&fixture["tokens"]));
+    assert_eq!(tokens16, tokens32);
+    // Raw caches halve; the candidates (one position per chunk and layer) stay f32.
+    assert!(
+        bytes16 < bytes32 * 52 / 100,
+        "f16 caches {bytes16} B vs f32 {bytes32} B"
+    );
+}

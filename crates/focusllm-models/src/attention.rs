@@ -93,7 +93,11 @@ impl<B: Backend> AttentionPlan<B> {
         left_pad: LeftPad<'_>,
         device: &B::Device,
     ) -> Self {
-        let shape = MaskShape { batch, kv_heads, groups };
+        let shape = MaskShape {
+            batch,
+            kv_heads,
+            groups,
+        };
         let pads: Vec<usize> = match left_pad {
             Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
             _ => Vec::new(),
@@ -124,7 +128,12 @@ impl<B: Backend> AttentionPlan<B> {
             } else {
                 BlockMask::None
             };
-            blocks.push(QueryBlock { start, end, keys, mask });
+            blocks.push(QueryBlock {
+                start,
+                end,
+                keys,
+                mask,
+            });
             start = end;
         }
         Self { blocks, groups }
@@ -154,15 +163,28 @@ impl<B: Backend> AttentionPlan<B> {
                 // Scaling the queries is cheaper than scaling the scores.
                 let q_block = q_block.reshape([b, kv_heads, g * rows, d]) * scale;
                 let keys = block.keys;
-                let k_block = if keys == total_keys { k_t.clone() } else { k_t.clone().narrow(3, 0, keys) };
-                let v_block = if keys == total_keys { v.clone() } else { v.clone().narrow(2, 0, keys) };
+                let k_block = if keys == total_keys {
+                    k_t.clone()
+                } else {
+                    k_t.clone().narrow(3, 0, keys)
+                };
+                let v_block = if keys == total_keys {
+                    v.clone()
+                } else {
+                    v.clone().narrow(2, 0, keys)
+                };
                 let scores = match &block.mask {
                     BlockMask::None => q_block.matmul(k_block),
-                    BlockMask::Full(mask) => q_block.matmul(k_block).mask_fill(mask.clone(), f32::NEG_INFINITY),
+                    BlockMask::Full(mask) => q_block
+                        .matmul(k_block)
+                        .mask_fill(mask.clone(), f32::NEG_INFINITY),
                     BlockMask::Diagonal(mask) => {
                         let seen = keys - rows;
                         let own = k_block.clone().narrow(3, seen, rows);
-                        let own_scores = q_block.clone().matmul(own).mask_fill(mask.clone(), f32::NEG_INFINITY);
+                        let own_scores = q_block
+                            .clone()
+                            .matmul(own)
+                            .mask_fill(mask.clone(), f32::NEG_INFINITY);
                         if seen == 0 {
                             own_scores
                         } else {
@@ -171,7 +193,9 @@ impl<B: Backend> AttentionPlan<B> {
                         }
                     }
                 };
-                softmax(scores, 3).matmul(v_block).reshape([b, kv_heads, g, rows, d])
+                softmax(scores, 3)
+                    .matmul(v_block)
+                    .reshape([b, kv_heads, g, rows, d])
             })
             .collect();
         let out = if outputs.len() == 1 {

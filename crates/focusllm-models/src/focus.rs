@@ -20,6 +20,16 @@ fn logits_to_vec<B: Backend>(logits: Option<Tensor<B, 3>>) -> Result<Vec<f32>> {
         .map_err(|e| FocusError::Decoder(format!("reading logits: {e:?}")))
 }
 
+impl<B: Backend> LlamaModel<B> {
+    /// A raw-cache tensor in the cache dtype (see [`LlamaModel::set_cache_dtype`]).
+    fn compact(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.cache_dtype() {
+            Some(dtype) => t.cast(dtype),
+            None => t,
+        }
+    }
+}
+
 impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
     fn decode_chunks(&self, sequences: &[ChunkSequence]) -> Result<ChunkBatchCache<B>> {
         let vocab = self.config().vocab_size;
@@ -60,8 +70,8 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let mut candidates = Vec::with_capacity(out.kv.len());
         for kv in out.kv {
             raw.push(LayerKv {
-                k: kv.k_rotated.narrow(2, 0, len - 1),
-                v: kv.v.clone().narrow(2, 0, len - 1),
+                k: self.compact(kv.k_rotated.narrow(2, 0, len - 1)),
+                v: self.compact(kv.v.clone().narrow(2, 0, len - 1)),
             });
             candidates.push(LayerKv {
                 k: kv.k_unrotated.narrow(2, len - 1, 1),
@@ -86,18 +96,36 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             .iter()
             .map(|&pad| vec![cached - pad, cached + 1 - pad])
             .collect();
+        // Compact caches are widened for the forward only.
+        let widened: Option<Vec<LayerKv<B>>> = self.cache_dtype().map(|_| {
+            let dtype = self.compute_dtype();
+            batch
+                .raw
+                .iter()
+                .map(|kv| LayerKv {
+                    k: kv.k.clone().cast(dtype),
+                    v: kv.v.clone().cast(dtype),
+                })
+                .collect()
+        });
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
-            past: Some((&batch.raw, PastKeys::Rotated)),
+            past: Some((widened.as_deref().unwrap_or(&batch.raw), PastKeys::Rotated)),
             left_pad: Some(&batch.left_pad),
             candidate_last: true,
             logits_last: 0,
         });
         for (layer, kv) in out.kv.into_iter().enumerate() {
             let raw = &mut batch.raw[layer];
-            raw.k = Tensor::cat(vec![raw.k.clone(), kv.k_rotated.narrow(2, 0, 1)], 2);
-            raw.v = Tensor::cat(vec![raw.v.clone(), kv.v.clone().narrow(2, 0, 1)], 2);
+            raw.k = Tensor::cat(
+                vec![raw.k.clone(), self.compact(kv.k_rotated.narrow(2, 0, 1))],
+                2,
+            );
+            raw.v = Tensor::cat(
+                vec![raw.v.clone(), self.compact(kv.v.clone().narrow(2, 0, 1))],
+                2,
+            );
             batch.candidates[layer] = LayerKv {
                 k: kv.k_unrotated.narrow(2, 1, 1),
                 v: kv.v.narrow(2, 1, 1),

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use crate::attention::AttentionPlan;
 use crate::config::LlamaConfig;
@@ -110,6 +110,8 @@ pub struct LlamaModel<B: Backend> {
     rope: Rope,
     #[module(skip)]
     candidate_source: CandidateSource,
+    #[module(skip)]
+    cache_dtype: Option<DType>,
 }
 
 /// How the keys of a past are stored.
@@ -289,7 +291,25 @@ impl<B: Backend> LlamaModel<B> {
             config,
             rope,
             candidate_source,
+            cache_dtype: None,
         }
+    }
+
+    /// Stores the chunks' raw caches in `dtype` (e.g. `DType::F16` or `DType::BF16`) instead of the
+    /// compute dtype: half the memory per cached token, at the cost of rounding the cached keys and
+    /// values (and a conversion at every generated token). `None` restores the default.
+    pub fn set_cache_dtype(&mut self, dtype: Option<DType>) {
+        self.cache_dtype = dtype;
+    }
+
+    /// The dtype of the chunks' raw caches (`None`: the compute dtype).
+    pub fn cache_dtype(&self) -> Option<DType> {
+        self.cache_dtype
+    }
+
+    /// The compute dtype (that of the weights).
+    pub fn compute_dtype(&self) -> DType {
+        self.embed.val().dtype()
     }
 
     /// The configuration.
