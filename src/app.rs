@@ -150,6 +150,9 @@ pub struct EngineArgs {
     /// has trained ones.
     #[arg(long)]
     pub untrained: bool,
+    /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub cache_dtype: String,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,

@@ -43,4 +43,5 @@ pub use focusllm_models as models;
 
 pub mod app;
 pub mod fetch;
+pub mod memory;
 pub mod passkey;
