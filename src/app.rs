@@ -150,6 +150,9 @@ pub struct EngineArgs {
     /// has trained ones.
     #[arg(long)]
     pub untrained: bool,
+    /// Compute dtype: f32 (default), f16 or bf16 (where the backend supports it).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
     /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub cache_dtype: String,
@@ -177,9 +180,19 @@ impl EngineArgs {
         let path = resolve_model(self.model.clone())?;
         let options = focusllm_models::LoadOptions {
             trained_candidates: !self.untrained,
+            dtype: parse_dtype(&self.dtype).unwrap_or(burn::tensor::DType::F32),
         };
-        Ok(focusllm_models::load_model_with::<B>(
-            &path, device, &options,
-        )?)
+        let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;
+        loaded.model.set_cache_dtype(parse_dtype(&self.cache_dtype));
+        Ok(loaded)
+    }
+}
+
+/// `"f16"` / `"bf16"` → that dtype; anything else (`"f32"`) → `None` (the default).
+fn parse_dtype(name: &str) -> Option<burn::tensor::DType> {
+    match name {
+        "f16" => Some(burn::tensor::DType::F16),
+        "bf16" => Some(burn::tensor::DType::BF16),
+        _ => None,
     }
 }

@@ -285,3 +285,35 @@ fn compact_f16_chunk_caches_halve_memory_and_keep_greedy_tokens() {
         "f16 caches {bytes16} B vs f32 {bytes32} B"
     );
 }
+
+#[test]
+fn half_precision_compute_stays_close_to_the_reference() {
+    let dir = fixtures().join("official").join("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let fixture = json(&dir.join("b_prefill.json"));
+    let want = floats(&fixture["final_logits"]);
+    for (dtype, tol) in [
+        (burn::tensor::DType::F16, 0.05),
+        (burn::tensor::DType::BF16, 0.3),
+    ] {
+        let options = focusllm::models::LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let model = focusllm::models::load_model_with::<B>(&dir, &Default::default(), &options)
+            .unwrap()
+            .model;
+        assert_eq!(model.compute_dtype(), dtype);
+        let logits = engine(&model, official_config(&dir))
+            .session()
+            .prefill(&long)
+            .unwrap();
+        let diff = max_abs_diff(&logits, &want);
+        eprintln!("{dtype:?}: prefill logits max diff {diff}");
+        assert!(diff < tol, "{dtype:?}: prefill logits max diff {diff}");
+        assert_eq!(
+            focusllm::core::argmax(&logits).unwrap(),
+            focusllm::core::argmax(&want).unwrap()
+        );
+    }
+}

@@ -10,6 +10,8 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 
+use crate::llama::{from_f32, to_f32};
+
 /// Queries per block: bounds the score buffer to `heads × BLOCK × keys` floats.
 const BLOCK: usize = 256;
 
@@ -193,9 +195,10 @@ impl<B: Backend> AttentionPlan<B> {
                         }
                     }
                 };
-                softmax(scores, 3)
-                    .matmul(v_block)
-                    .reshape([b, kv_heads, g, rows, d])
+                // Softmax in f32 whatever the compute dtype.
+                let dtype = scores.dtype();
+                let probs = from_f32(softmax(to_f32(scores), 3), dtype);
+                probs.matmul(v_block).reshape([b, kv_heads, g, rows, d])
             })
             .collect();
         let out = if outputs.len() == 1 {

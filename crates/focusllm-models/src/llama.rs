@@ -5,7 +5,7 @@
 //! candidate and uses the candidate projections) and the main pass (a past whose keys still need
 //! RoPE, at positions chosen by the caller).
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::embedding;
@@ -186,9 +186,41 @@ fn project<B: Backend>(
     }
 }
 
+/// RMSNorm, computed in f32 whatever the compute dtype (as the reference does).
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Param<Tensor<B, 1>>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = to_f32(x);
     let variance = x.clone().square().mean_dim(2);
-    (x * (variance + eps).sqrt().recip()) * weight.val().unsqueeze::<3>()
+    let normed = from_f32(x * (variance + eps).sqrt().recip(), dtype);
+    normed * weight.val().unsqueeze::<3>()
+}
+
+/// `x` in f32 (a no-op when it already is).
+pub(crate) fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
+}
+
+/// `x` (f32) in `dtype` (a no-op for f32).
+pub(crate) fn from_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// Casts every float parameter of a module to one dtype.
+struct CastParams(DType);
+
+impl<B: Backend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -307,6 +339,12 @@ impl<B: Backend> LlamaModel<B> {
         self.cache_dtype
     }
 
+    /// Converts the weights to `dtype` (`DType::F32`, `F16` or `BF16`; the backend must support it).
+    /// Activations then flow in that dtype; RMSNorm, softmax and RoPE tables stay f32-accurate.
+    pub fn with_compute_dtype(self, dtype: DType) -> Self {
+        self.map(&mut CastParams(dtype))
+    }
+
     /// The compute dtype (that of the weights).
     pub fn compute_dtype(&self) -> DType {
         self.embed.val().dtype()
@@ -337,9 +375,14 @@ impl<B: Backend> LlamaModel<B> {
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
     pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         let device = self.device();
-        let (cos, sin) = self.rope.tables::<B>(input.positions, &device);
+        let dtype = self.compute_dtype();
+        let tables = |positions: &[Vec<usize>]| {
+            let (cos, sin) = self.rope.tables::<B>(positions, &device);
+            (from_f32(cos, dtype), from_f32(sin, dtype))
+        };
+        let (cos, sin) = tables(input.positions);
         let past_tables = match input.past {
-            Some((_, PastKeys::Unrotated(pos))) => Some(self.rope.tables::<B>(pos, &device)),
+            Some((_, PastKeys::Unrotated(pos))) => Some(tables(pos)),
             _ => None,
         };
         let [batch, seq] = input.ids.dims();

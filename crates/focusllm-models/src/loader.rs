@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use crate::config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
 use crate::error::ModelError;
@@ -30,12 +30,16 @@ pub struct LoadOptions {
     /// Load trained candidate projections when the checkpoint has them (`false`: the candidate
     /// uses the ordinary projections, like an untrained FocusLLM model).
     pub trained_candidates: bool,
+    /// Compute dtype (`F32`, `F16` or `BF16`; the backend must support it). Weights are converted
+    /// once at load.
+    pub dtype: DType,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             trained_candidates: true,
+            dtype: DType::F32,
         }
     }
 }
@@ -294,12 +298,10 @@ pub fn build_model_with<B: Backend>(
     } else {
         CandidateSource::CopiedFromBase
     };
-    Ok(LlamaModel::from_parts(
-        config,
-        embed,
-        layers,
-        norm,
-        lm_head,
-        source_kind,
-    ))
+    let model = LlamaModel::from_parts(config, embed, layers, norm, lm_head, source_kind);
+    Ok(if options.dtype == DType::F32 {
+        model
+    } else {
+        model.with_compute_dtype(options.dtype)
+    })
 }
