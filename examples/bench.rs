@@ -180,7 +180,11 @@ fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
 #[global_allocator]
 static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
 
-fn main() -> Result<(), AppError> {
+fn main() -> std::process::ExitCode {
+    focusllm::app::report(run())
+}
+
+fn run() -> Result<(), AppError> {
     let args = Args::parse();
     let (rows, batches) = run_on(args.engine.backend, args.engine.device, &args)??;
     let focus_fit = loglog_exponent(&rows, "focus", 8192);

@@ -87,7 +87,11 @@ impl BackendRunner for &Args {
 #[global_allocator]
 static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
 
-fn main() -> Result<(), AppError> {
+fn main() -> std::process::ExitCode {
+    focusllm::app::report(run())
+}
+
+fn run() -> Result<(), AppError> {
     let args = Args::parse();
     run_on(args.engine.backend, args.engine.device, &args)?
 }

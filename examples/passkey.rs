@@ -149,7 +149,11 @@ impl BackendRunner for &Args {
 #[global_allocator]
 static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
 
-fn main() -> Result<(), AppError> {
+fn main() -> std::process::ExitCode {
+    focusllm::app::report(run())
+}
+
+fn run() -> Result<(), AppError> {
     let args = Args::parse();
     let rows = run_on(args.engine.backend, args.engine.device, &args)??;
     if args.json {

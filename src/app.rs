@@ -20,7 +20,8 @@ pub trait BackendRunner {
 }
 
 /// Runs `runner` on the backend `kind` (device `index` for GPUs). A backend whose cargo feature is
-/// off is an error naming the feature.
+/// off is an error naming the feature; one that cannot start (no driver or device) is an error
+/// with the runtime's reason.
 pub fn run_on<R: BackendRunner>(
     kind: BackendKind,
     index: usize,
@@ -33,16 +34,15 @@ pub fn run_on<R: BackendRunner>(
         BackendKind::Cpu => Ok(runner.run::<focusllm_backends::Cpu>(Default::default())),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
-            let device = if index == 0 {
-                burn::backend::wgpu::WgpuDevice::DefaultDevice
-            } else {
-                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index)
-            };
+            let device = focusllm_backends::wgpu_device(index);
+            focusllm_backends::probe::<focusllm_backends::Wgpu>(kind, &device)?;
             Ok(runner.run::<focusllm_backends::Wgpu>(device))
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            Ok(runner.run::<focusllm_backends::Cuda>(burn::backend::cuda::CudaDevice::new(index)))
+            let device = focusllm_backends::cuda_device(index);
+            focusllm_backends::probe::<focusllm_backends::Cuda>(kind, &device)?;
+            Ok(runner.run::<focusllm_backends::Cuda>(device))
         }
         #[allow(unreachable_patterns)]
         other => Err(BackendError::NotCompiled {
@@ -194,5 +194,21 @@ fn parse_dtype(name: &str) -> Option<burn::tensor::DType> {
         "f16" => Some(burn::tensor::DType::F16),
         "bf16" => Some(burn::tensor::DType::BF16),
         _ => None,
+    }
+}
+
+/// Turns a program's result into its exit status, printing the error (and its causes) readably.
+pub fn report(result: Result<(), AppError>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -49,6 +49,70 @@ pub enum BackendError {
         /// The cargo feature that enables it.
         feature: &'static str,
     },
+    /// The backend is compiled in but cannot start here (no driver, no device).
+    #[error("backend `{kind}` is unavailable on this machine: {reason}")]
+    Unavailable {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// What the backend reported.
+        reason: String,
+    },
+}
+
+/// Checks that backend `B` can run a tensor operation on `device`.
+///
+/// GPU runtimes report a missing driver or device by panicking on first use (cudarc cannot load
+/// `libcuda`, wgpu finds no adapter); this turns that into [`BackendError::Unavailable`] with the
+/// runtime's message, without printing the panic.
+pub fn probe<B: burn::tensor::backend::Backend>(
+    kind: BackendKind,
+    device: &B::Device,
+) -> Result<(), BackendError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = burn::tensor::Tensor::<B, 1>::ones([4], device);
+        t.sum()
+            .into_data()
+            .to_vec::<f32>()
+            .map(|v| v.first().copied())
+    }));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(Ok(Some(sum))) if (sum - 4.0).abs() < 1e-3 => Ok(()),
+        Ok(Ok(other)) => Err(BackendError::Unavailable {
+            kind,
+            reason: format!("self-test gave {other:?}, not 4"),
+        }),
+        Ok(Err(e)) => Err(BackendError::Unavailable {
+            kind,
+            reason: format!("{e:?}"),
+        }),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the runtime panicked".into());
+            Err(BackendError::Unavailable { kind, reason })
+        }
+    }
+}
+
+/// The wgpu device for an index: 0 is the default (best) adapter, `n` the n-th discrete GPU.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device(index: usize) -> burn::backend::wgpu::WgpuDevice {
+    if index == 0 {
+        burn::backend::wgpu::WgpuDevice::DefaultDevice
+    } else {
+        burn::backend::wgpu::WgpuDevice::DiscreteGpu(index)
+    }
+}
+
+/// The CUDA device with this index.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
+    burn::backend::cuda::CudaDevice::new(index)
 }
 
 impl BackendKind {
