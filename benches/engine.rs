@@ -15,17 +15,27 @@ static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
 
 fn engine_benches(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official/C");
-    let model = load_model::<Cpu>(&dir, &Default::default()).expect("fixture model C").model;
+    let model = load_model::<Cpu>(&dir, &Default::default())
+        .expect("fixture model C")
+        .model;
     let inputs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("inputs.json")).unwrap()).unwrap();
-    let ids: Vec<u32> =
-        inputs["long_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let config = FocusConfig::default().with_local_window(512).with_chunk_size(700).with_plain_threshold(Some(4096));
+    let ids: Vec<u32> = inputs["long_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let config = FocusConfig::default()
+        .with_local_window(512)
+        .with_chunk_size(700)
+        .with_plain_threshold(Some(4096));
 
     let mut group = c.benchmark_group("model C, 5000 tokens");
     group.sample_size(10);
     for batch in [1, 4] {
-        let engine = FocusEngine::new(&model, &model, config.clone().with_chunk_batch_size(batch)).unwrap();
+        let engine =
+            FocusEngine::new(&model, &model, config.clone().with_chunk_batch_size(batch)).unwrap();
         group.bench_function(format!("focus prefill, chunk batch {batch}"), |b| {
             b.iter(|| black_box(engine.session().prefill(&ids).unwrap()))
         });
@@ -41,8 +51,15 @@ fn engine_benches(c: &mut Criterion) {
             }
         })
     });
-    let plain = FocusEngine::new(&model, &model, config.with_plain_threshold(Some(usize::MAX))).unwrap();
-    group.bench_function("plain prefill", |b| b.iter(|| black_box(plain.session().prefill(&ids).unwrap())));
+    let plain = FocusEngine::new(
+        &model,
+        &model,
+        config.with_plain_threshold(Some(usize::MAX)),
+    )
+    .unwrap();
+    group.bench_function("plain prefill", |b| {
+        b.iter(|| black_box(plain.session().prefill(&ids).unwrap()))
+    });
     group.finish();
 }
 

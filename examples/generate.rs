@@ -6,14 +6,13 @@
 //! cargo run --release --example generate -- --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
 //! ```
 
-use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use focusllm::app::{
+    AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
+};
 use focusllm::core::{FocusEngine, GenerateOptions, Mode, SamplingConfig};
 
 #[derive(Parser, Debug)]
@@ -68,19 +67,14 @@ impl BackendRunner for &Args {
             tokenizer.chat_prompt(&text)
         };
         let ids = tokenizer.encode(&prompt)?;
-        let mut stops: Vec<u32> = loaded.model.config().eos_ids();
-        stops.extend(
-            ["<|im_end|>", "<|eot_id|>", "</s>"]
-                .iter()
-                .filter_map(|t| tokenizer.token_id(t)),
-        );
+        let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("prompt", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
-            stop_tokens: stops.clone(),
+            stop_tokens: stops,
             sampling: SamplingConfig {
                 temperature: self.temperature,
                 top_k: self.top_k,
@@ -88,33 +82,19 @@ impl BackendRunner for &Args {
                 seed: self.seed,
             },
         };
-        let start = Instant::now();
-        let mut first_token = None;
-        let mut stdout = std::io::stdout();
-        let generation = session.generate(&ids, &options, Some(tokenizer), |t| {
-            if first_token.is_none() {
-                view.finish();
-                first_token = Some(start.elapsed());
-            }
-            if !stops.contains(&t.id) {
-                print!("{}", t.text);
-                stdout.flush().ok();
-            }
-            ControlFlow::Continue(())
-        })?;
-        println!();
-        let mode = match session.mode() {
+        let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
+        let mode = match streamed.mode {
             Mode::Focus { chunks } => format!("FocusLLM, {chunks} chunks"),
             _ => "plain".to_string(),
         };
-        let total = start.elapsed().as_secs_f64();
-        let prefill = first_token.map_or(total, |d| d.as_secs_f64());
-        let rate = (generation.tokens.len().saturating_sub(1)) as f64 / (total - prefill).max(1e-9);
+        let n = streamed.generation.tokens.len();
+        let rate =
+            n.saturating_sub(1) as f64 / (streamed.total_s - streamed.first_token_s).max(1e-9);
         eprintln!(
-            "[{} prompt tokens, {mode}; prefill {prefill:.1} s; {} tokens at {rate:.2} tokens/s; stop: {:?}]",
+            "[{} prompt tokens, {mode}; prefill {:.1} s; {n} tokens at {rate:.2} tokens/s; stop: {:?}]",
             ids.len(),
-            generation.tokens.len(),
-            generation.stop
+            streamed.first_token_s,
+            streamed.generation.stop
         );
         Ok(())
     }

@@ -5,13 +5,13 @@
 //! cargo run --release --example longdoc -- --file book.txt --question "Who is the narrator?"
 //! ```
 
-use std::io::Write;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use focusllm::app::{
+    AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
+};
 use focusllm::core::{FocusEngine, GenerateOptions, Mode};
 
 #[derive(Parser, Debug)]
@@ -46,36 +46,18 @@ impl BackendRunner for &Args {
             self.question
         );
         let ids = tokenizer.encode(&tokenizer.chat_prompt(&request))?;
-        let mut stops = loaded.model.config().eos_ids();
-        stops.extend(
-            ["<|im_end|>", "<|eot_id|>", "</s>"]
-                .iter()
-                .filter_map(|t| tokenizer.token_id(t)),
-        );
+        let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("document", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
-            stop_tokens: stops.clone(),
+            stop_tokens: stops,
             ..Default::default()
         };
-        let mut stdout = std::io::stdout();
-        let mut started = false;
-        session.generate(&ids, &options, Some(tokenizer), |t| {
-            if !started {
-                view.finish();
-                started = true;
-            }
-            if !stops.contains(&t.id) {
-                print!("{}", t.text);
-                stdout.flush().ok();
-            }
-            ControlFlow::Continue(())
-        })?;
-        println!();
-        let mode = match session.mode() {
+        let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
+        let mode = match streamed.mode {
             Mode::Focus { chunks } => format!("FocusLLM with {chunks} chunks"),
             _ => "plain decoding".into(),
         };

@@ -212,3 +212,69 @@ pub fn report(result: Result<(), AppError>) -> std::process::ExitCode {
         }
     }
 }
+
+/// The ids that end a chat answer: the model's EOS ids plus the end-of-turn markers its tokenizer
+/// knows (`<|im_end|>`, `<|eot_id|>`, `</s>`).
+pub fn chat_stop_tokens(eos_ids: Vec<u32>, tokenizer: &focusllm_models::Tokenizer) -> Vec<u32> {
+    let mut stops = eos_ids;
+    stops.extend(
+        ["<|im_end|>", "<|eot_id|>", "</s>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t)),
+    );
+    stops
+}
+
+/// What [`stream_to_stdout`] measured.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// The generation.
+    pub generation: focusllm_core::Generation,
+    /// Seconds until the first token (the prefill).
+    pub first_token_s: f64,
+    /// Seconds in all.
+    pub total_s: f64,
+    /// How the prompt was read.
+    pub mode: focusllm_core::Mode,
+}
+
+/// Generates from `ids` and prints the text to stdout as it comes (stop tokens not printed);
+/// clears `view` when the first token arrives.
+pub fn stream_to_stdout<B, L, M, C, A>(
+    session: &mut focusllm_core::Session<'_, B, L, M, C, A>,
+    ids: &[u32],
+    options: &focusllm_core::GenerateOptions,
+    tokenizer: &focusllm_models::Tokenizer,
+    view: &ProgressView,
+) -> Result<Streamed, AppError>
+where
+    B: Backend,
+    L: focusllm_core::LocalDecoder<B>,
+    M: focusllm_core::MainDecoder<B>,
+    C: focusllm_core::Chunker,
+    A: focusllm_core::CandidateAggregator<B>,
+{
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut first_token = None;
+    let mut stdout = std::io::stdout();
+    let generation = session.generate(ids, options, Some(tokenizer), |t| {
+        if first_token.is_none() {
+            view.finish();
+            first_token = Some(start.elapsed().as_secs_f64());
+        }
+        if !options.stop_tokens.contains(&t.id) {
+            print!("{}", t.text);
+            stdout.flush().ok();
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    println!();
+    let total_s = start.elapsed().as_secs_f64();
+    Ok(Streamed {
+        generation,
+        first_token_s: first_token.unwrap_or(total_s),
+        total_s,
+        mode: session.mode(),
+    })
+}
