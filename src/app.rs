@@ -153,6 +153,10 @@ pub struct EngineArgs {
     /// Compute dtype: f32 (default), f16 or bf16 (where the backend supports it).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
+    /// Decoding after the prefill: `exact` (the reference: candidates refreshed at every token) or
+    /// `frozen` (an approximation: candidates kept, main decoder cached; much faster per token).
+    #[arg(long, default_value = "exact", value_parser = ["exact", "frozen"])]
+    pub step_mode: String,
     /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub cache_dtype: String,
@@ -170,6 +174,10 @@ impl EngineArgs {
             .with_prompt_cap(self.prompt_cap)
             .with_plain_threshold(self.threshold)
             .with_chunk_batch_size(self.batch)
+            .with_step_mode(match self.step_mode.as_str() {
+                "frozen" => focusllm_core::StepMode::FrozenCandidates,
+                _ => focusllm_core::StepMode::Exact,
+            })
     }
 
     /// Resolves (and if needed fetches) the model, then loads it on `device`.

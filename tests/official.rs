@@ -317,3 +317,44 @@ fn half_precision_compute_stays_close_to_the_reference() {
         );
     }
 }
+
+#[test]
+fn frozen_candidates_mode_equals_main_pass_over_prefill_candidates() {
+    use focusllm::core::{
+        CandidateAggregator, ChunkSequence, ConcatAggregator, LocalDecoder, MainDecoder, StepMode,
+    };
+    let (model, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let exact = json(&dir.join("b_prefill.json"));
+    let config = official_config(&dir).with_step_mode(StepMode::FrozenCandidates);
+    let engine = engine(&model, config);
+    let mut session = engine.session();
+    let mut got = vec![session.prefill(&long).unwrap()];
+    // The first logits are the exact prefill's.
+    assert!(max_abs_diff(&got[0], &floats(&exact["final_logits"])) < 1e-4);
+    assert_eq!(
+        session.chunk_cache_bytes(),
+        0,
+        "frozen mode frees the chunk caches"
+    );
+    for t in [5u32, 17, 300] {
+        got.push(session.step(t).unwrap());
+    }
+    // Reference for the approximation: the main pass over the prefill's candidates.
+    let plan = engine.plan(&long).unwrap().unwrap();
+    let sequences: Vec<ChunkSequence> = (0..plan.chunks.len())
+        .map(|c| ChunkSequence {
+            chunk_id: c,
+            tokens: plan.chunk_sequence(&long, c),
+        })
+        .collect();
+    let batch = model.decode_chunks(&sequences).unwrap();
+    let past = ConcatAggregator.aggregate(&[batch]).unwrap();
+    let mut input = plan.local.clone();
+    for (k, t) in [5u32, 17, 300].into_iter().enumerate() {
+        input.push(t);
+        let want = model.decode_main(&input, &past).unwrap();
+        let diff = max_abs_diff(&got[k + 1], &want);
+        assert!(diff < 1e-4, "frozen step {k}: max diff {diff}");
+    }
+}

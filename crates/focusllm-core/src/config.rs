@@ -4,6 +4,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FocusError, Result};
 
+/// How generated tokens are decoded after a FocusLLM prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum StepMode {
+    /// The reference semantics: every chunk is extended by `[prev, new]`, its candidate refreshed,
+    /// and the main decoder recomputes the local context over the new candidates at every token.
+    #[default]
+    Exact,
+    /// An approximation, opt-in: the candidates of the prefill are kept, the main decoder keeps a KV
+    /// cache, and each token costs one position (like plain decoding). The chunk caches are freed
+    /// after the prefill. The first token's logits are the exact ones; later ones differ from
+    /// [`StepMode::Exact`] (see BENCHMARKS.md for a measurement).
+    FrozenCandidates,
+}
+
 /// The sizes that shape a FocusLLM run.
 ///
 /// Defaults are the reference implementation's inference values: local window 2048, chunk size 2048,
@@ -21,6 +35,9 @@ pub struct FocusConfig {
     pub plain_threshold: Option<usize>,
     /// How many chunks are decoded at once (bounds peak memory; results do not depend on it).
     pub chunk_batch_size: usize,
+    /// How tokens after the prefill are decoded (default: the reference's exact mode).
+    #[serde(default)]
+    pub step_mode: StepMode,
 }
 
 impl Default for FocusConfig {
@@ -31,6 +48,7 @@ impl Default for FocusConfig {
             prompt_cap: 512,
             plain_threshold: None,
             chunk_batch_size: 4,
+            step_mode: StepMode::Exact,
         }
     }
 }
@@ -63,6 +81,12 @@ impl FocusConfig {
     /// Sets how many chunks are decoded in one batch.
     pub fn with_chunk_batch_size(mut self, chunks: usize) -> Self {
         self.chunk_batch_size = chunks;
+        self
+    }
+
+    /// Sets how tokens after the prefill are decoded.
+    pub fn with_step_mode(mut self, mode: StepMode) -> Self {
+        self.step_mode = mode;
         self
     }
 

@@ -49,6 +49,16 @@ pub trait MainDecoder<B: Backend> {
     /// returns the next-token logits at the last position.
     fn decode_main(&self, tokens: &[u32], past: &CandidateCache<B>) -> Result<Vec<f32>>;
 
+    /// Like [`MainDecoder::decode_main`], and leaves in `cache` (replacing its content) the KV cache
+    /// of `past ++ tokens`, so that later tokens can be fed with [`MainDecoder::decode_plain`]
+    /// (used by [`crate::StepMode::FrozenCandidates`]).
+    fn decode_main_cached(
+        &self,
+        tokens: &[u32],
+        past: &CandidateCache<B>,
+        cache: &mut PlainCache<B>,
+    ) -> Result<Vec<f32>>;
+
     /// Plain causal decoding with a KV cache: appends `tokens` to `cache` and returns the logits at
     /// the last position.
     fn decode_plain(&self, tokens: &[u32], cache: &mut PlainCache<B>) -> Result<Vec<f32>>;

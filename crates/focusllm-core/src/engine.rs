@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use crate::aggregator::{CandidateAggregator, ConcatAggregator};
 use crate::cache::{CandidateCache, ChunkBatchCache, PlainCache};
 use crate::chunker::{ChunkPlan, Chunker, FixedStrideChunker, with_bos};
-use crate::config::FocusConfig;
+use crate::config::{FocusConfig, StepMode};
 use crate::control::{CancelToken, Progress, Stage};
 use crate::decoder::{ChunkSequence, Detokenizer, LocalDecoder, MainDecoder, ModelSpec};
 use crate::error::{FocusError, Result, check_vocab};
@@ -144,6 +144,11 @@ enum State<B: Backend> {
     Plain {
         cache: PlainCache<B>,
     },
+    /// FocusLLM prefill done, tokens decoded with the candidates held fixed.
+    FocusFrozen {
+        cache: PlainCache<B>,
+        chunks: usize,
+    },
     Focus {
         batches: Vec<ChunkBatchCache<B>>,
         /// Local context (BOS rule applied) followed by every token generated so far.
@@ -259,7 +264,9 @@ where
         match &self.state {
             State::Empty => Mode::Empty,
             State::Plain { .. } => Mode::Plain,
-            State::Focus { chunks, .. } => Mode::Focus { chunks: *chunks },
+            State::Focus { chunks, .. } | State::FocusFrozen { chunks, .. } => {
+                Mode::Focus { chunks: *chunks }
+            }
         }
     }
 
@@ -308,6 +315,20 @@ where
         let batches = self.decode_chunks(ids, &plan)?;
         self.report(Stage::Main, 0, 1)?;
         let past = engine.aggregator.aggregate(&batches)?;
+        if engine.config.step_mode == StepMode::FrozenCandidates {
+            // The chunk caches are not needed any more: only the candidates, now in the cache.
+            drop(batches);
+            let mut cache = PlainCache::default();
+            let logits = engine
+                .main
+                .decode_main_cached(&plan.local, &past, &mut cache)?;
+            self.report(Stage::Main, 1, 1)?;
+            self.state = State::FocusFrozen {
+                cache,
+                chunks: plan.chunks.len(),
+            };
+            return Ok(logits);
+        }
         let logits = engine.main.decode_main(&plan.local, &past)?;
         self.report(Stage::Main, 1, 1)?;
         self.state = State::Focus {
@@ -351,7 +372,9 @@ where
         self.check_cancel()?;
         match &mut self.state {
             State::Empty => Err(FocusError::NotPrefilled),
-            State::Plain { cache } => engine.main.decode_plain(&[token], cache),
+            State::Plain { cache } | State::FocusFrozen { cache, .. } => {
+                engine.main.decode_plain(&[token], cache)
+            }
             State::Focus {
                 batches,
                 main_input,

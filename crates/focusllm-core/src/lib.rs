@@ -31,7 +31,7 @@ mod sampler;
 pub use aggregator::{CandidateAggregator, ConcatAggregator};
 pub use cache::{CandidateCache, ChunkBatchCache, LayerKv, PlainCache};
 pub use chunker::{ChunkPlan, Chunker, FixedStrideChunker, with_bos};
-pub use config::FocusConfig;
+pub use config::{FocusConfig, StepMode};
 pub use control::{CancelToken, Progress, Stage};
 pub use decoder::{ChunkSequence, Detokenizer, LocalDecoder, MainDecoder, ModelSpec};
 pub use engine::{
@@ -61,6 +61,14 @@ mod forward_impls {
         }
         fn decode_main(&self, tokens: &[u32], past: &CandidateCache<B>) -> Result<Vec<f32>> {
             (**self).decode_main(tokens, past)
+        }
+        fn decode_main_cached(
+            &self,
+            tokens: &[u32],
+            past: &CandidateCache<B>,
+            cache: &mut PlainCache<B>,
+        ) -> Result<Vec<f32>> {
+            (**self).decode_main_cached(tokens, past, cache)
         }
         fn decode_plain(&self, tokens: &[u32], cache: &mut PlainCache<B>) -> Result<Vec<f32>> {
             (**self).decode_plain(tokens, cache)

@@ -165,6 +165,29 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
         logits_to_vec(out.logits)
     }
 
+    fn decode_main_cached(
+        &self,
+        tokens: &[u32],
+        past: &CandidateCache<B>,
+        cache: &mut PlainCache<B>,
+    ) -> Result<Vec<f32>> {
+        // The candidates become the first entries of an ordinary KV cache, rotated once to their
+        // positions 0..C; the local tokens then extend it like plain decoding.
+        let positions = vec![(0..past.len()).collect::<Vec<_>>()];
+        cache.layers = past
+            .layers
+            .iter()
+            .map(|kv| LayerKv {
+                k: self.rotate_keys(kv.k.clone(), &positions),
+                v: kv.v.clone(),
+            })
+            .collect();
+        if past.is_empty() {
+            cache.layers.clear();
+        }
+        self.decode_plain(tokens, cache)
+    }
+
     fn decode_plain(&self, tokens: &[u32], cache: &mut PlainCache<B>) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(FocusError::EmptyInput);

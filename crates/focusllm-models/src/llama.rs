@@ -372,17 +372,25 @@ impl<B: Backend> LlamaModel<B> {
         Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), &self.device())
     }
 
+    /// RoPE cos/sin tables for `positions`, in the compute dtype.
+    fn rope_tables(&self, positions: &[Vec<usize>]) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let dtype = self.compute_dtype();
+        let (cos, sin) = self.rope.tables::<B>(positions, &self.device());
+        (from_f32(cos, dtype), from_f32(sin, dtype))
+    }
+
+    /// Rotates unrotated keys `[batch, kv_heads, len, d]` to `positions` (one row per batch element).
+    pub fn rotate_keys(&self, keys: Tensor<B, 4>, positions: &[Vec<usize>]) -> Tensor<B, 4> {
+        let (cos, sin) = self.rope_tables(positions);
+        apply_rope(keys.swap_dims(1, 2), &cos, &sin).swap_dims(1, 2)
+    }
+
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
     pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         let device = self.device();
-        let dtype = self.compute_dtype();
-        let tables = |positions: &[Vec<usize>]| {
-            let (cos, sin) = self.rope.tables::<B>(positions, &device);
-            (from_f32(cos, dtype), from_f32(sin, dtype))
-        };
-        let (cos, sin) = tables(input.positions);
+        let (cos, sin) = self.rope_tables(input.positions);
         let past_tables = match input.past {
-            Some((_, PastKeys::Unrotated(pos))) => Some(tables(pos)),
+            Some((_, PastKeys::Unrotated(pos))) => Some(self.rope_tables(pos)),
             _ => None,
         };
         let [batch, seq] = input.ids.dims();
