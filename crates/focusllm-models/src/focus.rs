@@ -68,13 +68,19 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         });
         let mut raw = Vec::with_capacity(out.kv.len());
         let mut candidates = Vec::with_capacity(out.kv.len());
+        let last = Tensor::<B, 1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(vec![(len - 1) as i64], [1]),
+            &self.device(),
+        );
         for kv in out.kv {
             raw.push(LayerKv {
                 k: self.compact(kv.k_rotated.narrow(2, 0, len - 1)),
                 v: self.compact(kv.v.clone().narrow(2, 0, len - 1)),
             });
+            // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
+            // every position alive for as long as the candidate lives (half again the cache size).
             candidates.push(LayerKv {
-                k: kv.k_unrotated.narrow(2, len - 1, 1),
+                k: kv.k_unrotated.select(2, last.clone()),
                 v: kv.v.narrow(2, len - 1, 1),
             });
         }
