@@ -94,6 +94,16 @@ pub fn probe<B: burn::tensor::backend::Backend>(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the runtime panicked".into());
+            // The runtimes' own messages are often terse (a channel error from a worker thread).
+            let reason = match kind {
+                BackendKind::Cuda => {
+                    format!("no CUDA driver or GPU could be initialised ({reason})")
+                }
+                BackendKind::Wgpu => {
+                    format!("no Vulkan, Metal or DX12 adapter could be initialised ({reason})")
+                }
+                BackendKind::Cpu => reason,
+            };
             Err(BackendError::Unavailable { kind, reason })
         }
     }
