@@ -299,6 +299,11 @@ impl GgufFile {
     /// Errors: [`ModelError::MissingTensor`] if absent, [`ModelError::UnsupportedDtype`] if its
     /// type's layout is unknown, [`ModelError::Gguf`] if its data lies outside the file.
     pub fn tensor_data(&self, name: &str) -> Result<&[u8], ModelError> {
+        self.info_and_data(name).map(|(_, data)| data)
+    }
+
+    /// The tensor's info and raw bytes, or the error [`GgufFile::tensor_data`] documents.
+    fn info_and_data(&self, name: &str) -> Result<(&GgufTensorInfo, &[u8]), ModelError> {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| ModelError::MissingTensor {
@@ -308,9 +313,11 @@ impl GgufFile {
         let size = info.data_size().ok_or_else(|| self.unsupported(info))?;
         let range = tensor_range(self.data_offset, info.offset, size, self.mmap.len() as u64)
             .map_err(|reason| gguf_err(&self.path, format!("tensor `{name}`: {reason}")))?;
-        self.mmap
+        let data = self
+            .mmap
             .get(range)
-            .ok_or_else(|| gguf_err(&self.path, format!("tensor `{name}`: data out of bounds")))
+            .ok_or_else(|| gguf_err(&self.path, format!("tensor `{name}`: data out of bounds")))?;
+        Ok((info, data))
     }
 
     /// Tensor `name` dequantized to `f32`, with its row-major (PyTorch-order) shape, i.e. the
@@ -320,14 +327,7 @@ impl GgufFile {
     /// the tensor and its type) if its type cannot be decoded, [`ModelError::Gguf`] if its data
     /// lies outside the file.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let data = self.tensor_data(name)?;
-        // `tensor_data` found the tensor, so this lookup succeeds; keep it fallible anyway.
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                tensor: name.to_owned(),
-            })?;
+        let (info, data) = self.info_and_data(name)?;
         if !dequant::is_supported(info.ggml_type) {
             return Err(self.unsupported(info));
         }
