@@ -13,7 +13,7 @@ use clap::Parser;
 use focusllm::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
 };
-use focusllm::core::{FocusEngine, GenerateOptions, Mode, SamplingConfig};
+use focusllm::core::{FocusEngine, GenerateOptions, SamplingConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with FocusLLM (streams tokens to stdout)")]
@@ -83,10 +83,7 @@ impl BackendRunner for &Args {
             },
         };
         let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
-        let mode = match streamed.mode {
-            Mode::Focus { chunks } => format!("FocusLLM, {chunks} chunks"),
-            _ => "plain".to_string(),
-        };
+        let mode = streamed.mode;
         let n = streamed.generation.tokens.len();
         let rate =
             n.saturating_sub(1) as f64 / (streamed.total_s - streamed.first_token_s).max(1e-9);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
-use focusllm::core::{FocusEngine, GenerateOptions, Mode};
+use focusllm::core::{FocusEngine, GenerateOptions};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -64,10 +64,7 @@ impl BackendRunner for Args {
             steps.push(json!({"token": t.id, "logits": t.logits}));
             ControlFlow::Continue(())
         })?;
-        let chunks = match session.mode() {
-            Mode::Focus { chunks } => chunks,
-            _ => 0,
-        };
+        let chunks = session.mode().chunks();
         view.finish();
         let prefill = steps[0]["logits"].clone();
         Ok(json!({"chunks": chunks, "prefill_logits": prefill, "steps": steps}))

@@ -12,7 +12,7 @@ use clap::Parser;
 use focusllm::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
 };
-use focusllm::core::{FocusEngine, GenerateOptions, Mode};
+use focusllm::core::{FocusEngine, GenerateOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Answer a question about a long text file with FocusLLM")]
@@ -57,10 +57,7 @@ impl BackendRunner for &Args {
             ..Default::default()
         };
         let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
-        let mode = match streamed.mode {
-            Mode::Focus { chunks } => format!("FocusLLM with {chunks} chunks"),
-            _ => "plain decoding".into(),
-        };
+        let mode = streamed.mode;
         eprintln!("[{} tokens read with {mode}]", ids.len());
         Ok(())
     }

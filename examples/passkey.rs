@@ -11,7 +11,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
-use focusllm::core::{FocusEngine, GenerateOptions, Mode};
+use focusllm::core::{FocusEngine, GenerateOptions};
 use focusllm::passkey::{is_correct, passkey_prompt};
 use serde::Serialize;
 
@@ -117,9 +117,7 @@ impl BackendRunner for &Args {
                             ControlFlow::Continue(())
                         })?;
                     seconds += start.elapsed().as_secs_f64();
-                    if let Mode::Focus { chunks } = session.mode() {
-                        row.chunks = chunks;
-                    }
+                    row.chunks = session.mode().chunks();
                     drop(session);
                     view.finish();
                     let ok = is_correct(&generation.text, &prompt.key);

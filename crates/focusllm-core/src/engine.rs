@@ -139,6 +139,26 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// Memory chunks read (0 unless [`Mode::Focus`]).
+    pub fn chunks(self) -> usize {
+        match self {
+            Mode::Focus { chunks } => chunks,
+            Mode::Empty | Mode::Plain => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Empty => f.write_str("nothing prefilled"),
+            Mode::Plain => f.write_str("plain decoding"),
+            Mode::Focus { chunks } => write!(f, "FocusLLM with {chunks} chunks"),
+        }
+    }
+}
+
 enum State<B: Backend> {
     Empty,
     Plain {
@@ -481,10 +501,7 @@ where
         }
         let context = ids.len() - scored;
         let mut logits = self.prefill(&ids[..context])?;
-        let chunks = match self.mode() {
-            Mode::Focus { chunks } => chunks,
-            _ => 0,
-        };
+        let chunks = self.mode().chunks();
         let mut nlls = Vec::with_capacity(scored);
         for i in 0..scored {
             let target = ids[context + i];
