@@ -179,17 +179,18 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
     ) -> Result<Vec<f32>> {
         // The candidates become the first entries of an ordinary KV cache, rotated once to their
         // positions 0..C; the local tokens then extend it like plain decoding.
-        let positions = vec![(0..past.len()).collect::<Vec<_>>()];
-        cache.layers = past
-            .layers
-            .iter()
-            .map(|kv| LayerKv {
-                k: self.rotate_keys(kv.k.clone(), &positions),
-                v: kv.v.clone(),
-            })
-            .collect();
-        if past.is_empty() {
-            cache.layers.clear();
+        // An empty past leaves an empty cache (plain decoding from position 0).
+        cache.layers.clear();
+        if !past.is_empty() {
+            let positions = vec![(0..past.len()).collect::<Vec<_>>()];
+            cache.layers = past
+                .layers
+                .iter()
+                .map(|kv| LayerKv {
+                    k: self.rotate_keys(kv.k.clone(), &positions),
+                    v: kv.v.clone(),
+                })
+                .collect();
         }
         self.decode_plain(tokens, cache)
     }
