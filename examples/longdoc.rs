@@ -47,7 +47,15 @@ impl BackendRunner for &Args {
         );
         let ids = tokenizer.encode(&tokenizer.chat_prompt(&request))?;
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
-        let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
+        let adapted = self.engine.adapter_for(&loaded, true)?;
+        let (model, config) = match &adapted {
+            Some(a) => {
+                eprintln!("adapter {}", a.path.display());
+                (&a.model, self.engine.focus_config_for(Some(&a.info)))
+            }
+            None => (&loaded.model, self.engine.focus_config()),
+        };
+        let engine = FocusEngine::new(model, model, config)?;
         let view = ProgressView::new("document", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

@@ -29,7 +29,9 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
-    /// Methods to compare, comma-separated: focus, plain.
+    /// Methods to compare, comma-separated: focus (with the adapter: `--adapter`, or the bundled
+    /// one on the default model), focus-untrained (candidates copied from the ordinary
+    /// projections, same settings as focus), plain.
     #[arg(long, value_delimiter = ',', default_value = "focus,plain")]
     methods: Vec<String>,
     /// Plain decoding is skipped above this length (its cost is quadratic).
@@ -70,11 +72,29 @@ impl BackendRunner for &Args {
             loaded.model.config().num_hidden_layers,
             loaded.model.candidate_source()
         );
+        let adapted = self.engine.adapter_for(&loaded, true)?;
+        if let Some(a) = &adapted {
+            eprintln!(
+                "adapter {} (trained for {:?} decoding)",
+                a.path.display(),
+                a.info.step_mode
+            );
+        }
+        let focus_config = self
+            .engine
+            .focus_config_for(adapted.as_ref().map(|a| &a.info));
         let mut rows = Vec::new();
         for &length in &self.lengths {
             for method in &self.methods {
+                let mut model = &loaded.model;
                 let config = match method.as_str() {
-                    "focus" => self.engine.focus_config(),
+                    "focus" => {
+                        if let Some(a) = &adapted {
+                            model = &a.model;
+                        }
+                        focus_config.clone()
+                    }
+                    "focus-untrained" => focus_config.clone(),
                     "plain" if length > self.plain_max => {
                         eprintln!(
                             "plain at {length} tokens skipped (above --plain-max {})",
@@ -86,9 +106,14 @@ impl BackendRunner for &Args {
                         .engine
                         .focus_config()
                         .with_plain_threshold(Some(usize::MAX)),
-                    other => return Err(format!("unknown method `{other}` (focus, plain)").into()),
+                    other => {
+                        return Err(format!(
+                            "unknown method `{other}` (focus, focus-untrained, plain)"
+                        )
+                        .into());
+                    }
                 };
-                let engine = FocusEngine::new(&loaded.model, &loaded.model, config)?;
+                let engine = FocusEngine::new(model, model, config)?;
                 let mut row = Row {
                     method: method.clone(),
                     tokens: length,
@@ -124,7 +149,7 @@ impl BackendRunner for &Args {
                     correct += usize::from(ok);
                     if !self.json {
                         eprintln!(
-                            "{method:>5} {length:>6} seed {seed}: key {} at depth {:.2} -> {:?} {}",
+                            "{method:>15} {length:>6} seed {seed}: key {} at depth {:.2} -> {:?} {}",
                             prompt.key,
                             prompt.depth,
                             generation.text,

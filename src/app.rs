@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use focusllm_backends::{BackendError, BackendKind};
 use focusllm_core::{Progress, Stage};
+use focusllm_models::{AdapterInfo, CandidateAdapter};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Boxed error of the example programs.
@@ -131,15 +132,15 @@ pub struct EngineArgs {
     /// Device index (GPU backends).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
-    /// Local window L (tokens the main decoder reads in full).
-    #[arg(long, default_value_t = 2048)]
-    pub local_window: usize,
-    /// Chunk size S.
-    #[arg(long, default_value_t = 2048)]
-    pub chunk_size: usize,
-    /// Dynamic-prompt cap.
-    #[arg(long, default_value_t = 512)]
-    pub prompt_cap: usize,
+    /// Local window L (tokens the main decoder reads in full) [default: 2048, or the adapter's].
+    #[arg(long)]
+    pub local_window: Option<usize>,
+    /// Chunk size S [default: 2048, or the adapter's].
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    /// Dynamic-prompt cap [default: 512, or the adapter's].
+    #[arg(long)]
+    pub prompt_cap: Option<usize>,
     /// Inputs shorter than this are decoded plainly (default: the model's native context).
     #[arg(long)]
     pub threshold: Option<usize>,
@@ -147,16 +148,21 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Use copies of the ordinary projections as candidate projections even when the checkpoint
-    /// has trained ones.
+    /// has trained ones, and apply no adapter.
     #[arg(long)]
     pub untrained: bool,
+    /// Candidate adapter (safetensors, from `examples/train.rs`) to apply. The passkey and longdoc
+    /// examples apply the bundled SmolLM2 adapter by default when they run the default model.
+    #[arg(long, conflicts_with = "untrained")]
+    pub adapter: Option<PathBuf>,
     /// Compute dtype: f32 (default), f16 or bf16 (where the backend supports it).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
     /// Decoding after the prefill: `exact` (the reference: candidates refreshed at every token) or
-    /// `frozen` (an approximation: candidates kept, main decoder cached; much faster per token).
-    #[arg(long, default_value = "exact", value_parser = ["exact", "frozen"])]
-    pub step_mode: String,
+    /// `frozen` (candidates kept, main decoder cached; much faster per token) [default: exact, or
+    /// the mode the adapter was trained for].
+    #[arg(long, value_parser = ["exact", "frozen"])]
+    pub step_mode: Option<String>,
     /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub cache_dtype: String,
@@ -168,16 +174,60 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// The engine configuration these flags describe.
     pub fn focus_config(&self) -> focusllm_core::FocusConfig {
-        focusllm_core::FocusConfig::default()
-            .with_local_window(self.local_window)
-            .with_chunk_size(self.chunk_size)
-            .with_prompt_cap(self.prompt_cap)
+        self.focus_config_for(None)
+    }
+
+    /// The engine configuration for a model carrying `adapter`: flags first, then the adapter's
+    /// recommended sizes and step mode (what it was trained with), then the defaults.
+    pub fn focus_config_for(&self, adapter: Option<&AdapterInfo>) -> focusllm_core::FocusConfig {
+        let defaults = focusllm_core::FocusConfig::default();
+        let step_mode = self
+            .step_mode
+            .clone()
+            .or_else(|| adapter.and_then(|a| a.step_mode.clone()));
+        defaults
+            .clone()
+            .with_local_window(
+                self.local_window
+                    .or(adapter.and_then(|a| a.local_window))
+                    .unwrap_or(defaults.local_window),
+            )
+            .with_chunk_size(
+                self.chunk_size
+                    .or(adapter.and_then(|a| a.chunk_size))
+                    .unwrap_or(defaults.chunk_size),
+            )
+            .with_prompt_cap(
+                self.prompt_cap
+                    .or(adapter.and_then(|a| a.prompt_cap))
+                    .unwrap_or(defaults.prompt_cap),
+            )
             .with_plain_threshold(self.threshold)
             .with_chunk_batch_size(self.batch)
-            .with_step_mode(match self.step_mode.as_str() {
-                "frozen" => focusllm_core::StepMode::FrozenCandidates,
+            .with_step_mode(match step_mode.as_deref() {
+                Some("frozen") => focusllm_core::StepMode::FrozenCandidates,
                 _ => focusllm_core::StepMode::Exact,
             })
+    }
+
+    /// The adapter to apply to `loaded`: `--adapter`, else (when `bundled_default` and the model is
+    /// the default SmolLM2 GGUF, and `--untrained` is off) the adapter committed with this crate;
+    /// `None` otherwise. Returns the model with the adapter applied and the adapter's metadata.
+    pub fn adapter_for<B: Backend>(
+        &self,
+        loaded: &focusllm_models::LoadedModel<B>,
+        bundled_default: bool,
+    ) -> Result<Option<AppliedAdapter<B>>, AppError> {
+        let path = match &self.adapter {
+            Some(p) => p.clone(),
+            None if bundled_default && !self.untrained && is_default_model(&loaded.path) => {
+                bundled_adapter()
+            }
+            None => return Ok(None),
+        };
+        let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)?;
+        let model = adapter.apply(loaded.model.clone())?;
+        Ok(Some(AppliedAdapter { path, info, model }))
     }
 
     /// Resolves (and if needed fetches) the model, then loads it on `device`.
@@ -194,6 +244,30 @@ impl EngineArgs {
         loaded.model.set_cache_dtype(parse_dtype(&self.cache_dtype));
         Ok(loaded)
     }
+}
+
+/// A candidate adapter applied to a model.
+pub struct AppliedAdapter<B: Backend> {
+    /// The adapter file.
+    pub path: PathBuf,
+    /// Its metadata (training, recommended settings).
+    pub info: AdapterInfo,
+    /// The model with the adapter's candidate projections.
+    pub model: focusllm_models::LlamaModel<B>,
+}
+
+/// The low-rank SmolLM2-135M-Instruct adapter committed with this crate (`adapters/`).
+pub fn bundled_adapter() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER)
+}
+
+/// Where the bundled adapter lives inside the repository.
+pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-rank8.safetensors";
+
+/// Whether `path` is the default model (the SmolLM2 GGUF the bundled adapter was trained on).
+fn is_default_model(path: &std::path::Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n == crate::fetch::DEFAULT_MODEL_FILE)
 }
 
 /// `"f16"` / `"bf16"` → that dtype; anything else (`"f32"`) → `None` (the default).

@@ -33,6 +33,20 @@ pub enum FocusError {
     /// The sampler got logits it cannot sample from (empty, or all NaN).
     #[error("cannot sample: {0}")]
     Sampling(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory at fault.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Training data cannot be used as given.
+    #[error("training data: {0}")]
+    Data(String),
+    /// A training checkpoint cannot be written, read or resumed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A decoder (model implementation) failed.
     #[error("decoder: {0}")]
     Decoder(String),

@@ -27,6 +27,8 @@ mod decoder;
 mod engine;
 mod error;
 mod sampler;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use aggregator::{CandidateAggregator, ConcatAggregator};
 pub use cache::{CandidateCache, ChunkBatchCache, LayerKv, PlainCache};

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 /// shape at fault so that a user can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A candidate adapter does not fit the model or cannot be written.
+    #[error("adapter: {0}")]
+    Adapter(String),
     /// A file could not be opened, mapped or read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 mod attention;
 pub mod config;
 pub mod error;
@@ -16,8 +17,11 @@ pub mod llama;
 pub mod loader;
 pub mod rope;
 pub mod tokenizer;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod weights;
 
+pub use adapter::{AdapterInfo, AdapterKind, CandidateAdapter};
 pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use llama::{CandidateSource, LlamaModel};

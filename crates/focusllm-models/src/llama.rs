@@ -22,6 +22,8 @@ pub enum CandidateSource {
     Trained,
     /// The checkpoint had none: the candidate uses the ordinary projections (the reference's copy).
     CopiedFromBase,
+    /// Candidate projections from a [`crate::adapter::CandidateAdapter`] (trained separately).
+    Adapter,
 }
 
 /// q, k, v, o projections of the candidate token (the reference's `beacon_{q,k,v,o}_proj`).
@@ -348,6 +350,28 @@ impl<B: Backend> LlamaModel<B> {
     /// The compute dtype (that of the weights).
     pub fn compute_dtype(&self) -> DType {
         self.embed.val().dtype()
+    }
+
+    /// The model with `projections` (one per layer) as its candidate q, k, v, o projections.
+    ///
+    /// # Panics
+    /// If `projections` does not hold one entry per layer (see
+    /// [`crate::adapter::CandidateAdapter::apply`], which checks).
+    pub fn with_candidate_projections(
+        mut self,
+        projections: Vec<CandidateProjections<B>>,
+        source: CandidateSource,
+    ) -> Self {
+        assert_eq!(
+            projections.len(),
+            self.layers.len(),
+            "one projection set per layer"
+        );
+        for (layer, p) in self.layers.iter_mut().zip(projections) {
+            layer.attn.candidate = Some(p);
+        }
+        self.candidate_source = source;
+        self
     }
 
     /// The configuration.

@@ -1,0 +1,610 @@
+//! Training data: a text corpus, a synthetic retrieval generator, and the continuation and
+//! repetition tasks cut from their samples through the same [`Chunker`] the engine reads with.
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::chunker::{ChunkPlan, Chunker, FixedStrideChunker};
+use crate::config::FocusConfig;
+use crate::error::{FocusError, Result};
+use crate::train::config::{LossTarget, TaskMix, TrainConfig};
+
+/// Text to token ids (a model's tokenizer). Object-safe so that data sources can hold one.
+pub trait TextEncoder: Send + Sync {
+    /// Encodes `text` without special tokens.
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+}
+
+/// Where an example comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TaskKind {
+    /// Predict what follows a local span at the end of a text sample; the text before is memory.
+    Continuation,
+    /// Predict what follows a span copied from inside a memory chunk; the whole sample is memory.
+    Repetition,
+    /// Answer a question about a fact hidden in filler (the synthetic generator's continuation).
+    Retrieval,
+}
+
+/// One training example: an input the engine's chunker has planned, and the tokens to predict after
+/// it with the candidates held fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainExample {
+    /// The task.
+    pub task: TaskKind,
+    /// The input ids (memory ++ local context).
+    pub ids: Vec<u32>,
+    /// How the input is read: chunks, local context, dynamic prompt.
+    pub plan: ChunkPlan,
+    /// The scored tokens, in order, right after the input.
+    pub targets: Vec<u32>,
+}
+
+impl TrainExample {
+    /// What the main decoder runs: the local context (BOS rule applied) and every target but the
+    /// last, so that its last `targets.len()` logits predict the targets.
+    pub fn main_input(&self) -> Vec<u32> {
+        let mut main = self.plan.local.clone();
+        main.extend_from_slice(&self.targets[..self.targets.len() - 1]);
+        main
+    }
+
+    /// Tokens the decoder runs over for this example (chunk passes plus the main pass).
+    pub fn decoded_tokens(&self) -> usize {
+        let chunks: usize = self.plan.chunks.iter().map(|r| r.len()).sum();
+        chunks + self.plan.chunks.len() * self.plan.prompt.len() + self.main_input().len()
+    }
+}
+
+/// A token stream made of text files, from which samples are windows at random offsets.
+#[derive(Debug, Clone)]
+pub struct TextCorpus {
+    tokens: Vec<u32>,
+    files: usize,
+}
+
+impl TextCorpus {
+    /// Tokenizes `texts` and joins them (separated by a blank line).
+    pub fn from_texts<S: AsRef<str>>(texts: &[S], encoder: &dyn TextEncoder) -> Result<Self> {
+        let separator = encoder.encode("\n\n")?;
+        let mut tokens = Vec::new();
+        for text in texts {
+            tokens.extend(encoder.encode(text.as_ref())?);
+            tokens.extend_from_slice(&separator);
+        }
+        Ok(Self {
+            tokens,
+            files: texts.len(),
+        })
+    }
+
+    /// Reads text files: each path is a file, or a directory whose `.txt` and `.md` files are read
+    /// recursively (in name order, so a corpus is the same on every machine).
+    pub fn from_paths<P: AsRef<Path>>(paths: &[P], encoder: &dyn TextEncoder) -> Result<Self> {
+        let mut files = Vec::new();
+        for path in paths {
+            collect_text_files(path.as_ref(), &mut files)?;
+        }
+        if files.is_empty() {
+            return Err(FocusError::Data(format!(
+                "no .txt or .md file under {:?}",
+                paths
+                    .iter()
+                    .map(|p| p.as_ref().display().to_string())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        let texts = files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f).map_err(|source| FocusError::Io {
+                    path: f.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_texts(&texts, encoder)
+    }
+
+    /// Tokens in the corpus.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the corpus holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Texts (files) the corpus was made of.
+    pub fn files(&self) -> usize {
+        self.files
+    }
+
+    /// A window of `n` tokens at a random offset.
+    fn window(&self, n: usize, rng: &mut StdRng) -> &[u32] {
+        let start = rng.random_range(0..=self.tokens.len() - n);
+        &self.tokens[start..start + n]
+    }
+}
+
+fn collect_text_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |source| FocusError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(io)?;
+        entries.sort();
+        for entry in entries {
+            let text = matches!(
+                entry.extension().and_then(|e| e.to_str()),
+                Some("txt" | "md")
+            );
+            if entry.is_dir() || text {
+                collect_text_files(&entry, out)?;
+            }
+        }
+        Ok(())
+    } else {
+        std::fs::metadata(path).map_err(io)?;
+        out.push(path.to_path_buf());
+        Ok(())
+    }
+}
+
+/// A fact template: where the key is stated, the question, and the answer. `{key}` is replaced.
+struct FactTemplate {
+    needle: &'static str,
+    question: &'static str,
+    answer: &'static str,
+}
+
+const TEMPLATES: &[FactTemplate] = &[
+    FactTemplate {
+        needle: "\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
+        question: "\nThere is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.\nWhat is the pass key? The pass key is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: "\nThe secret number is {key}. Keep it in mind.\n",
+        question: "\nSomewhere above a secret number was given.\nWhat is the secret number? The secret number is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: " Note: the access code for the vault is {key}. ",
+        question: "\nQuestion: what is the access code for the vault?\nAnswer: the access code is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: "\nImportant: the magic number is {key}.\n",
+        question: "\nWhat was the magic number mentioned in the text? The magic number is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: "\nMy locker number is {key}, do not forget it.\n",
+        question: "\nRead the text again and tell me the locker number. The locker number is",
+        answer: " {key}.",
+    },
+];
+
+/// Filler paragraphs the facts are hidden in (the first is the passkey task's own).
+const FILLERS: &[&str] = &[
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
+    "The river runs past the old mill. Birds sing in the morning. The market opens at dawn. ",
+    "A train leaves the station every hour. People read newspapers on the platform. The coffee is hot. ",
+    "Clouds drift over the hills. The wind is cold today. Children play in the park after school. ",
+    "The library is quiet. Shelves are full of old books. A clock ticks on the wall. ",
+];
+
+/// One synthetic retrieval sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrievalSample {
+    /// BOS (if any), filler with the fact at a random depth.
+    pub document: Vec<u32>,
+    /// The question that follows the document.
+    pub question: Vec<u32>,
+    /// The answer (the key and a full stop).
+    pub answer: Vec<u32>,
+    /// The key, as text.
+    pub key: String,
+}
+
+/// Generates facts (numeric keys) hidden in filler, followed by a question whose answer is the key:
+/// the retrieval skill the candidates must learn, at any length and depth.
+pub struct RetrievalGenerator {
+    encoder: Box<dyn TextEncoder>,
+    fillers: Vec<Vec<u32>>,
+    bos: Option<u32>,
+    key_digits: std::ops::RangeInclusive<u32>,
+}
+
+impl std::fmt::Debug for RetrievalGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetrievalGenerator")
+            .field("fillers", &self.fillers.len())
+            .field("key_digits", &self.key_digits)
+            .finish()
+    }
+}
+
+impl RetrievalGenerator {
+    /// A generator with the built-in templates and fillers and keys of 4 to 6 digits.
+    pub fn new(encoder: Box<dyn TextEncoder>, bos: Option<u32>) -> Result<Self> {
+        let fillers = FILLERS
+            .iter()
+            .map(|f| encoder.encode(f))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            encoder,
+            fillers,
+            bos,
+            key_digits: 4..=6,
+        })
+    }
+
+    /// Draws a sample whose document and question together hold `tokens` tokens.
+    pub fn sample(&self, tokens: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
+        let template = TEMPLATES.choose(rng).expect("templates are not empty");
+        let digits = rng.random_range(self.key_digits.clone());
+        let key: String = (0..digits)
+            .map(|i| {
+                let low = if i == 0 { 1 } else { 0 };
+                char::from(b'0' + rng.random_range(low..10u8))
+            })
+            .collect();
+        let needle = self
+            .encoder
+            .encode(&template.needle.replace("{key}", &key))?;
+        let question = self.encoder.encode(template.question)?;
+        let answer = self
+            .encoder
+            .encode(&template.answer.replace("{key}", &key))?;
+        let bos: Vec<u32> = self.bos.into_iter().collect();
+        let fixed = bos.len() + needle.len() + question.len();
+        let budget = tokens
+            .checked_sub(fixed)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                FocusError::Data(format!(
+                    "a retrieval sample needs more than {fixed} tokens, got {tokens}"
+                ))
+            })?;
+        let unit = self.fillers.choose(rng).expect("fillers are not empty");
+        let offset = rng.random_range(0..unit.len());
+        let filler: Vec<u32> = unit
+            .iter()
+            .copied()
+            .cycle()
+            .skip(offset)
+            .take(budget)
+            .collect();
+        let before = rng.random_range(0..=budget);
+        let mut document = Vec::with_capacity(tokens);
+        document.extend_from_slice(&bos);
+        document.extend_from_slice(&filler[..before]);
+        document.extend_from_slice(&needle);
+        document.extend_from_slice(&filler[before..]);
+        Ok(RetrievalSample {
+            document,
+            question,
+            answer,
+            key,
+        })
+    }
+}
+
+/// Draws the examples of every micro-batch from the run's seed, step and index alone, so a resumed
+/// run sees exactly the data it would have seen.
+pub struct ExampleSampler {
+    config: TrainConfig,
+    bos: Option<u32>,
+    corpus: Option<TextCorpus>,
+    generator: Option<RetrievalGenerator>,
+}
+
+impl std::fmt::Debug for ExampleSampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExampleSampler")
+            .field("corpus_tokens", &self.corpus.as_ref().map(TextCorpus::len))
+            .field("synthetic", &self.generator.is_some())
+            .finish()
+    }
+}
+
+impl ExampleSampler {
+    /// A sampler over a corpus, a generator, or both (mixed by `config.synthetic_ratio`).
+    pub fn new(
+        config: TrainConfig,
+        bos: Option<u32>,
+        corpus: Option<TextCorpus>,
+        generator: Option<RetrievalGenerator>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if corpus.is_none() && generator.is_none() {
+            return Err(FocusError::Data(
+                "no data: give a text corpus, the retrieval generator, or both".into(),
+            ));
+        }
+        if let Some(c) = &corpus
+            && c.len() < config.max_sample_tokens
+        {
+            return Err(FocusError::Data(format!(
+                "the corpus holds {} tokens, fewer than one sample of max_sample_tokens ({})",
+                c.len(),
+                config.max_sample_tokens
+            )));
+        }
+        Ok(Self {
+            config,
+            bos,
+            corpus,
+            generator,
+        })
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The examples of micro-batch `micro` of optimiser step `step`.
+    pub fn micro_batch(&self, step: usize, micro: usize) -> Result<Vec<TrainExample>> {
+        let mut rng = StdRng::seed_from_u64(mix_seed(self.config.seed, step as u64, micro as u64));
+        let mut out = Vec::new();
+        for _ in 0..self.config.batch_size {
+            out.extend(self.sample(&mut rng)?);
+        }
+        Ok(out)
+    }
+
+    /// One sample's examples (one task, or both under [`TaskMix::Sum`]).
+    fn sample(&self, rng: &mut StdRng) -> Result<Vec<TrainExample>> {
+        let c = &self.config;
+        let n = rng.random_range(c.min_sample_tokens..=c.max_sample_tokens);
+        let chunk_size = *c.chunk_sizes.choose(rng).expect("validated: not empty");
+        let local = rng.random_range(c.min_local..=c.max_local);
+        let synthetic = match (&self.corpus, &self.generator) {
+            (Some(_), Some(_)) => rng.random_bool(c.synthetic_ratio),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let repetition = match c.tasks {
+            TaskMix::Random { repetition } => vec![rng.random_bool(repetition)],
+            TaskMix::Sum => vec![false, true],
+        };
+        let mut out = Vec::with_capacity(repetition.len());
+        if synthetic {
+            let generator = self.generator.as_ref().expect("checked above");
+            let s = generator.sample(n, rng)?;
+            for rep in repetition {
+                out.push(if rep {
+                    self.repetition(&s.document, chunk_size, local, rng)?
+                } else {
+                    self.retrieval(&s, chunk_size, local, rng)?
+                });
+            }
+        } else {
+            let corpus = self.corpus.as_ref().expect("checked above");
+            let doc = corpus.window(n, rng).to_vec();
+            for rep in repetition {
+                out.push(if rep {
+                    self.repetition(&doc, chunk_size, local, rng)?
+                } else {
+                    self.continuation(&doc, chunk_size, local, rng)?
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many targets to score, drawn per example.
+    fn target_count(&self, rng: &mut StdRng) -> usize {
+        match self.config.target {
+            LossTarget::LocalTokens { max } => rng.random_range(1..=max),
+            LossTarget::NextToken => 1,
+        }
+    }
+
+    fn plan(&self, ids: &[u32], local_window: usize, chunk_size: usize) -> Result<ChunkPlan> {
+        let config = FocusConfig::default()
+            .with_local_window(local_window)
+            .with_chunk_size(chunk_size)
+            .with_prompt_cap(self.config.prompt_cap);
+        FixedStrideChunker.plan(ids, &config, self.bos)
+    }
+
+    fn continuation(
+        &self,
+        doc: &[u32],
+        chunk_size: usize,
+        local: usize,
+        rng: &mut StdRng,
+    ) -> Result<TrainExample> {
+        let t = self.target_count(rng);
+        let cut = doc.len() - t;
+        let ids = doc[..cut].to_vec();
+        let plan = self.plan(&ids, local, chunk_size)?;
+        Ok(TrainExample {
+            task: TaskKind::Continuation,
+            ids,
+            plan,
+            targets: doc[cut..].to_vec(),
+        })
+    }
+
+    fn retrieval(
+        &self,
+        s: &RetrievalSample,
+        chunk_size: usize,
+        local: usize,
+        rng: &mut StdRng,
+    ) -> Result<TrainExample> {
+        // Paper loss: the whole answer after the question (what frozen candidates must carry).
+        // Reference loss: one answer token at a random cut, the answer's head being local context.
+        let (cut, t) = match self.config.target {
+            LossTarget::LocalTokens { max } => (0, s.answer.len().min(max)),
+            LossTarget::NextToken => (rng.random_range(0..s.answer.len()), 1),
+        };
+        let mut ids = s.document.clone();
+        ids.extend_from_slice(&s.question);
+        ids.extend_from_slice(&s.answer[..cut]);
+        let local = local.max(s.question.len() + cut).min(ids.len() - 1);
+        let plan = self.plan(&ids, local, chunk_size)?;
+        Ok(TrainExample {
+            task: TaskKind::Retrieval,
+            ids,
+            plan,
+            targets: s.answer[cut..cut + t].to_vec(),
+        })
+    }
+
+    fn repetition(
+        &self,
+        doc: &[u32],
+        chunk_size: usize,
+        local: usize,
+        rng: &mut StdRng,
+    ) -> Result<TrainExample> {
+        let t = self.target_count(rng);
+        // Chunks long enough to hold a span of at least `min_local` tokens and its targets.
+        let need = self.config.min_local + t;
+        let chunks: Vec<usize> = (0..doc.len())
+            .step_by(chunk_size)
+            .filter(|&start| (start + chunk_size).min(doc.len()) - start >= need)
+            .collect();
+        let Some(&start) = chunks.choose(rng) else {
+            return self.continuation(doc, chunk_size, local, rng);
+        };
+        let end = (start + chunk_size).min(doc.len());
+        let span = local.min(end - start - t);
+        let s = rng.random_range(start..=end - span - t);
+        let mut ids = doc.to_vec();
+        ids.extend_from_slice(&doc[s..s + span]);
+        let plan = self.plan(&ids, span, chunk_size)?;
+        Ok(TrainExample {
+            task: TaskKind::Repetition,
+            ids,
+            plan,
+            targets: doc[s + span..s + span + t].to_vec(),
+        })
+    }
+}
+
+/// One 64-bit seed per (run seed, step, micro-batch), well spread (splitmix64 finaliser).
+fn mix_seed(seed: u64, step: u64, micro: u64) -> u64 {
+    let mut z =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One token per byte: enough to check the layouts.
+    struct Bytes;
+    impl TextEncoder for Bytes {
+        fn encode(&self, text: &str) -> Result<Vec<u32>> {
+            Ok(text.bytes().map(|b| b as u32 + 3).collect())
+        }
+    }
+
+    fn sampler(config: TrainConfig, corpus: bool) -> ExampleSampler {
+        let corpus = corpus.then(|| {
+            let text = "lorem ipsum dolor sit amet ".repeat(400);
+            TextCorpus::from_texts(&[text], &Bytes).unwrap()
+        });
+        let generator = RetrievalGenerator::new(Box::new(Bytes), Some(1)).unwrap();
+        ExampleSampler::new(config, Some(1), corpus, Some(generator)).unwrap()
+    }
+
+    #[test]
+    fn retrieval_examples_predict_the_key_from_the_question() {
+        let config = TrainConfig {
+            synthetic_ratio: 1.0,
+            tasks: TaskMix::Random { repetition: 0.0 },
+            min_sample_tokens: 600,
+            max_sample_tokens: 800,
+            max_local: 200,
+            ..TrainConfig::default()
+        };
+        let s = sampler(config, false);
+        for step in 0..5 {
+            for ex in s.micro_batch(step, 0).unwrap() {
+                assert_eq!(ex.task, TaskKind::Retrieval);
+                // The key is in memory, not in the local context or the prompt.
+                let key: Vec<u32> = ex.targets[1..ex.targets.len() - 1].to_vec();
+                let memory = &ex.ids[..ex.plan.local_range.start];
+                assert!(memory.windows(key.len()).any(|w| w == key.as_slice()));
+                assert!(
+                    !ex.plan
+                        .local
+                        .windows(key.len())
+                        .any(|w| w == key.as_slice())
+                );
+                assert_eq!(ex.plan.local[0], 1, "BOS rule on the local context");
+                assert!(ex.plan.prompt.len() <= 65);
+                assert_eq!(
+                    ex.main_input().len(),
+                    ex.plan.local.len() + ex.targets.len() - 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn repetition_targets_follow_a_span_inside_one_chunk() {
+        let config = TrainConfig {
+            synthetic_ratio: 0.0,
+            tasks: TaskMix::Random { repetition: 1.0 },
+            ..TrainConfig::default()
+        };
+        let s = sampler(config, true);
+        let ex = &s.micro_batch(3, 1).unwrap()[0];
+        assert_eq!(ex.task, TaskKind::Repetition);
+        let span = ex.plan.local_range.len();
+        let memory = &ex.ids[..ex.plan.local_range.start];
+        let local = &ex.ids[ex.plan.local_range.clone()];
+        let mut expected = local.to_vec();
+        expected.extend_from_slice(&ex.targets);
+        let found = ex.plan.chunks.iter().any(|c| {
+            memory[c.clone()]
+                .windows(span + ex.targets.len())
+                .any(|w| w == expected.as_slice())
+        });
+        assert!(found, "span and targets lie inside one memory chunk");
+    }
+
+    #[test]
+    fn the_same_step_draws_the_same_examples() {
+        let s = sampler(TrainConfig::default(), true);
+        assert_eq!(s.micro_batch(7, 0).unwrap(), s.micro_batch(7, 0).unwrap());
+        assert_ne!(s.micro_batch(7, 0).unwrap(), s.micro_batch(8, 0).unwrap());
+        assert_ne!(s.micro_batch(7, 0).unwrap(), s.micro_batch(7, 1).unwrap());
+    }
+
+    #[test]
+    fn missing_data_is_an_error() {
+        assert!(matches!(
+            ExampleSampler::new(TrainConfig::default(), None, None, None),
+            Err(FocusError::Data(_))
+        ));
+        let tiny = TextCorpus::from_texts(&["short"], &Bytes).unwrap();
+        assert!(matches!(
+            ExampleSampler::new(TrainConfig::default(), None, Some(tiny), None),
+            Err(FocusError::Data(_))
+        ));
+        let missing = TextCorpus::from_paths(&["/definitely/not/here"], &Bytes).unwrap_err();
+        assert!(matches!(missing, FocusError::Io { .. }), "{missing}");
+    }
+}

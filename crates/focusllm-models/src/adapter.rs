@@ -1,0 +1,429 @@
+//! Candidate parameters kept apart from the frozen base model, so they can be trained, saved and
+//! loaded on their own: full projections (the official layout and `beacon_*` names) or low-rank
+//! deltas on the ordinary projections (`W_candidate = W + down·up`, a file of a few MB).
+//!
+//! Applying an adapter merges it into the model's candidate projections once
+//! ([`CandidateAdapter::apply`]); inference then costs exactly what it costs with the official
+//! full checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::Linear;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::ModelError;
+use crate::llama::{CandidateProjections, CandidateSource, LlamaModel};
+use crate::weights::{SafetensorsWeights, WeightSource};
+
+/// A low-rank delta `down·up` on an ordinary projection weight `[in, out]`.
+#[derive(Module, Debug)]
+pub struct LowRankDelta<B: Backend> {
+    /// `[in, rank]`, random at initialisation.
+    pub down: Param<Tensor<B, 2>>,
+    /// `[rank, out]`, zero at initialisation (so an untrained delta changes nothing).
+    pub up: Param<Tensor<B, 2>>,
+}
+
+/// One candidate projection's trainable weight.
+#[derive(Module, Debug)]
+pub enum CandidateWeight<B: Backend> {
+    /// The whole candidate weight `[in, out]` (the official layout, as burn stores it).
+    Full(Param<Tensor<B, 2>>),
+    /// A low-rank delta on the ordinary weight.
+    LowRank(LowRankDelta<B>),
+}
+
+/// A layer's candidate q, k, v and o projections.
+#[derive(Module, Debug)]
+pub struct CandidateLayer<B: Backend> {
+    /// Query.
+    pub q: CandidateWeight<B>,
+    /// Key.
+    pub k: CandidateWeight<B>,
+    /// Value.
+    pub v: CandidateWeight<B>,
+    /// Output.
+    pub o: CandidateWeight<B>,
+}
+
+/// Candidate parameters of every layer.
+#[derive(Module, Debug)]
+pub struct CandidateAdapter<B: Backend> {
+    /// One entry per decoder layer.
+    pub layers: Vec<CandidateLayer<B>>,
+}
+
+/// Full or low-rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// Full candidate projections.
+    Full,
+    /// Low-rank deltas of this rank.
+    LowRank {
+        /// The rank `r`.
+        rank: usize,
+    },
+}
+
+/// What an adapter file says about how it was trained (stored in the safetensors metadata).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdapterInfo {
+    /// The step mode the adapter was trained for (`"frozen"` or `"exact"`), if known.
+    pub step_mode: Option<String>,
+    /// Free-form description of the training run (loss, steps, data).
+    pub training: Option<String>,
+    /// The base model it was trained on.
+    pub base_model: Option<String>,
+    /// Recommended local window for inference (what the adapter was trained with).
+    pub local_window: Option<usize>,
+    /// Recommended chunk size for inference.
+    pub chunk_size: Option<usize>,
+    /// Recommended dynamic-prompt cap for inference.
+    pub prompt_cap: Option<usize>,
+}
+
+const PROJECTIONS: [&str; 4] = ["q", "k", "v", "o"];
+
+impl<B: Backend> CandidateLayer<B> {
+    fn weights(&self) -> [&CandidateWeight<B>; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+}
+
+impl<B: Backend> CandidateWeight<B> {
+    /// The candidate weight `[in, out]` given the ordinary one.
+    fn merged(&self, ordinary: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            Self::Full(w) => w.val(),
+            Self::LowRank(d) => ordinary + d.down.val().matmul(d.up.val()),
+        }
+    }
+}
+
+/// The ordinary q, k, v, o weights of layer `i`, `[in, out]`.
+fn ordinary<B: Backend>(model: &LlamaModel<B>, i: usize) -> [&Linear<B>; 4] {
+    let a = &model.layers[i].attn;
+    [&a.q, &a.k, &a.v, &a.o]
+}
+
+/// A weight we create (merged or initialised) as a parameter whose value keeps its autodiff graph.
+fn param<B: Backend>(t: Tensor<B, 2>) -> Param<Tensor<B, 2>> {
+    Param::initialized(ParamId::new(), t)
+}
+
+impl<B: Backend> CandidateAdapter<B> {
+    /// Low-rank deltas of rank `rank` for every layer of `model`: `down` uniform with standard
+    /// deviation `1/sqrt(in)` (seeded), `up` zero, so the adapter starts as the untrained model.
+    pub fn low_rank(model: &LlamaModel<B>, rank: usize, seed: u64) -> Result<Self, ModelError> {
+        if rank == 0 {
+            return Err(ModelError::Adapter(
+                "the rank of a low-rank adapter must be at least 1".into(),
+            ));
+        }
+        let device = model.device();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let layers = (0..model.layers.len())
+            .map(|i| {
+                let mut make = |linear: &Linear<B>| {
+                    let [inp, out] = linear.weight.val().dims();
+                    let bound = (3.0 / inp as f32).sqrt();
+                    let down: Vec<f32> = (0..inp * rank)
+                        .map(|_| rng.random_range(-bound..bound))
+                        .collect();
+                    CandidateWeight::LowRank(LowRankDelta {
+                        down: Param::from_tensor(Tensor::from_data(
+                            TensorData::new(down, [inp, rank]),
+                            &device,
+                        )),
+                        up: Param::from_tensor(Tensor::zeros([rank, out], &device)),
+                    })
+                };
+                let [q, k, v, o] = ordinary(model, i).map(&mut make);
+                CandidateLayer { q, k, v, o }
+            })
+            .collect();
+        Ok(Self { layers })
+    }
+
+    /// Full candidate projections, initialised from the model's current candidate projections
+    /// (copies of the ordinary ones when it has none, as the reference initialises them).
+    pub fn full(model: &LlamaModel<B>) -> Self {
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let source = match &layer.attn.candidate {
+                    Some(c) => [&c.q, &c.k, &c.v, &c.o],
+                    None => ordinary(model, i),
+                };
+                let [q, k, v, o] = source
+                    .map(|l| CandidateWeight::Full(Param::from_tensor(l.weight.val().detach())));
+                CandidateLayer { q, k, v, o }
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// Full or low-rank (and the rank).
+    pub fn kind(&self) -> AdapterKind {
+        match self.layers.first().map(|l| &l.q) {
+            Some(CandidateWeight::LowRank(d)) => AdapterKind::LowRank {
+                rank: d.down.val().dims()[1],
+            },
+            _ => AdapterKind::Full,
+        }
+    }
+
+    /// Checks that the adapter fits `model` (layer count and every weight's shape).
+    pub fn check_fits(&self, model: &LlamaModel<B>) -> Result<(), ModelError> {
+        if self.layers.len() != model.layers.len() {
+            return Err(ModelError::Adapter(format!(
+                "the adapter has {} layers, the model {}",
+                self.layers.len(),
+                model.layers.len()
+            )));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            for ((name, w), base) in PROJECTIONS
+                .iter()
+                .zip(layer.weights())
+                .zip(ordinary(model, i))
+            {
+                let expected = base.weight.val().dims();
+                let found = match w {
+                    CandidateWeight::Full(p) => p.val().dims(),
+                    CandidateWeight::LowRank(d) => [d.down.val().dims()[0], d.up.val().dims()[1]],
+                };
+                if found != expected {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: hf_name(i, name, "weight"),
+                        expected: vec![expected[1], expected[0]],
+                        found: vec![found[1], found[0]],
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The merged candidate projections for `model`, one per layer (ordinary biases kept). On an
+    /// autodiff backend they carry the graph back to the adapter's parameters.
+    pub fn projections(
+        &self,
+        model: &LlamaModel<B>,
+    ) -> Result<Vec<CandidateProjections<B>>, ModelError> {
+        self.check_fits(model)?;
+        Ok(self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let base = ordinary(model, i);
+                let [q, k, v, o] = [0, 1, 2, 3].map(|j| Linear {
+                    weight: param(layer.weights()[j].merged(base[j].weight.val())),
+                    bias: base[j].bias.clone(),
+                });
+                CandidateProjections { q, k, v, o }
+            })
+            .collect())
+    }
+
+    /// `model` with this adapter's candidate projections in place of its own.
+    pub fn apply(&self, model: LlamaModel<B>) -> Result<LlamaModel<B>, ModelError> {
+        let projections = self.projections(&model)?;
+        Ok(model.with_candidate_projections(projections, CandidateSource::Adapter))
+    }
+
+    /// Writes the adapter as safetensors: full projections under the official names
+    /// (`model.layers.{i}.self_attn.beacon_q_proj.weight`, `[out, in]`), low-rank deltas under
+    /// PEFT's (`...beacon_q_proj.lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`, so that
+    /// `W_candidate = W + B·A`). An existing file at `path` is replaced only as a whole.
+    pub fn save(&self, path: &Path, info: &AdapterInfo) -> Result<(), ModelError> {
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut push = |name: String, t: Tensor<B, 2>| {
+            // Stored as HF does, `[out, in]`: the transpose of burn's layout.
+            let t = t.transpose();
+            let shape = t.dims().to_vec();
+            let data = t.into_data().convert::<f32>();
+            let bytes = data
+                .to_vec::<f32>()
+                .expect("converted to f32")
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            tensors.push((name, shape, bytes));
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, w) in PROJECTIONS.iter().zip(layer.weights()) {
+                match w {
+                    CandidateWeight::Full(p) => push(hf_name(i, name, "weight"), p.val()),
+                    CandidateWeight::LowRank(d) => {
+                        push(hf_name(i, name, "lora_A.weight"), d.down.val());
+                        push(hf_name(i, name, "lora_B.weight"), d.up.val());
+                    }
+                }
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Adapter(format!("{}: {e}", path.display())))?;
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), "focusllm-candidates".to_string());
+        metadata.insert(
+            "kind".to_string(),
+            match self.kind() {
+                AdapterKind::Full => "full".to_string(),
+                AdapterKind::LowRank { rank } => format!("low-rank {rank}"),
+            },
+        );
+        for (key, value) in [
+            ("step_mode", info.step_mode.clone()),
+            ("training", info.training.clone()),
+            ("base_model", info.base_model.clone()),
+            ("local_window", info.local_window.map(|x| x.to_string())),
+            ("chunk_size", info.chunk_size.map(|x| x.to_string())),
+            ("prompt_cap", info.prompt_cap.map(|x| x.to_string())),
+        ] {
+            if let Some(v) = value {
+                metadata.insert(key.to_string(), v);
+            }
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(views, Some(metadata), &tmp)
+            .map_err(|e| ModelError::Adapter(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads an adapter written by [`CandidateAdapter::save`] (or any safetensors file with the
+    /// official `beacon_{q,k,v,o}_proj` weights of every layer) for `model`.
+    pub fn load(path: &Path, model: &LlamaModel<B>) -> Result<(Self, AdapterInfo), ModelError> {
+        let weights = SafetensorsWeights::open_files(path, &[path.to_path_buf()])?;
+        let info = read_info(path)?;
+        let device = model.device();
+        let load = |name: &str, expected: [usize; 2]| -> Result<Tensor<B, 2>, ModelError> {
+            let (shape, data) = weights.load_f32(name)?;
+            if shape != expected {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.to_string(),
+                    expected: expected.to_vec(),
+                    found: shape,
+                });
+            }
+            // `[out, in]` on disk, `[in, out]` in burn (transposed here, not as a strided view).
+            let [rows, cols] = expected;
+            let mut t = vec![0f32; data.len()];
+            for (r, row) in data.chunks_exact(cols).enumerate() {
+                for (c, x) in row.iter().enumerate() {
+                    t[c * rows + r] = *x;
+                }
+            }
+            Ok(Tensor::<B, 2>::from_data(
+                TensorData::new(t, [cols, rows]),
+                &device,
+            ))
+        };
+        let low_rank = weights.shape(&hf_name(0, "q", "lora_A.weight"));
+        let layers = (0..model.layers.len())
+            .map(|i| {
+                let base = ordinary(model, i);
+                let mut out = Vec::with_capacity(4);
+                for (name, linear) in PROJECTIONS.iter().zip(base) {
+                    let [inp, outf] = linear.weight.val().dims();
+                    let w = match &low_rank {
+                        Some(shape) => {
+                            let rank = shape[0];
+                            let down = load(&hf_name(i, name, "lora_A.weight"), [rank, inp])?;
+                            let up = load(&hf_name(i, name, "lora_B.weight"), [outf, rank])?;
+                            CandidateWeight::LowRank(LowRankDelta {
+                                down: Param::from_tensor(down),
+                                up: Param::from_tensor(up),
+                            })
+                        }
+                        None => CandidateWeight::Full(Param::from_tensor(load(
+                            &hf_name(i, name, "weight"),
+                            [outf, inp],
+                        )?)),
+                    };
+                    out.push(w);
+                }
+                let [q, k, v, o]: [CandidateWeight<B>; 4] = out
+                    .try_into()
+                    .map_err(|_| ModelError::Adapter("four projections".into()))?;
+                Ok(CandidateLayer { q, k, v, o })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let adapter = Self { layers };
+        // A file with more layers than the model is a mismatch too.
+        let extra = hf_name(
+            model.layers.len(),
+            "q",
+            if low_rank.is_some() {
+                "lora_A.weight"
+            } else {
+                "weight"
+            },
+        );
+        if weights.shape(&extra).is_some() {
+            return Err(ModelError::Adapter(format!(
+                "{}: the adapter has more layers than the model ({}), e.g. `{extra}`",
+                path.display(),
+                model.layers.len()
+            )));
+        }
+        Ok((adapter, info))
+    }
+}
+
+fn hf_name(layer: usize, proj: &str, suffix: &str) -> String {
+    format!("model.layers.{layer}.self_attn.beacon_{proj}_proj.{suffix}")
+}
+
+fn read_info(path: &Path) -> Result<AdapterInfo, ModelError> {
+    let io = |source| ModelError::Io {
+        path: PathBuf::from(path),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the file is only read; a concurrent writer would at worst garble the metadata,
+    // which the parser rejects.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let (_, metadata) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let map = metadata.metadata().clone().unwrap_or_default();
+    let size = |key: &str| -> Result<Option<usize>, ModelError> {
+        map.get(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ModelError::Adapter(format!(
+                        "{}: metadata `{key}` is {v:?}, not a size",
+                        path.display()
+                    ))
+                })
+            })
+            .transpose()
+    };
+    Ok(AdapterInfo {
+        step_mode: map.get("step_mode").cloned(),
+        training: map.get("training").cloned(),
+        base_model: map.get("base_model").cloned(),
+        local_window: size("local_window")?,
+        chunk_size: size("chunk_size")?,
+        prompt_cap: size("prompt_cap")?,
+    })
+}

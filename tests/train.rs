@@ -1,0 +1,412 @@
+//! Training the candidate parameters on the tiny official model C: the training passes compute
+//! exactly what inference computes, only candidate parameters get gradients, the loss falls on a
+//! synthetic retrieval task, adapters round-trip through safetensors, and a resumed run continues
+//! the same loss curve. Full-rank adapters use the official key names and shapes.
+
+mod common;
+
+use std::path::Path;
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
+use common::*;
+use focusllm::core::train::{
+    CandidateTrainer, ExampleSampler, LossTarget, RetrievalGenerator, TaskKind, TaskMix,
+    TextCorpus, TextEncoder, TrainConfig, TrainExample, TrainOutcome, Trainer,
+};
+use focusllm::core::{CancelToken, Chunker, FixedStrideChunker, StepMode, nll};
+use focusllm::models::adapter::CandidateWeight;
+use focusllm::models::train::LlamaTrainer;
+use focusllm::models::{AdapterInfo, AdapterKind, CandidateAdapter, LlamaModel, load_model};
+
+type A = Autodiff<B>;
+
+fn model_c<Bk: burn::tensor::backend::Backend>() -> LlamaModel<Bk> {
+    let dir = fixtures().join("official/C");
+    load_model::<Bk>(&dir, &Default::default())
+        .expect("load C")
+        .model
+}
+
+/// One token per byte (C's vocabulary has 512 ids).
+struct Bytes;
+impl TextEncoder for Bytes {
+    fn encode(&self, text: &str) -> focusllm::core::Result<Vec<u32>> {
+        Ok(text.bytes().map(|b| b as u32 + 3).collect())
+    }
+}
+
+fn small_config() -> TrainConfig {
+    TrainConfig {
+        steps: 40,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup_steps: 3,
+        min_sample_tokens: 300,
+        max_sample_tokens: 420,
+        chunk_sizes: vec![64, 96],
+        prompt_cap: 48,
+        min_local: 30,
+        max_local: 60,
+        target: LossTarget::LocalTokens { max: 8 },
+        tasks: TaskMix::Random { repetition: 0.25 },
+        synthetic_ratio: 0.7,
+        checkpoint_every: 3,
+        ..TrainConfig::default()
+    }
+}
+
+fn sampler(config: TrainConfig) -> ExampleSampler {
+    let corpus = TextCorpus::from_texts(
+        &["The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
+            .repeat(40)],
+        &Bytes,
+    )
+    .unwrap();
+    let generator = RetrievalGenerator::new(Box::new(Bytes), Some(1)).unwrap();
+    ExampleSampler::new(config, Some(1), Some(corpus), Some(generator)).unwrap()
+}
+
+#[test]
+fn training_loss_is_the_inference_nll_with_frozen_candidates() {
+    // Fixture C's long input, read as the engine reads it; two targets after it.
+    let (inference, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let targets = vec![17u32, 301];
+    let config = official_config(&dir).with_step_mode(StepMode::FrozenCandidates);
+    let plan = FixedStrideChunker.plan(&long, &config, Some(1)).unwrap();
+    assert_eq!(plan.chunks.len(), 7);
+    let example = TrainExample {
+        task: TaskKind::Continuation,
+        ids: long.clone(),
+        plan,
+        targets: targets.clone(),
+    };
+
+    // The adapter holds copies of C's trained candidate projections: the same model.
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let adapter = CandidateAdapter::full(trainer.model());
+    let out = trainer.example_loss(&adapter, &example).unwrap();
+    let loss: f32 = out.loss.into_scalar();
+
+    let engine = engine(&inference, config);
+    let mut session = engine.session();
+    let first = session.prefill(&long).unwrap();
+    let second = session.step(targets[0]).unwrap();
+    let expected = (nll(&first, targets[0]).unwrap() + nll(&second, targets[1]).unwrap()) / 2.0;
+    assert!(
+        (loss as f64 - expected).abs() < 1e-4,
+        "training loss {loss} vs inference {expected}"
+    );
+    assert_eq!(out.targets, 2);
+}
+
+#[test]
+fn only_candidate_parameters_get_gradients() {
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let mut params = CandidateAdapter::low_rank(trainer.model(), 4, 1).unwrap();
+    let sampler = sampler(small_config());
+    let example = &sampler.micro_batch(0, 0).unwrap()[0];
+
+    // `up` starts at zero, so `down` has no gradient until `up` moves: give `up` a value first.
+    params = params.map(&mut focusllm_test_fill::Fill(0.01));
+    let loss = trainer.example_loss(&params, example).unwrap().loss;
+    let grads = loss.backward();
+    let base = GradientsParams::from_grads(grads, trainer.model());
+    assert_eq!(base.len(), 0, "a base parameter got a gradient");
+
+    let loss = trainer.example_loss(&params, example).unwrap().loss;
+    let grads = GradientsParams::from_grads(loss.backward(), &params);
+    // The last layer's candidate query and output only shape the candidate's own hidden state after
+    // that layer, which nothing reads: their deltas get no gradient (as in the reference). Every
+    // other candidate parameter does.
+    let last = params.layers.len() - 1;
+    assert_eq!(grads.len(), params.num_params_tensors() - 4);
+    for (i, layer) in params.layers.iter().enumerate() {
+        for (name, w) in [
+            ("q", &layer.q),
+            ("k", &layer.k),
+            ("v", &layer.v),
+            ("o", &layer.o),
+        ] {
+            let CandidateWeight::LowRank(d) = w else {
+                panic!("low-rank expected")
+            };
+            for p in [&d.down, &d.up] {
+                let g = grads.get::<B, 2>(p.id);
+                if i == last && (name == "q" || name == "o") {
+                    assert!(g.is_none(), "layer {i} {name}: unexpected gradient");
+                    continue;
+                }
+                let norm: f32 = g.expect("gradient present").abs().sum().into_scalar();
+                assert!(norm > 0.0, "layer {i} {name}: zero gradient");
+            }
+        }
+    }
+}
+
+/// Test-only module mapper: sets every float parameter to a constant pattern.
+mod focusllm_test_fill {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::Tensor;
+    use burn::tensor::backend::Backend;
+
+    pub struct Fill(pub f32);
+    impl<Bk: Backend> ModuleMapper<Bk> for Fill {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<Tensor<Bk, D>>,
+        ) -> Param<Tensor<Bk, D>> {
+            let v = self.0;
+            param.map(|t| t.ones_like().mul_scalar(v).require_grad())
+        }
+    }
+}
+
+trait CountTensors {
+    fn num_params_tensors(&self) -> usize;
+}
+impl CountTensors for CandidateAdapter<A> {
+    fn num_params_tensors(&self) -> usize {
+        self.layers.len() * 4 * 2
+    }
+}
+
+#[test]
+fn loss_falls_on_synthetic_retrieval() {
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let params = CandidateAdapter::low_rank(trainer.model(), 8, 0).unwrap();
+    let config = TrainConfig {
+        synthetic_ratio: 1.0,
+        tasks: TaskMix::Random { repetition: 0.0 },
+        ..small_config()
+    };
+    let mut t = Trainer::new(&trainer, params, sampler(config)).unwrap();
+    assert_eq!(t.run().unwrap(), TrainOutcome::Finished);
+    let h = t.history();
+    let mean = |r: &[focusllm::core::train::StepRecord]| {
+        r.iter().map(|s| s.loss).sum::<f64>() / r.len() as f64
+    };
+    let (first, last) = (mean(&h[..8]), mean(&h[h.len() - 8..]));
+    assert!(last < 0.8 * first, "loss {first:.3} -> {last:.3}");
+}
+
+#[test]
+fn adapters_round_trip_and_change_the_engine() {
+    let dir = tempdir("roundtrip");
+    let (base, fixture) = official("C");
+    let long = ids(&json(&fixture.join("inputs.json"))["long_ids"]);
+    let config = official_config(&fixture);
+
+    // A low-rank adapter moved away from zero by a few steps of training.
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let params = CandidateAdapter::low_rank(trainer.model(), 4, 3).unwrap();
+    let mut t = Trainer::new(
+        &trainer,
+        params,
+        sampler(TrainConfig {
+            steps: 3,
+            ..small_config()
+        }),
+    )
+    .unwrap();
+    t.run().unwrap();
+    let adapter = t.into_params().valid();
+    let info = AdapterInfo {
+        step_mode: Some("frozen".into()),
+        training: Some("test".into()),
+        chunk_size: Some(96),
+        ..Default::default()
+    };
+    let path = dir.join("a.safetensors");
+    adapter.save(&path, &info).unwrap();
+    let (loaded, loaded_info) = CandidateAdapter::<B>::load(&path, &base).unwrap();
+    assert_eq!(loaded_info, info);
+    assert_eq!(loaded.kind(), AdapterKind::LowRank { rank: 4 });
+
+    let prefill = |model: &LlamaModel<B>| {
+        engine(model, config.clone())
+            .session()
+            .prefill(&long)
+            .unwrap()
+    };
+    let untrained = prefill(&base);
+    let with_adapter = prefill(&adapter.apply(base.clone()).unwrap());
+    let with_loaded = prefill(&loaded.apply(base.clone()).unwrap());
+    assert_eq!(
+        with_adapter, with_loaded,
+        "save -> load changed the outputs"
+    );
+    assert!(
+        max_abs_diff(&untrained, &with_adapter) > 1e-3,
+        "the adapter changed nothing"
+    );
+
+    // A zero-delta adapter is the base model's ordinary projections (the untrained copy).
+    let zero = CandidateAdapter::<B>::low_rank(&base, 2, 0).unwrap();
+    let copied = focusllm::models::load_model_with::<B>(
+        &fixture,
+        &Default::default(),
+        &focusllm::models::LoadOptions {
+            trained_candidates: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .model;
+    assert_eq!(
+        prefill(&zero.apply(base.clone()).unwrap()),
+        prefill(&copied)
+    );
+}
+
+#[test]
+fn adapter_errors_name_the_problem() {
+    let dir = tempdir("errors");
+    let (c, _) = official("C");
+    let (d, _) = official("D");
+    let path = dir.join("c.safetensors");
+    CandidateAdapter::<B>::low_rank(&c, 2, 0)
+        .unwrap()
+        .save(&path, &AdapterInfo::default())
+        .unwrap();
+    // C's adapter on D: D has 2 layers and smaller projections.
+    let err = CandidateAdapter::<B>::load(&path, &d)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("beacon_q_proj") && err.contains("shape"),
+        "{err}"
+    );
+    let err = CandidateAdapter::<B>::load(&dir.join("missing.safetensors"), &c)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.safetensors"), "{err}");
+    std::fs::write(dir.join("bad.safetensors"), b"not a safetensors file").unwrap();
+    let err = CandidateAdapter::<B>::load(&dir.join("bad.safetensors"), &c)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad.safetensors"), "{err}");
+    let err = CandidateAdapter::<B>::low_rank(&c, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank"), "{err}");
+}
+
+#[test]
+fn full_adapters_use_the_official_names_and_shapes() {
+    let dir = tempdir("full");
+    let (c, fixture) = official("C");
+    let path = dir.join("full.safetensors");
+    CandidateAdapter::<B>::full(&c)
+        .save(&path, &AdapterInfo::default())
+        .unwrap();
+    let keys = json(&fixture.join("tensor_keys.json"));
+    let official: std::collections::BTreeMap<String, Vec<u64>> = keys
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| {
+            ["q", "k", "v", "o"]
+                .iter()
+                .any(|p| k.ends_with(&format!("self_attn.beacon_{p}_proj.weight")))
+        })
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(official.len(), 3 * 4);
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ours: std::collections::BTreeMap<String, Vec<u64>> = file
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().iter().map(|&x| x as u64).collect()))
+        .collect();
+    assert_eq!(ours, official);
+    // And the saved values are C's trained candidate projections: loading reproduces the model.
+    let (loaded, _) = CandidateAdapter::<B>::load(&path, &c).unwrap();
+    let long = ids(&json(&fixture.join("inputs.json"))["long_ids"]);
+    let config = official_config(&fixture);
+    let a = engine(&c, config.clone()).session().prefill(&long).unwrap();
+    let with_loaded = loaded.apply(c.clone()).unwrap();
+    let b = engine(&with_loaded, config)
+        .session()
+        .prefill(&long)
+        .unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-5);
+}
+
+#[test]
+fn resumed_run_continues_the_same_curve() {
+    let config = TrainConfig {
+        steps: 6,
+        ..small_config()
+    };
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let init = || CandidateAdapter::low_rank(trainer.model(), 4, 9).unwrap();
+
+    let straight_dir = tempdir("straight");
+    let mut straight = Trainer::new(&trainer, init(), sampler(config.clone()))
+        .unwrap()
+        .with_checkpoints(&straight_dir)
+        .unwrap();
+    straight.run().unwrap();
+
+    // Interrupted after 4 steps (cancelled: a checkpoint is written), then resumed.
+    let resumed_dir = tempdir("resumed");
+    let token = CancelToken::new();
+    let mut first = Trainer::new(&trainer, init(), sampler(config.clone()))
+        .unwrap()
+        .with_checkpoints(&resumed_dir)
+        .unwrap();
+    first.set_cancel_token(token.clone());
+    let stop = token.clone();
+    first.on_progress(move |p| {
+        if p.step == 4 {
+            stop.cancel()
+        }
+    });
+    assert_eq!(first.run().unwrap(), TrainOutcome::Cancelled);
+    assert_eq!(first.step(), 4);
+    drop(first);
+    // A fresh process would start from new random parameters: the checkpoint must replace them.
+    let other_init = CandidateAdapter::low_rank(trainer.model(), 4, 12345).unwrap();
+    let mut second = Trainer::new(&trainer, other_init, sampler(config.clone()))
+        .unwrap()
+        .with_checkpoints(&resumed_dir)
+        .unwrap();
+    assert_eq!(second.step(), 4);
+    assert_eq!(second.run().unwrap(), TrainOutcome::Finished);
+
+    let a: Vec<f64> = straight.history().iter().map(|r| r.loss).collect();
+    let b: Vec<f64> = second.history().iter().map(|r| r.loss).collect();
+    assert_eq!(a.len(), 6);
+    assert_eq!(b.len(), 6, "the resumed history holds the logged steps too");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+    // A different config in the same directory is refused, naming the field.
+    let other = TrainConfig { lr: 0.5, ..config };
+    let err = Trainer::new(&trainer, init(), sampler(other))
+        .unwrap()
+        .with_checkpoints(&resumed_dir)
+        .err()
+        .expect("config mismatch");
+    assert!(err.to_string().contains("lr"), "{err}");
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
