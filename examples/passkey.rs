@@ -80,9 +80,14 @@ impl BackendRunner for &Args {
                 a.info.step_mode
             );
         }
-        let focus_config = self
+        let mut focus_config = self
             .engine
             .focus_config_for(adapted.as_ref().map(|a| &a.info));
+        // FocusLLM reads every length with chunks here (the engine's default threshold would
+        // decode inputs inside the native context plainly, making both methods the same).
+        if self.engine.threshold.is_none() {
+            focus_config = focus_config.with_plain_threshold(Some(1));
+        }
         let mut rows = Vec::new();
         for &length in &self.lengths {
             for method in &self.methods {

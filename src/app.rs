@@ -221,7 +221,15 @@ impl EngineArgs {
         let path = match &self.adapter {
             Some(p) => p.clone(),
             None if bundled_default && !self.untrained && is_default_model(&loaded.path) => {
-                bundled_adapter()
+                let path = bundled_adapter();
+                if !path.exists() {
+                    eprintln!(
+                        "warning: the bundled adapter {} is missing: untrained candidates",
+                        path.display()
+                    );
+                    return Ok(None);
+                }
+                path
             }
             None => return Ok(None),
         };

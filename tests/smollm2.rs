@@ -8,8 +8,9 @@ use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use common::*;
-use focusllm::core::{FocusConfig, GenerateOptions, Mode};
-use focusllm::models::{CandidateSource, LoadedModel, load_model};
+use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions, Mode, StepMode, nll};
+use focusllm::models::{AdapterKind, CandidateAdapter, CandidateSource, LoadedModel, load_model};
+use focusllm::passkey::passkey_prompt;
 
 const TOL: f32 = 2e-3;
 
@@ -106,4 +107,51 @@ fn focus_passkey_matches_official() {
     let mut session = engine.session();
     session.prefill(&input).unwrap();
     assert_eq!(session.mode(), Mode::Focus { chunks: 3 });
+}
+
+/// Mean NLL of the key's tokens after passkey prompts, candidates frozen after the prefill.
+fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds: &[u64]) -> f64 {
+    let tokenizer = smollm2().unwrap().tokenizer.as_ref().unwrap();
+    let engine = FocusEngine::new(model, model, config.clone()).unwrap();
+    let mut total = 0.0;
+    let mut count = 0;
+    for &seed in seeds {
+        let prompt = passkey_prompt(tokenizer, 2048, seed).unwrap();
+        let answer = tokenizer.encode(&format!(" {}", prompt.key)).unwrap();
+        let mut session = engine.session();
+        let mut logits = session.prefill(&prompt.ids).unwrap();
+        assert!(session.mode().chunks() >= 4);
+        for &t in &answer {
+            total += nll(&logits, t).unwrap();
+            count += 1;
+            logits = session.step(t).unwrap();
+        }
+    }
+    total / count as f64
+}
+
+#[test]
+fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
+    let Some(loaded) = smollm2() else { return };
+    let path = focusllm::app::bundled_adapter();
+    let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)
+        .unwrap_or_else(|e| panic!("bundled adapter {}: {e}", path.display()));
+    assert_eq!(adapter.kind(), AdapterKind::LowRank { rank: 8 });
+    assert_eq!(info.step_mode.as_deref(), Some("frozen"));
+    let config = FocusConfig::default()
+        .with_local_window(info.local_window.unwrap())
+        .with_chunk_size(info.chunk_size.unwrap())
+        .with_prompt_cap(info.prompt_cap.unwrap())
+        .with_plain_threshold(Some(1))
+        .with_step_mode(StepMode::FrozenCandidates);
+    let trained = adapter.apply(loaded.model.clone()).unwrap();
+    // Seeds the adapter never saw (it was trained on generated keys, not on these prompts).
+    let seeds = [1001, 1002];
+    let with_adapter = key_nll(&trained, &config, &seeds);
+    let untrained = key_nll(&loaded.model, &config, &seeds);
+    eprintln!("key NLL: adapter {with_adapter:.3}, untrained {untrained:.3}");
+    assert!(
+        with_adapter < 0.5 * untrained,
+        "adapter {with_adapter:.3} vs untrained {untrained:.3}"
+    );
 }
