@@ -5,7 +5,7 @@
 //! Ctrl-C stops after writing a checkpoint.
 //!
 //! ```text
-//! cargo run --release --example train -- --out adapter.safetensors --steps 400
+//! cargo run --release --example train -- --out adapter.safetensors
 //! ```
 
 use std::path::PathBuf;
@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 0.8)]
     synthetic_ratio: f64,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 240)]
     steps: usize,
     /// Samples per micro-batch.
     #[arg(long, default_value_t = 4)]
@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     accum: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     lr: f64,
     /// Warm-up steps.
     #[arg(long, default_value_t = 20)]
@@ -84,22 +84,22 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Shortest sample (tokens).
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 256)]
     min_tokens: usize,
     /// Longest sample (tokens).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 640)]
     max_tokens: usize,
     /// Chunk sizes drawn per sample, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
     chunk_sizes: Vec<usize>,
     /// Dynamic-prompt cap.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 48)]
     prompt_cap: usize,
     /// Shortest local span.
     #[arg(long, default_value_t = 30)]
     min_local: usize,
     /// Longest local span.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 128)]
     max_local: usize,
     /// Loss: `local` (the paper: the local tokens after the cut, candidates fixed; decode with
     /// `--step-mode frozen`) or `next` (the reference: one token at a random cut; exact decoding).
@@ -109,13 +109,13 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     max_targets: usize,
     /// Probability of the repetition task (else continuation / retrieval).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.2)]
     repetition: f64,
     /// Both tasks on every sample, losses summed (instead of one drawn at random).
     #[arg(long)]
     sum_tasks: bool,
     /// Checkpoint every this many steps.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 20)]
     checkpoint_every: usize,
     /// Write the adapter from the run's latest checkpoint without training further (for a run
     /// stopped early; the same settings as the run are needed to find it).

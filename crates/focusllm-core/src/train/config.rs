@@ -78,28 +78,29 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// Settings that train a low-rank adapter for a small model on two CPU cores in about an hour.
+    /// The recipe of the bundled SmolLM2-135M adapter (rank 8): about 50 minutes on two CPU cores.
+    /// (A peak learning rate of 4e-3 diverged after 25 steps with these sizes; 2e-3 did not.)
     fn default() -> Self {
         Self {
-            steps: 400,
+            steps: 240,
             batch_size: 4,
             grad_accum: 1,
-            lr: 3e-3,
+            lr: 2e-3,
             warmup_steps: 20,
             final_lr_ratio: 0.1,
             weight_decay: 0.0,
             clip_norm: Some(1.0),
             seed: 0,
-            min_sample_tokens: 384,
-            max_sample_tokens: 1024,
+            min_sample_tokens: 256,
+            max_sample_tokens: 640,
             chunk_sizes: vec![64, 128, 256],
-            prompt_cap: 64,
+            prompt_cap: 48,
             min_local: 30,
-            max_local: 96,
+            max_local: 128,
             target: LossTarget::LocalTokens { max: 8 },
-            tasks: TaskMix::Random { repetition: 0.3 },
+            tasks: TaskMix::Random { repetition: 0.2 },
             synthetic_ratio: 0.8,
-            checkpoint_every: 25,
+            checkpoint_every: 20,
         }
     }
 }
