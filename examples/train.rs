@@ -50,6 +50,10 @@ struct Args {
     /// Rank of the low-rank deltas; 0 trains full projections (official layout).
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Start from this adapter instead of a fresh one (a new run that continues an earlier one's
+    /// training; `--rank` is then the adapter's own).
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Text files or directories (.txt, .md) for the continuation and repetition tasks.
     #[arg(long)]
     text: Vec<PathBuf>,
@@ -185,10 +189,10 @@ impl BackendRunner for &Args {
         let tokenizer = loaded.tokenizer.ok_or("the model has no tokenizer")?;
         let model = LlamaTrainer::new(loaded.model);
         let bos = model.spec().bos_id;
-        let params = if self.rank == 0 {
-            CandidateAdapter::full(model.model())
-        } else {
-            CandidateAdapter::low_rank(model.model(), self.rank, self.seed)?
+        let params = match &self.init {
+            Some(init) => CandidateAdapter::load(init, model.model())?.0,
+            None if self.rank == 0 => CandidateAdapter::full(model.model()),
+            None => CandidateAdapter::low_rank(model.model(), self.rank, self.seed)?,
         };
         let corpus = if self.text.is_empty() {
             None
