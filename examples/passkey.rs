@@ -12,7 +12,7 @@ use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
 use focusllm::core::{FocusEngine, GenerateOptions};
-use focusllm::passkey::{is_correct, passkey_prompt};
+use focusllm::passkey::{digit_accuracy, is_correct, passkey_prompt};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -50,6 +50,8 @@ struct Row {
     method: String,
     tokens: usize,
     accuracy: f64,
+    /// Mean share of key digits right at their positions (partial credit).
+    digits: f64,
     trials: usize,
     chunks: usize,
     mean_seconds: f64,
@@ -123,6 +125,7 @@ impl BackendRunner for &Args {
                     method: method.clone(),
                     tokens: length,
                     accuracy: 0.0,
+                    digits: 0.0,
                     trials: 0,
                     chunks: 0,
                     mean_seconds: 0.0,
@@ -152,6 +155,7 @@ impl BackendRunner for &Args {
                     view.finish();
                     let ok = is_correct(&generation.text, &prompt.key);
                     correct += usize::from(ok);
+                    row.digits += digit_accuracy(&generation.text, &prompt.key);
                     if !self.json {
                         eprintln!(
                             "{method:>15} {length:>6} seed {seed}: key {} at depth {:.2} -> {:?} {}",
@@ -166,6 +170,7 @@ impl BackendRunner for &Args {
                     row.trials += 1;
                 }
                 row.accuracy = correct as f64 / row.trials.max(1) as f64;
+                row.digits /= row.trials.max(1) as f64;
                 row.mean_seconds = seconds / row.trials.max(1) as f64;
                 rows.push(row);
             }
@@ -187,17 +192,17 @@ fn run() -> Result<(), AppError> {
     if args.json {
         let rows: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"method": r.method, "tokens": r.tokens, "accuracy": r.accuracy, "trials": r.trials}))
+            .map(|r| serde_json::json!({"method": r.method, "tokens": r.tokens, "accuracy": r.accuracy, "digits": r.digits, "trials": r.trials}))
             .collect();
         println!("{}", serde_json::json!({ "rows": rows }));
         return Ok(());
     }
-    println!("| method | tokens | chunks | accuracy | trials | s / trial |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| method | tokens | chunks | accuracy | digits | trials | s / trial |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {} | {:.1} |",
-            r.method, r.tokens, r.chunks, r.accuracy, r.trials, r.mean_seconds
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} |",
+            r.method, r.tokens, r.chunks, r.accuracy, r.digits, r.trials, r.mean_seconds
         );
     }
     Ok(())

@@ -55,14 +55,26 @@ pub fn passkey_prompt(
     Ok(PasskeyPrompt { ids, key, depth })
 }
 
-/// Exact-match scoring: the first run of digits in `answer` must equal `key`.
-pub fn is_correct(answer: &str, key: &str) -> bool {
-    let digits: String = answer
+/// The first run of digits in `answer`.
+fn first_number(answer: &str) -> String {
+    answer
         .chars()
         .skip_while(|c| !c.is_ascii_digit())
         .take_while(char::is_ascii_digit)
-        .collect();
-    digits == key
+        .collect()
+}
+
+/// Exact-match scoring: the first run of digits in `answer` must equal `key`.
+pub fn is_correct(answer: &str, key: &str) -> bool {
+    first_number(answer) == key
+}
+
+/// Partial credit: the share of the key's digits that the answer's first number has at the same
+/// positions (a missing or extra digit costs its position).
+pub fn digit_accuracy(answer: &str, key: &str) -> f64 {
+    let got = first_number(answer);
+    let hits = got.chars().zip(key.chars()).filter(|(a, b)| a == b).count();
+    hits as f64 / key.len().max(got.len()).max(1) as f64
 }
 
 #[cfg(test)]
@@ -75,5 +87,14 @@ mod tests {
         assert!(!is_correct(" 4969", "49690"));
         assert!(!is_correct(" 1234 49690", "49690"));
         assert!(!is_correct("no digits", "49690"));
+    }
+
+    #[test]
+    fn digit_accuracy_gives_partial_credit_by_position() {
+        assert_eq!(digit_accuracy(" 49690.", "49690"), 1.0);
+        assert_eq!(digit_accuracy(" 4969", "49690"), 0.8);
+        assert_eq!(digit_accuracy(" 8888. It", "82131"), 0.2);
+        assert_eq!(digit_accuracy(" 496901", "49690"), 5.0 / 6.0);
+        assert_eq!(digit_accuracy("a password", "49690"), 0.0);
     }
 }
