@@ -182,6 +182,16 @@ impl BackendRunner for &Args {
             )
             .into());
         }
+        if self.clip < 0.0 {
+            return Err(format!("--clip {} must be >= 0 (0 turns clipping off)", self.clip).into());
+        }
+        if self.init.is_some() && self.run_dir.join("latest").exists() {
+            return Err(format!(
+                "{} already holds a run: --init starts a new one, give it a fresh --run-dir",
+                self.run_dir.display()
+            )
+            .into());
+        }
         let config = self.config();
         config.validate()?;
         let path = resolve_model(self.model.clone())?;

@@ -316,11 +316,15 @@ impl<B: Backend> CandidateAdapter<B> {
         let load = |name: &str, expected: [usize; 2]| -> Result<Tensor<B, 2>, ModelError> {
             let (shape, data) = weights.load_f32(name)?;
             if shape != expected {
-                return Err(ModelError::ShapeMismatch {
+                let mismatch = ModelError::ShapeMismatch {
                     tensor: name.to_string(),
                     expected: expected.to_vec(),
                     found: shape,
-                });
+                };
+                return Err(ModelError::Adapter(format!(
+                    "{}: {mismatch}",
+                    path.display()
+                )));
             }
             // `[out, in]` on disk, `[in, out]` in burn (transposed here, not as a strided view).
             let [rows, cols] = expected;
@@ -336,6 +340,15 @@ impl<B: Backend> CandidateAdapter<B> {
             ))
         };
         let low_rank = weights.shape(&hf_name(0, "q", "lora_A.weight"));
+        if let Some(shape) = &low_rank
+            && (shape.len() != 2 || shape[0] == 0)
+        {
+            return Err(ModelError::Adapter(format!(
+                "{}: `{}` has shape {shape:?}; a low-rank adapter needs [rank >= 1, in]",
+                path.display(),
+                hf_name(0, "q", "lora_A.weight")
+            )));
+        }
         let layers = (0..model.layers.len())
             .map(|i| {
                 let base = ordinary(model, i);
@@ -366,6 +379,9 @@ impl<B: Backend> CandidateAdapter<B> {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let adapter = Self { layers };
+        adapter
+            .check_fits(model)
+            .map_err(|e| ModelError::Adapter(format!("{}: {e}", path.display())))?;
         // A file with more layers than the model is a mismatch too.
         let extra = hf_name(
             model.layers.len(),

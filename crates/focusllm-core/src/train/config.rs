@@ -126,6 +126,18 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("lr", format!("({}) must be a positive number", self.lr));
         }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(
+                "weight_decay",
+                format!("({}) must be a number >= 0", self.weight_decay),
+            );
+        }
+        if self.warmup_steps > self.steps {
+            return bad(
+                "warmup_steps",
+                format!("({}) exceeds steps ({})", self.warmup_steps, self.steps),
+            );
+        }
         if !(0.0..=1.0).contains(&self.final_lr_ratio) {
             return bad(
                 "final_lr_ratio",
@@ -209,7 +221,8 @@ impl TrainConfig {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.steps.saturating_sub(self.warmup_steps).max(1);
+        // The last step (`steps - 1`) runs at exactly `lr * final_lr_ratio`.
+        let decay_steps = self.steps.saturating_sub(self.warmup_steps + 1).max(1);
         let progress = (step - self.warmup_steps) as f64 / decay_steps as f64;
         self.lr * (1.0 - progress.min(1.0) * (1.0 - self.final_lr_ratio))
     }
@@ -231,8 +244,8 @@ mod tests {
         assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
         assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
         assert!((cfg.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((cfg.lr_at(60) - 0.55).abs() < 1e-12);
-        assert!((cfg.lr_at(110) - 0.1).abs() < 1e-12);
+        assert!((cfg.lr_at(60) - (1.0 - 50.0 / 99.0 * 0.9)).abs() < 1e-12);
+        assert!((cfg.lr_at(109) - 0.1).abs() < 1e-12);
     }
 
     #[test]

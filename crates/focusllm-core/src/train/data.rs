@@ -46,6 +46,9 @@ pub struct TrainExample {
 impl TrainExample {
     /// What the main decoder runs: the local context (BOS rule applied) and every target but the
     /// last, so that its last `targets.len()` logits predict the targets.
+    ///
+    /// # Panics
+    /// If `targets` is empty (the sampler never builds such an example).
     pub fn main_input(&self) -> Vec<u32> {
         let mut main = self.plan.local.clone();
         main.extend_from_slice(&self.targets[..self.targets.len() - 1]);
@@ -250,8 +253,22 @@ impl RetrievalGenerator {
         })
     }
 
-    /// Draws a sample whose document and question together hold `tokens` tokens.
-    pub fn sample(&self, tokens: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
+    /// The most tokens a sample's fixed parts take (BOS, the longest fact and its question).
+    pub fn longest_fixed_part(&self) -> Result<usize> {
+        let key = "9".repeat(*self.key_digits.end() as usize);
+        let mut longest = 0;
+        for t in TEMPLATES {
+            let needle = self.encoder.encode(&t.needle.replace("{key}", &key))?;
+            let question = self.encoder.encode(t.question)?;
+            longest = longest.max(needle.len() + question.len());
+        }
+        Ok(longest + usize::from(self.bos.is_some()))
+    }
+
+    /// Draws a sample whose document and question together hold `tokens` tokens, with the fact
+    /// outside the last `local` tokens (so a local window of that size cannot see it: only the
+    /// candidates can carry it).
+    pub fn sample(&self, tokens: usize, local: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
         let template = TEMPLATES.choose(rng).expect("templates are not empty");
         let digits = rng.random_range(self.key_digits.clone());
         let key: String = (0..digits)
@@ -274,7 +291,7 @@ impl RetrievalGenerator {
             .filter(|&b| b > 0)
             .ok_or_else(|| {
                 FocusError::Data(format!(
-                    "a retrieval sample needs more than {fixed} tokens, got {tokens}"
+                    "a retrieval sample needs more than {fixed} tokens, got {tokens} (raise min_sample_tokens)"
                 ))
             })?;
         let unit = self.fillers.choose(rng).expect("fillers are not empty");
@@ -286,7 +303,8 @@ impl RetrievalGenerator {
             .skip(offset)
             .take(budget)
             .collect();
-        let before = rng.random_range(0..=budget);
+        let tail = local.saturating_sub(question.len()).min(budget);
+        let before = rng.random_range(0..=budget - tail);
         let mut document = Vec::with_capacity(tokens);
         document.extend_from_slice(&bos);
         document.extend_from_slice(&filler[..before]);
@@ -342,6 +360,19 @@ impl ExampleSampler {
                 config.max_sample_tokens
             )));
         }
+        if let Some(g) = &generator {
+            let fixed = g.longest_fixed_part()?;
+            if config.min_sample_tokens <= fixed + config.max_local {
+                return Err(FocusError::InvalidConfig {
+                    field: "min_sample_tokens",
+                    reason: format!(
+                        "({}) leaves no filler outside the local window: retrieval samples need \
+                         more than {fixed} tokens of fact and question plus max_local ({})",
+                        config.min_sample_tokens, config.max_local
+                    ),
+                });
+            }
+        }
         Ok(Self {
             config,
             bos,
@@ -383,7 +414,7 @@ impl ExampleSampler {
         let mut out = Vec::with_capacity(repetition.len());
         if synthetic {
             let generator = self.generator.as_ref().expect("checked above");
-            let s = generator.sample(n, rng)?;
+            let s = generator.sample(n, local, rng)?;
             for rep in repetition {
                 out.push(if rep {
                     self.repetition(&s.document, chunk_size, local, rng)?
@@ -520,6 +551,12 @@ mod tests {
     }
 
     fn sampler(config: TrainConfig, corpus: bool) -> ExampleSampler {
+        // One token per byte: facts and questions are long, so are the samples.
+        let config = TrainConfig {
+            min_sample_tokens: config.min_sample_tokens.max(600),
+            max_sample_tokens: config.max_sample_tokens.max(800),
+            ..config
+        };
         let corpus = corpus.then(|| {
             let text = "lorem ipsum dolor sit amet ".repeat(400);
             TextCorpus::from_texts(&[text], &Bytes).unwrap()

@@ -96,6 +96,8 @@ struct TrainState {
     step: usize,
     tokens: u64,
     seconds: f64,
+    /// Scalar parameters of the trained module: tells full from low-rank and one rank from another.
+    params: usize,
     config: TrainConfig,
 }
 
@@ -262,6 +264,13 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
         }
         let mut grads = accumulator.grads();
         let grad_norm = global_norm::<B, _>(&self.params, &grads);
+        if !grad_norm.is_finite() {
+            // An update from it would write NaN into every parameter (and the next checkpoint).
+            return Err(FocusError::Decoder(format!(
+                "step {}: the gradient norm is {grad_norm}; the parameters were left unchanged",
+                self.step
+            )));
+        }
         if let Some(max) = self.config.clip_norm
             && grad_norm > max
         {
@@ -311,27 +320,42 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
             return Ok(());
         };
         let name = format!("step-{:06}", self.step);
+        if latest_checkpoint(dir)?.as_deref() == Some(name.as_str()) {
+            // This step is saved already (a cancel right after a periodic checkpoint): rewriting
+            // the only checkpoint in place could leave none whole.
+            return Ok(());
+        }
         let target = dir.join(&name);
+        let staging = dir.join(format!("{name}.tmp"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| FocusError::Io { path, source }
         };
-        fs::create_dir_all(&target).map_err(io(&target))?;
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        fs::create_dir_all(&staging).map_err(io(&staging))?;
         let recorder = CheckpointRecorder::new();
         self.params
             .clone()
-            .save_file(target.join("params"), &recorder)
-            .map_err(|e| checkpoint_error(&target, e))?;
-        Recorder::<B>::record(&recorder, self.optim.to_record(), target.join("optimizer"))
-            .map_err(|e| checkpoint_error(&target, e))?;
+            .save_file(staging.join("params"), &recorder)
+            .map_err(|e| checkpoint_error(&staging, e))?;
+        Recorder::<B>::record(&recorder, self.optim.to_record(), staging.join("optimizer"))
+            .map_err(|e| checkpoint_error(&staging, e))?;
         let state = TrainState {
             step: self.step,
             tokens: self.tokens,
             seconds: self.seconds,
+            params: self.params.num_params(),
             config: self.config.clone(),
         };
         let json = serde_json::to_string_pretty(&state).expect("state serialises");
-        fs::write(target.join("state.json"), json).map_err(io(&target))?;
+        fs::write(staging.join("state.json"), json).map_err(io(&staging))?;
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        // The step's files appear under their final name all at once.
+        fs::rename(&staging, &target).map_err(io(&target))?;
         let latest = dir.join(LATEST);
         let tmp = dir.join(format!("{LATEST}.tmp"));
         fs::write(&tmp, &name).map_err(io(&tmp))?;
@@ -360,6 +384,15 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
                 "{} was written by a run with another config ({}); use another directory or the same settings",
                 dir.display(),
                 config_diff(&state.config, &self.config)
+            )));
+        }
+        if state.params != self.params.num_params() {
+            return Err(FocusError::Checkpoint(format!(
+                "{} holds candidate parameters of {} values, the run's have {} (another rank, \
+                 kind or model); use another directory",
+                dir.display(),
+                state.params,
+                self.params.num_params()
             )));
         }
         let device = self.device();
@@ -443,17 +476,31 @@ fn read_log(path: &Path) -> Result<Vec<StepRecord>> {
             });
         }
     };
-    BufReader::new(file)
+    let lines = BufReader::new(file)
         .lines()
-        .map(|line| {
-            let line = line.map_err(|source| FocusError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            serde_json::from_str(&line)
-                .map_err(|e| FocusError::Checkpoint(format!("{}: {e}", path.display())))
-        })
-        .collect()
+        .collect::<std::io::Result<Vec<String>>>()
+        .map_err(|source| FocusError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let last = lines.len().saturating_sub(1);
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(r) => records.push(r),
+            // A process killed mid-write leaves a partial last line: that step was never
+            // checkpointed, so it is dropped.
+            Err(_) if i == last => {}
+            Err(e) => {
+                return Err(FocusError::Checkpoint(format!(
+                    "{} line {}: {e}",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(records)
 }
 
 /// Drops log lines of steps at or after `step` (written after the checkpoint being resumed).
@@ -470,10 +517,13 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
         text.push_str(&serde_json::to_string(r).expect("record serialises"));
         text.push('\n');
     }
-    fs::write(path, text).map_err(|source| FocusError::Io {
+    let io = |source| FocusError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let tmp = path.with_extension("jsonl.tmp");
+    fs::write(&tmp, text).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
 }
 
 /// Sums the squared gradients of every float parameter of a module.
