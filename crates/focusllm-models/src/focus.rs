@@ -11,6 +11,44 @@ use crate::llama::{ForwardInput, LlamaModel, PastKeys};
 /// Token used to fill left padding (any valid id: padded positions are masked).
 const PAD_ID: u32 = 0;
 
+/// Token rows left-padded to one length, as a chunk batch is run.
+pub(crate) struct PaddedRows {
+    /// The rows, `PAD_ID` first.
+    pub rows: Vec<Vec<u32>>,
+    /// Per row, positions counted from its first real token (pads share position 0).
+    pub positions: Vec<Vec<usize>>,
+    /// Per row, how many leading positions are padding.
+    pub left_pad: Vec<usize>,
+    /// The common length.
+    pub len: usize,
+}
+
+/// Left-pads `sequences` to the longest one's length.
+pub(crate) fn left_padded<'a>(sequences: impl IntoIterator<Item = &'a [u32]>) -> PaddedRows {
+    let sequences: Vec<&[u32]> = sequences.into_iter().collect();
+    let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    let left_pad: Vec<usize> = sequences.iter().map(|s| len - s.len()).collect();
+    let rows = sequences
+        .iter()
+        .zip(&left_pad)
+        .map(|(s, &pad)| {
+            std::iter::repeat_n(PAD_ID, pad)
+                .chain(s.iter().copied())
+                .collect()
+        })
+        .collect();
+    let positions = left_pad
+        .iter()
+        .map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect())
+        .collect();
+    PaddedRows {
+        rows,
+        positions,
+        left_pad,
+        len,
+    }
+}
+
 fn logits_to_vec<B: Backend>(logits: Option<Tensor<B, 3>>) -> Result<Vec<f32>> {
     let logits = logits.ok_or_else(|| FocusError::Decoder("forward returned no logits".into()))?;
     logits
@@ -43,21 +81,12 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             }
             check_vocab(&s.tokens, vocab)?;
         }
-        let len = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
-        let left_pad: Vec<usize> = sequences.iter().map(|s| len - s.tokens.len()).collect();
-        let rows: Vec<Vec<u32>> = sequences
-            .iter()
-            .zip(&left_pad)
-            .map(|(s, &pad)| {
-                std::iter::repeat_n(PAD_ID, pad)
-                    .chain(s.tokens.iter().copied())
-                    .collect()
-            })
-            .collect();
-        let positions: Vec<Vec<usize>> = left_pad
-            .iter()
-            .map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect())
-            .collect();
+        let PaddedRows {
+            rows,
+            positions,
+            left_pad,
+            len,
+        } = left_padded(sequences.iter().map(|s| s.tokens.as_slice()));
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,

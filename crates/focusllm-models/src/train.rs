@@ -19,11 +19,9 @@ use focusllm_core::train::{CandidateTrainer, ExampleLoss, TextEncoder, TrainExam
 use focusllm_core::{FocusError, LayerKv, MainDecoder, ModelSpec, Result, check_vocab};
 
 use crate::adapter::CandidateAdapter;
+use crate::focus::{PaddedRows, left_padded};
 use crate::llama::{ForwardInput, LlamaModel, PastKeys};
 use crate::tokenizer::Tokenizer;
-
-/// Token used to fill left padding (any valid id: padded positions are masked).
-const PAD_ID: u32 = 0;
 
 /// A frozen Llama model whose candidate parameters a [`focusllm_core::train::Trainer`] trains
 /// (as a [`CandidateAdapter`]).
@@ -78,21 +76,12 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
                 s
             })
             .collect();
-        let len = contexts.iter().map(Vec::len).max().unwrap_or(0);
-        let pads: Vec<usize> = contexts.iter().map(|c| len - c.len()).collect();
-        let rows: Vec<Vec<u32>> = contexts
-            .iter()
-            .zip(&pads)
-            .map(|(c, &pad)| {
-                std::iter::repeat_n(PAD_ID, pad)
-                    .chain(c.iter().copied())
-                    .collect()
-            })
-            .collect();
-        let positions: Vec<Vec<usize>> = pads
-            .iter()
-            .map(|&pad| (0..len).map(|j| j.saturating_sub(pad)).collect())
-            .collect();
+        let PaddedRows {
+            rows,
+            positions,
+            left_pad: pads,
+            ..
+        } = left_padded(contexts.iter().map(Vec::as_slice));
         let raw_out = self.inner.forward(ForwardInput {
             ids: self.inner.ids_tensor(&rows),
             positions: &positions,
