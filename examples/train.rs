@@ -118,6 +118,19 @@ struct Args {
     /// Both tasks on every sample, losses summed (instead of one drawn at random).
     #[arg(long)]
     sum_tasks: bool,
+    /// Longest continuation/repetition sample cut from `--text` (retrieval samples can be longer).
+    #[arg(long, default_value_t = 2048)]
+    max_text_tokens: usize,
+    /// Share of retrieval samples whose haystack is `--text` prose (else the built-in filler).
+    #[arg(long, default_value_t = 0.5)]
+    prose_haystack: f64,
+    /// Distinct prose blocks (per chunk size) that prose haystacks are made of.
+    #[arg(long, default_value_t = 32)]
+    prose_blocks: usize,
+    /// Memory for the pool of recent chunk caches (MiB, f32): recurring haystack chunks are
+    /// computed once.
+    #[arg(long, default_value_t = 4096)]
+    pool_mib: usize,
     /// Checkpoint every this many steps.
     #[arg(long, default_value_t = 20)]
     checkpoint_every: usize,
@@ -167,6 +180,13 @@ impl Args {
                 self.synthetic_ratio
             },
             checkpoint_every: self.checkpoint_every,
+            max_text_tokens: self.max_text_tokens,
+            prose_haystack: if self.text.is_empty() {
+                0.0
+            } else {
+                self.prose_haystack
+            },
+            prose_blocks: self.prose_blocks,
         }
     }
 }
@@ -197,7 +217,7 @@ impl BackendRunner for &Args {
         let path = resolve_model(self.model.clone())?;
         let loaded = load_model_with::<Autodiff<B>>(&path, &device, &LoadOptions::default())?;
         let tokenizer = loaded.tokenizer.ok_or("the model has no tokenizer")?;
-        let model = LlamaTrainer::new(loaded.model);
+        let model = LlamaTrainer::new(loaded.model).with_chunk_pool(self.pool_mib << 20);
         let bos = model.spec().bos_id;
         let params = match &self.init {
             Some(init) => CandidateAdapter::load(init, model.model())?.0,
@@ -243,7 +263,7 @@ impl BackendRunner for &Args {
         trainer.on_progress(move |p| {
             logged.set_position(p.step as u64);
             logged.set_message(format!(
-                "loss {:.3}  acc {:.2}  {:.0} tok/s",
+                "loss {:.3}  acc {:.2}  {:.0} tok/s read",
                 p.loss, p.accuracy, p.tokens_per_s
             ));
         });

@@ -81,6 +81,7 @@ fn training_loss_is_the_inference_nll_with_frozen_candidates() {
         task: TaskKind::Continuation,
         ids: long.clone(),
         plan,
+        generated: Vec::new(),
         targets: targets.clone(),
     };
 
@@ -100,6 +101,135 @@ fn training_loss_is_the_inference_nll_with_frozen_candidates() {
         "training loss {loss} vs inference {expected}"
     );
     assert_eq!(out.targets, 2);
+}
+
+/// The engine's exact-mode NLL of `target` after prefilling `ids` and stepping through `generated`
+/// (teacher-forced): what a training example with these tokens must compute.
+fn exact_mode_nll(
+    config: focusllm::core::FocusConfig,
+    ids: &[u32],
+    generated: &[u32],
+    target: u32,
+) -> f64 {
+    let (inference, _) = official("C");
+    let engine = engine(&inference, config.with_step_mode(StepMode::Exact));
+    let mut session = engine.session();
+    let mut logits = session.prefill(ids).unwrap();
+    for &g in generated {
+        logits = session.step(g).unwrap();
+    }
+    nll(&logits, target).unwrap()
+}
+
+#[test]
+fn training_loss_is_the_inference_nll_in_exact_mode() {
+    // Fixture C's long input (7 chunks); two tokens generated, then the target: every chunk is
+    // `chunk ++ prompt ++ generated` with the last generated token as its candidate, and the main
+    // decoder reads `local ++ generated`, as exact-mode decoding does at the third step.
+    let (_, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let (generated, target) = (vec![17u32, 301], 45u32);
+    let config = official_config(&dir);
+    let plan = FixedStrideChunker.plan(&long, &config, Some(1)).unwrap();
+    assert_eq!(plan.chunks.len(), 7);
+    let example = TrainExample {
+        task: TaskKind::Retrieval,
+        ids: long.clone(),
+        plan,
+        generated: generated.clone(),
+        targets: vec![target],
+    };
+    let trainer = LlamaTrainer::new(model_c::<A>());
+    let adapter = CandidateAdapter::full(trainer.model());
+    let loss: f32 = trainer
+        .example_loss(&adapter, &example)
+        .unwrap()
+        .loss
+        .into_scalar();
+    let expected = exact_mode_nll(config, &long, &generated, target);
+    assert!(
+        (loss as f64 - expected).abs() < 1e-4,
+        "training loss {loss} vs exact-mode inference {expected}"
+    );
+}
+
+#[test]
+fn pooled_chunk_caches_give_the_loss_of_computing_every_chunk() {
+    // A haystack of recurring blocks (as prose haystacks are built): 9 chunks, 3 distinct, plus a
+    // shorter last chunk. The pooled trainer computes each distinct chunk once, and on the second
+    // call takes every chunk from its pool; the engine computes all 9 every time.
+    let (_, dir) = official("C");
+    let block =
+        |seed: u32| -> Vec<u32> { (0..96).map(|i| 3 + (i * 7 + seed * 31) % 500).collect() };
+    let blocks = [block(1), block(2), block(3)];
+    let mut ids = Vec::new();
+    for j in [0usize, 1, 0, 2, 2, 1, 0, 1, 2] {
+        ids.extend_from_slice(&blocks[j]);
+    }
+    ids[0] = 1; // BOS opens chunk 0, as in prose haystacks: the blocks stay aligned to the chunks
+    ids.extend((0..140).map(|i| 3 + (i * 13) % 500));
+    let config = official_config(&dir)
+        .with_local_window(100)
+        .with_chunk_size(96)
+        .with_prompt_cap(40)
+        .with_plain_threshold(Some(64));
+    let plan = FixedStrideChunker.plan(&ids, &config, Some(1)).unwrap();
+    assert_eq!(plan.chunks.len(), 10);
+    let generated = vec![211u32];
+    let target = 77u32;
+    let example = TrainExample {
+        task: TaskKind::Retrieval,
+        ids: ids.clone(),
+        plan,
+        generated: generated.clone(),
+        targets: vec![target],
+    };
+    let expected = exact_mode_nll(config.clone(), &ids, &generated, target);
+    let trainer = LlamaTrainer::new(model_c::<A>()).with_chunk_pool(1 << 30);
+    let adapter = CandidateAdapter::full(trainer.model());
+    for call in 0..2 {
+        let loss: f32 = trainer
+            .example_loss(&adapter, &example)
+            .unwrap()
+            .loss
+            .into_scalar();
+        assert!(
+            (loss as f64 - expected).abs() < 1e-4,
+            "call {call}: pooled loss {loss} vs every chunk computed {expected}"
+        );
+    }
+    // Distinct chunks: the BOS-led first one, blocks 1, 0 and 2, and the short last chunk.
+    let (hits, misses) = trainer.pool_hits();
+    assert_eq!(misses, 5, "every distinct chunk computed once");
+    assert_eq!(hits, 5, "the second call takes them all from the pool");
+
+    // A chunk that begins like a pooled one (block 2 with a fact spliced in at token 50) reuses
+    // the shared prefix and computes the rest.
+    let mut edited = ids.clone();
+    for (i, t) in edited[4 * 96 + 50..4 * 96 + 60].iter_mut().enumerate() {
+        *t = 400 + i as u32;
+    }
+    let plan = FixedStrideChunker.plan(&edited, &config, Some(1)).unwrap();
+    let example = TrainExample {
+        ids: edited.clone(),
+        plan,
+        ..example
+    };
+    let loss: f32 = trainer
+        .example_loss(&adapter, &example)
+        .unwrap()
+        .loss
+        .into_scalar();
+    let expected = exact_mode_nll(config, &edited, &generated, target);
+    assert!(
+        (loss as f64 - expected).abs() < 1e-4,
+        "prefix-extended loss {loss} vs every chunk computed {expected}"
+    );
+    assert_eq!(
+        trainer.pool_hits(),
+        (10, 6),
+        "one new chunk, from a pooled prefix"
+    );
 }
 
 #[test]

@@ -2,18 +2,24 @@
 //!
 //! A chunk's raw cache depends on the frozen base alone: nothing before the candidate (the last
 //! position) attends to it. So each example runs
-//! 1. the chunk passes without autodiff, on the inner backend, batched (`chunk ++ prompt`, minus the
-//!    candidate);
-//! 2. the candidate position of every chunk with the trainable projections, one token attending to
-//!    its chunk's cache;
-//! 3. the main pass over the local context and the targets, with the candidates as its past;
+//! 1. the chunk passes without autodiff, on the inner backend: each distinct chunk once (haystacks
+//!    repeat chunks), its cache taken from the pool of recent chunks when it is there;
+//! 2. the tail of every distinct chunk (`prompt ++ generated`, minus the candidate) over that cache,
+//!    still without autodiff;
+//! 3. the candidate position of every distinct chunk with the trainable projections, one token
+//!    attending to its chunk's cache, then copied to every chunk that holds the same tokens;
+//! 4. the main pass over the local context, the generated tokens and the targets, with the
+//!    candidates as its past;
 //!
-//! and back-propagates through 2 and 3 only. The numbers are those of the inference passes
-//! (`decode_chunks` and `decode_main`), which the tests check.
+//! and back-propagates through 3 and 4 only. The numbers are those of the inference passes
+//! (`decode_chunks`, exact-mode steps and `decode_main`), which the tests check.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use focusllm_core::train::{CandidateTrainer, ExampleLoss, TextEncoder, TrainExample};
 use focusllm_core::{FocusError, LayerKv, MainDecoder, ModelSpec, Result, check_vocab};
@@ -23,26 +29,342 @@ use crate::focus::{PaddedRows, left_padded};
 use crate::llama::{ForwardInput, LlamaModel, PastKeys};
 use crate::tokenizer::Tokenizer;
 
+/// One chunk's raw cache (rotated keys and values per layer, `[1, kv_heads, len, d]`).
+type ChunkKv<B> = Arc<Vec<LayerKv<B>>>;
+
+/// Tokens that index the pool's entries by their beginning (to find a pooled chunk that shares a
+/// prefix with a new one).
+const HEAD: usize = 8;
+
+/// What the pool holds for a chunk.
+enum Pooled<B: Backend> {
+    /// Its whole cache (the chunk itself, or a longer chunk it is a prefix of).
+    Whole(ChunkKv<B>),
+    /// The cache of its first `len` tokens (a pooled chunk shares them); the rest is to compute.
+    Prefix(ChunkKv<B>, usize),
+}
+
+/// Raw caches of recently seen chunks, keyed by their tokens, within a byte budget (oldest out
+/// first). Haystacks built from recurring chunks then cost one chunk pass per new chunk, and a
+/// chunk that begins like a pooled one (a block with a fact spliced in, or cut short by the local
+/// window) reuses the shared prefix: a causal cache of a prefix is the prefix of the cache.
+#[derive(Debug)]
+struct ChunkPool<B: Backend> {
+    budget: usize,
+    bytes: usize,
+    /// Cache and its size in bytes.
+    entries: HashMap<Vec<u32>, (ChunkKv<B>, usize)>,
+    /// Keys by their first `HEAD` tokens.
+    by_head: HashMap<Vec<u32>, Vec<Vec<u32>>>,
+    order: VecDeque<Vec<u32>>,
+    hits: u64,
+    misses: u64,
+}
+
+impl<B: Backend> ChunkPool<B> {
+    fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            bytes: 0,
+            entries: HashMap::new(),
+            by_head: HashMap::new(),
+            order: VecDeque::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The pooled cache of `tokens`, or of its longest pooled prefix (at least `HEAD` tokens).
+    fn get(&mut self, tokens: &[u32]) -> Option<Pooled<B>> {
+        if let Some((kv, _)) = self.entries.get(tokens) {
+            self.hits += 1;
+            return Some(Pooled::Whole(kv.clone()));
+        }
+        let best = (tokens.len() >= HEAD)
+            .then(|| self.by_head.get(&tokens[..HEAD]))
+            .flatten()
+            .and_then(|keys| {
+                keys.iter()
+                    .map(|k| {
+                        let common = k.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+                        (common, k)
+                    })
+                    .max_by_key(|(common, _)| *common)
+            })
+            .map(|(common, k)| (common, self.entries[k].0.clone()));
+        match best {
+            Some((common, kv)) if common == tokens.len() => {
+                self.hits += 1;
+                Some(Pooled::Whole(Arc::new(
+                    kv.iter()
+                        .map(|l| LayerKv {
+                            k: l.k.clone().narrow(2, 0, common),
+                            v: l.v.clone().narrow(2, 0, common),
+                        })
+                        .collect(),
+                )))
+            }
+            Some((common, kv)) => {
+                self.misses += 1;
+                Some(Pooled::Prefix(kv, common))
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    fn insert(&mut self, tokens: Vec<u32>, kv: ChunkKv<B>, bytes: usize) {
+        if bytes > self.budget || self.entries.contains_key(&tokens) {
+            return;
+        }
+        while self.bytes + bytes > self.budget {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, size)) = self.entries.remove(&old) {
+                self.bytes -= size;
+            }
+            if old.len() >= HEAD
+                && let Some(keys) = self.by_head.get_mut(&old[..HEAD])
+            {
+                keys.retain(|k| *k != old);
+            }
+        }
+        self.bytes += bytes;
+        if tokens.len() >= HEAD {
+            self.by_head
+                .entry(tokens[..HEAD].to_vec())
+                .or_default()
+                .push(tokens.clone());
+        }
+        self.order.push_back(tokens.clone());
+        self.entries.insert(tokens, (kv, bytes));
+    }
+}
+
 /// A frozen Llama model whose candidate parameters a [`focusllm_core::train::Trainer`] trains
 /// (as a [`CandidateAdapter`]).
 #[derive(Debug)]
 pub struct LlamaTrainer<B: AutodiffBackend> {
     model: LlamaModel<B>,
     inner: LlamaModel<B::InnerBackend>,
+    pool: Mutex<ChunkPool<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> LlamaTrainer<B> {
-    /// Freezes `model` (no parameter of it requires gradients).
+    /// Freezes `model` (no parameter of it requires gradients). No chunk cache is kept between
+    /// examples (see [`LlamaTrainer::with_chunk_pool`]).
     pub fn new(model: LlamaModel<B>) -> Self {
         let model = model.no_grad();
         let inner = model.valid();
-        Self { model, inner }
+        Self {
+            model,
+            inner,
+            pool: Mutex::new(ChunkPool::new(0)),
+        }
+    }
+
+    /// Keeps the raw caches of recently seen chunks, up to `bytes` (f32), and reuses them when a
+    /// chunk with the same tokens comes back (haystacks made of recurring blocks). The loss is the
+    /// same as without the pool.
+    pub fn with_chunk_pool(self, bytes: usize) -> Self {
+        Self {
+            pool: Mutex::new(ChunkPool::new(bytes)),
+            ..self
+        }
+    }
+
+    /// Chunk-cache lookups so far that found the chunk in the pool, and those that did not.
+    pub fn pool_hits(&self) -> (u64, u64) {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        (pool.hits, pool.misses)
     }
 
     /// The frozen base model.
     pub fn model(&self) -> &LlamaModel<B> {
         &self.model
     }
+
+    /// Raw caches of `chunks` (distinct token rows): from the pool, extended from a pooled
+    /// prefix, or computed (those without any pooled prefix in one batch).
+    fn chunk_caches(&self, chunks: &[&[u32]]) -> Vec<ChunkKv<B::InnerBackend>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Option<ChunkKv<B::InnerBackend>>> = vec![None; chunks.len()];
+        let mut missing = Vec::new();
+        for (i, tokens) in chunks.iter().enumerate() {
+            match pool.get(tokens) {
+                Some(Pooled::Whole(kv)) => out[i] = Some(kv),
+                Some(Pooled::Prefix(kv, common)) => {
+                    let kv = self.extend_cache(&kv, common, &tokens[common..]);
+                    pool.insert(tokens.to_vec(), kv.clone(), cache_bytes(&kv));
+                    out[i] = Some(kv);
+                }
+                None => missing.push(i),
+            }
+        }
+        if !missing.is_empty() {
+            let PaddedRows {
+                rows,
+                positions,
+                left_pad,
+                len,
+            } = left_padded(missing.iter().map(|&i| chunks[i]));
+            let raw = self.inner.forward(ForwardInput {
+                ids: self.inner.ids_tensor(&rows),
+                positions: &positions,
+                past: None,
+                left_pad: Some(&left_pad),
+                candidate_last: false,
+                logits_last: 0,
+            });
+            let device = self.inner.device();
+            for (row, &i) in missing.iter().enumerate() {
+                let (pad, n) = (left_pad[row], len - left_pad[row]);
+                // `select` copies the row out: a `narrow` view would keep the whole batch alive for
+                // as long as the pool holds any of its rows.
+                let index = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                    TensorData::new(vec![row as i64], [1]),
+                    &device,
+                );
+                let kv: Vec<LayerKv<B::InnerBackend>> = raw
+                    .kv
+                    .iter()
+                    .map(|kv| LayerKv {
+                        k: kv
+                            .k_rotated
+                            .clone()
+                            .select(0, index.clone())
+                            .narrow(2, pad, n),
+                        v: kv.v.clone().select(0, index.clone()).narrow(2, pad, n),
+                    })
+                    .collect();
+                let kv = Arc::new(kv);
+                pool.insert(chunks[i].to_vec(), kv.clone(), cache_bytes(&kv));
+                out[i] = Some(kv);
+            }
+        }
+        out.into_iter()
+            .map(|kv| kv.expect("filled above"))
+            .collect()
+    }
+
+    /// The cache of `prefix`'s first `len` tokens followed by `rest`.
+    fn extend_cache(
+        &self,
+        prefix: &[LayerKv<B::InnerBackend>],
+        len: usize,
+        rest: &[u32],
+    ) -> ChunkKv<B::InnerBackend> {
+        let past: Vec<LayerKv<B::InnerBackend>> = prefix
+            .iter()
+            .map(|l| LayerKv {
+                k: l.k.clone().narrow(2, 0, len),
+                v: l.v.clone().narrow(2, 0, len),
+            })
+            .collect();
+        let out = self.inner.forward(ForwardInput {
+            ids: self.inner.ids_tensor(&[rest.to_vec()]),
+            positions: &[(len..len + rest.len()).collect()],
+            past: Some((&past, PastKeys::Rotated)),
+            left_pad: None,
+            candidate_last: false,
+            logits_last: 0,
+        });
+        Arc::new(
+            past.into_iter()
+                .zip(out.kv)
+                .map(|(p, new)| LayerKv {
+                    k: Tensor::cat(vec![p.k, new.k_rotated], 2),
+                    v: Tensor::cat(vec![p.v, new.v], 2),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Bytes of a one-row cache (f32).
+fn cache_bytes<B: Backend>(kv: &[LayerKv<B>]) -> usize {
+    kv.iter()
+        .map(|l| 2 * l.k.dims().iter().product::<usize>() * 4)
+        .sum()
+}
+
+/// Wall time of the passes of one example, printed to stderr when `FOCUSLLM_TRAIN_PROFILE` is set
+/// (how the time of a training step splits; the backward pass is timed by the trainer's step).
+struct PhaseTimer {
+    enabled: bool,
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl PhaseTimer {
+    fn new() -> Self {
+        Self {
+            enabled: std::env::var_os("FOCUSLLM_TRAIN_PROFILE").is_some(),
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        if self.enabled {
+            let now = std::time::Instant::now();
+            self.laps.push((name, (now - self.last).as_secs_f64()));
+            self.last = now;
+        }
+    }
+
+    fn report(&self, chunks: usize, distinct: usize) {
+        if self.enabled {
+            let laps: Vec<String> = self
+                .laps
+                .iter()
+                .map(|(n, s)| format!("{n} {s:.2}s"))
+                .collect();
+            eprintln!(
+                "example: {chunks} chunks, {distinct} distinct; {}",
+                laps.join(", ")
+            );
+        }
+    }
+}
+
+/// Stacks one-row caches of different lengths into one left-padded batch (zeros in front).
+fn stack_left_padded<B: Backend>(caches: &[ChunkKv<B>]) -> (Vec<LayerKv<B>>, Vec<usize>) {
+    let lens: Vec<usize> = caches.iter().map(|c| c[0].len()).collect();
+    let len = lens.iter().copied().max().unwrap_or(0);
+    let pads: Vec<usize> = lens.iter().map(|&l| len - l).collect();
+    let layers = caches[0].len();
+    let pad = |t: &Tensor<B, 4>, p: usize| {
+        if p == 0 {
+            return t.clone();
+        }
+        let [_, h, _, d] = t.dims();
+        Tensor::cat(vec![Tensor::zeros([1, h, p, d], &t.device()), t.clone()], 2)
+    };
+    let stacked = (0..layers)
+        .map(|l| LayerKv {
+            k: Tensor::cat(
+                caches
+                    .iter()
+                    .zip(&pads)
+                    .map(|(c, &p)| pad(&c[l].k, p))
+                    .collect(),
+                0,
+            ),
+            v: Tensor::cat(
+                caches
+                    .iter()
+                    .zip(&pads)
+                    .map(|(c, &p)| pad(&c[l].v, p))
+                    .collect(),
+                0,
+            ),
+        })
+        .collect();
+    (stacked, pads)
 }
 
 impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
@@ -59,6 +381,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
     ) -> Result<ExampleLoss<B>> {
         let vocab = self.model.config().vocab_size;
         check_vocab(&ex.ids, vocab)?;
+        check_vocab(&ex.generated, vocab)?;
         check_vocab(&ex.targets, vocab)?;
         let plan = &ex.plan;
         if plan.chunks.is_empty() || ex.targets.is_empty() || plan.prompt.is_empty() {
@@ -67,63 +390,97 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             ));
         }
         let chunks = plan.chunks.len();
+        let mut timer = PhaseTimer::new();
 
-        // 1. Raw caches of `chunk ++ prompt` without its last token, left-padded to one length.
-        let contexts: Vec<Vec<u32>> = (0..chunks)
-            .map(|j| {
-                let mut s = plan.chunk_sequence(&ex.ids, j);
-                s.pop();
-                s
+        // 1. Each distinct chunk once, from the pool or computed.
+        let mut distinct: Vec<&[u32]> = Vec::new();
+        let mut row_of: HashMap<&[u32], usize> = HashMap::new();
+        let chunk_rows: Vec<i64> = plan
+            .chunks
+            .iter()
+            .map(|r| {
+                let tokens = &ex.ids[r.clone()];
+                *row_of.entry(tokens).or_insert_with(|| {
+                    distinct.push(tokens);
+                    distinct.len() - 1
+                }) as i64
             })
             .collect();
-        let PaddedRows {
-            rows,
-            positions,
-            left_pad: pads,
-            ..
-        } = left_padded(contexts.iter().map(Vec::as_slice));
-        let raw_out = self.inner.forward(ForwardInput {
-            ids: self.inner.ids_tensor(&rows),
-            positions: &positions,
-            past: None,
-            left_pad: Some(&pads),
-            candidate_last: false,
-            logits_last: 0,
-        });
-        let raw: Vec<LayerKv<B>> = raw_out
-            .kv
+        let caches = self.chunk_caches(&distinct);
+        let (chunk_part, pads) = stack_left_padded(&caches);
+        let lens: Vec<usize> = caches.iter().map(|c| c[0].len()).collect();
+        timer.lap("chunks");
+
+        // 2. The tail (`prompt ++ generated` without the candidate) over every distinct chunk.
+        let tail = ex.chunk_tail();
+        let (candidate, context) = tail.split_last().expect("checked: the prompt is not empty");
+        let raw: Vec<LayerKv<B::InnerBackend>> = if context.is_empty() {
+            chunk_part
+        } else {
+            let positions: Vec<Vec<usize>> = lens
+                .iter()
+                .map(|&l| (l..l + context.len()).collect())
+                .collect();
+            let out = self.inner.forward(ForwardInput {
+                ids: self
+                    .inner
+                    .ids_tensor(&vec![context.to_vec(); distinct.len()]),
+                positions: &positions,
+                past: Some((&chunk_part, PastKeys::Rotated)),
+                left_pad: Some(&pads),
+                candidate_last: false,
+                logits_last: 0,
+            });
+            chunk_part
+                .into_iter()
+                .zip(out.kv)
+                .map(|(past, new)| LayerKv {
+                    k: Tensor::cat(vec![past.k, new.k_rotated], 2),
+                    v: Tensor::cat(vec![past.v, new.v], 2),
+                })
+                .collect()
+        };
+        timer.lap("tails");
+        let raw: Vec<LayerKv<B>> = raw
             .into_iter()
             .map(|kv| LayerKv {
-                k: Tensor::from_inner(kv.k_rotated),
+                k: Tensor::from_inner(kv.k),
                 v: Tensor::from_inner(kv.v),
             })
             .collect();
 
-        // 2. The candidate of every chunk, through the trainable projections.
+        // 3. The candidate of every distinct chunk, through the trainable projections.
         let candidate_model = params
             .apply(self.model.clone())
             .map_err(|e| FocusError::Decoder(e.to_string()))?;
-        let candidate = *plan.prompt.last().expect("checked: not empty");
-        let cand_positions: Vec<Vec<usize>> = contexts.iter().map(|c| vec![c.len()]).collect();
+        let cand_positions: Vec<Vec<usize>> =
+            lens.iter().map(|&l| vec![l + context.len()]).collect();
         let cand_out = candidate_model.forward(ForwardInput {
-            ids: self.model.ids_tensor(&vec![vec![candidate]; chunks]),
+            ids: self
+                .model
+                .ids_tensor(&vec![vec![*candidate]; distinct.len()]),
             positions: &cand_positions,
             past: Some((&raw, PastKeys::Rotated)),
             left_pad: Some(&pads),
             candidate_last: true,
             logits_last: 0,
         });
-        // [chunks, kv_heads, 1, d] -> [1, kv_heads, chunks, d]: one past position per chunk.
+        // [rows, kv_heads, 1, d] -> every chunk's row -> [1, kv_heads, chunks, d]: one past
+        // position per chunk.
+        let device = self.model.device();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk_rows, [chunks]), &device);
         let past: Vec<LayerKv<B>> = cand_out
             .kv
             .into_iter()
             .map(|kv| LayerKv {
-                k: kv.k_unrotated.swap_dims(0, 2),
-                v: kv.v.swap_dims(0, 2),
+                k: kv.k_unrotated.select(0, index.clone()).swap_dims(0, 2),
+                v: kv.v.select(0, index.clone()).swap_dims(0, 2),
             })
             .collect();
 
-        // 3. The main pass; its last `targets` logits predict the targets.
+        timer.lap("candidates");
+
+        // 4. The main pass; its last `targets` logits predict the targets.
         let main = ex.main_input();
         let t = ex.targets.len();
         let past_positions = vec![(0..chunks).collect::<Vec<_>>()];
@@ -139,7 +496,6 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
         let logits = out
             .logits
             .ok_or_else(|| FocusError::Decoder("the main pass returned no logits".into()))?;
-        let device = self.model.device();
         let targets: Vec<i64> = ex.targets.iter().map(|&x| x as i64).collect();
         let target_ids =
             Tensor::<B, 3, Int>::from_data(TensorData::new(targets.clone(), [1, t, 1]), &device);
@@ -156,6 +512,8 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             .filter(|(p, t)| p == t)
             .count();
         let nll = log_softmax(logits, 2).gather(2, target_ids).neg();
+        timer.lap("main");
+        timer.report(chunks, distinct.len());
         Ok(ExampleLoss {
             loss: nll.mean().reshape([1]),
             correct,

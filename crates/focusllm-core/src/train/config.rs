@@ -75,6 +75,25 @@ pub struct TrainConfig {
     pub synthetic_ratio: f64,
     /// Writes a checkpoint every this many steps (and at the end, and when cancelled).
     pub checkpoint_every: usize,
+    /// Longest continuation or repetition sample cut from the text corpus (retrieval samples may
+    /// be longer: their haystacks are made of recurring chunks whose caches a trainer can keep).
+    #[serde(default = "default_max_text_tokens")]
+    pub max_text_tokens: usize,
+    /// Share of synthetic retrieval samples whose haystack is corpus prose instead of the built-in
+    /// filler (needs a corpus).
+    #[serde(default)]
+    pub prose_haystack: f64,
+    /// Distinct prose blocks (per chunk size) that prose haystacks are made of.
+    #[serde(default = "default_prose_blocks")]
+    pub prose_blocks: usize,
+}
+
+fn default_max_text_tokens() -> usize {
+    usize::MAX
+}
+
+fn default_prose_blocks() -> usize {
+    32
 }
 
 impl Default for TrainConfig {
@@ -101,6 +120,9 @@ impl Default for TrainConfig {
             tasks: TaskMix::Random { repetition: 0.2 },
             synthetic_ratio: 0.8,
             checkpoint_every: 20,
+            max_text_tokens: default_max_text_tokens(),
+            prose_haystack: 0.0,
+            prose_blocks: default_prose_blocks(),
         }
     }
 }
@@ -117,6 +139,7 @@ impl TrainConfig {
             ("prompt_cap", self.prompt_cap),
             ("min_local", self.min_local),
             ("checkpoint_every", self.checkpoint_every),
+            ("prose_blocks", self.prose_blocks),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -148,6 +171,21 @@ impl TrainConfig {
             return bad(
                 "synthetic_ratio",
                 format!("({}) must be in [0, 1]", self.synthetic_ratio),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.prose_haystack) {
+            return bad(
+                "prose_haystack",
+                format!("({}) must be in [0, 1]", self.prose_haystack),
+            );
+        }
+        if self.max_text_tokens < self.min_sample_tokens.min(self.max_sample_tokens) {
+            return bad(
+                "max_text_tokens",
+                format!(
+                    "({}) is below min_sample_tokens ({})",
+                    self.max_text_tokens, self.min_sample_tokens
+                ),
             );
         }
         if let TaskMix::Random { repetition } = self.tasks

@@ -39,26 +39,40 @@ pub struct TrainExample {
     pub ids: Vec<u32>,
     /// How the input is read: chunks, local context, dynamic prompt.
     pub plan: ChunkPlan,
-    /// The scored tokens, in order, right after the input.
+    /// Tokens generated after the input and before the targets (teacher-forced), as exact-mode
+    /// decoding sees them: appended to every chunk's `chunk ++ prompt` (the last one is the
+    /// candidate) and to the local context. Empty for a target right after the input.
+    pub generated: Vec<u32>,
+    /// The scored tokens, in order, right after the input and `generated`.
     pub targets: Vec<u32>,
 }
 
 impl TrainExample {
-    /// What the main decoder runs: the local context (BOS rule applied) and every target but the
-    /// last, so that its last `targets.len()` logits predict the targets.
+    /// What the main decoder runs: the local context (BOS rule applied), the generated tokens and
+    /// every target but the last, so that its last `targets.len()` logits predict the targets.
     ///
     /// # Panics
     /// If `targets` is empty (the sampler never builds such an example).
     pub fn main_input(&self) -> Vec<u32> {
         let mut main = self.plan.local.clone();
+        main.extend_from_slice(&self.generated);
         main.extend_from_slice(&self.targets[..self.targets.len() - 1]);
         main
     }
 
-    /// Tokens the decoder runs over for this example (chunk passes plus the main pass).
+    /// What every chunk's candidate follows: the dynamic prompt and the generated tokens. Its last
+    /// token is the candidate.
+    pub fn chunk_tail(&self) -> Vec<u32> {
+        let mut tail = self.plan.prompt.clone();
+        tail.extend_from_slice(&self.generated);
+        tail
+    }
+
+    /// Tokens the decoder would run over for this example if every chunk were computed (chunk
+    /// passes plus the main pass).
     pub fn decoded_tokens(&self) -> usize {
         let chunks: usize = self.plan.chunks.iter().map(|r| r.len()).sum();
-        chunks + self.plan.chunks.len() * self.plan.prompt.len() + self.main_input().len()
+        chunks + self.plan.chunks.len() * self.chunk_tail().len() + self.main_input().len()
     }
 }
 
@@ -170,6 +184,8 @@ struct FactTemplate {
     answer: &'static str,
 }
 
+/// The training phrasings. The first is the passkey task's own; evaluations of held-out phrasings
+/// (`examples/longdoc.rs`, `BENCHMARKS.md`) use none of these.
 const TEMPLATES: &[FactTemplate] = &[
     FactTemplate {
         needle: "\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
@@ -196,6 +212,31 @@ const TEMPLATES: &[FactTemplate] = &[
         question: "\nRead the text again and tell me the locker number. The locker number is",
         answer: " {key}.",
     },
+    FactTemplate {
+        needle: " The password to the archive is {key}. ",
+        question: "\nWhich password opens the archive? The password is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: "\n(The ticket reference is {key}.)\n",
+        question: "\nLook back for the ticket reference. The ticket reference is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: " Remember this serial number: {key}. ",
+        question: "\nWhat serial number were you asked to remember? The serial number is",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: "\nPS: the name of the ship is {key}.\n",
+        question: "\nAccording to the text, what is the name of the ship? The ship is called",
+        answer: " {key}.",
+    },
+    FactTemplate {
+        needle: " The meeting room has the code {key} written on its door. ",
+        question: "\nWhat code is written on the door of the meeting room? The code is",
+        answer: " {key}.",
+    },
 ];
 
 /// Filler paragraphs the facts are hidden in (the first is the passkey task's own).
@@ -206,6 +247,43 @@ const FILLERS: &[&str] = &[
     "Clouds drift over the hills. The wind is cold today. Children play in the park after school. ",
     "The library is quiet. Shelves are full of old books. A clock ticks on the wall. ",
 ];
+
+/// Words for word keys (two are drawn and joined by a space or a hyphen).
+const KEY_WORDS: &[&str] = &[
+    "amber", "anchor", "apple", "arrow", "badger", "bamboo", "basil", "beacon", "birch", "blue",
+    "bottle", "bridge", "candle", "canyon", "carbon", "cedar", "cherry", "cobalt", "comet",
+    "copper", "coral", "cotton", "crystal", "dragon", "eagle", "ember", "falcon", "feather",
+    "forest", "garden", "ginger", "glacier", "granite", "harbor", "hazel", "island", "ivory",
+    "jasper", "kettle", "lantern", "lemon", "lilac", "marble", "meadow", "melon", "mirror",
+    "monkey", "needle", "nickel", "ocean", "olive", "orange", "orchid", "otter", "panda", "pepper",
+    "pigeon", "pillow", "planet", "potato", "purple", "rabbit", "raven", "ribbon", "river",
+    "rocket", "saddle", "salmon", "silver", "spider", "spruce", "tiger", "tomato", "tulip",
+    "velvet", "violet", "walnut", "willow", "winter", "yellow", "zebra",
+];
+
+/// What a key looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// 4 to 8 digits.
+    Number,
+    /// Two words, such as `amber-falcon` or `cedar river`.
+    Words,
+    /// A code such as `K7-QX2`.
+    Code,
+}
+
+/// One fact: the sentence that states it, the question about it and its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    /// The sentence that states the key.
+    pub needle: Vec<u32>,
+    /// The question that follows the document.
+    pub question: Vec<u32>,
+    /// The answer (the key and a full stop).
+    pub answer: Vec<u32>,
+    /// The key, as text.
+    pub key: String,
+}
 
 /// One synthetic retrieval sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,26 +298,26 @@ pub struct RetrievalSample {
     pub key: String,
 }
 
-/// Generates facts (numeric keys) hidden in filler, followed by a question whose answer is the key:
-/// the retrieval skill the candidates must learn, at any length and depth.
+/// Generates facts (numbers of 4 to 8 digits, word pairs, codes such as `K7-QX2`, in ten
+/// phrasings) hidden in filler, followed by a question whose answer is the key: the retrieval
+/// skill the candidates must learn, at any length and depth.
 pub struct RetrievalGenerator {
     encoder: Box<dyn TextEncoder>,
     fillers: Vec<Vec<u32>>,
     bos: Option<u32>,
-    key_digits: std::ops::RangeInclusive<u32>,
 }
 
 impl std::fmt::Debug for RetrievalGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetrievalGenerator")
             .field("fillers", &self.fillers.len())
-            .field("key_digits", &self.key_digits)
+            .field("templates", &TEMPLATES.len())
             .finish()
     }
 }
 
 impl RetrievalGenerator {
-    /// A generator with the built-in templates and fillers and keys of 4 to 6 digits.
+    /// A generator with the built-in templates, fillers and key kinds.
     pub fn new(encoder: Box<dyn TextEncoder>, bos: Option<u32>) -> Result<Self> {
         let fillers = FILLERS
             .iter()
@@ -249,43 +327,63 @@ impl RetrievalGenerator {
             encoder,
             fillers,
             bos,
-            key_digits: 4..=6,
         })
     }
 
     /// The most tokens a sample's fixed parts take (BOS, the longest fact and its question).
     pub fn longest_fixed_part(&self) -> Result<usize> {
-        let key = "9".repeat(*self.key_digits.end() as usize);
+        let keys = ["99999999", "granite-granite", "W9-WW9"];
         let mut longest = 0;
         for t in TEMPLATES {
-            let needle = self.encoder.encode(&t.needle.replace("{key}", &key))?;
             let question = self.encoder.encode(t.question)?;
-            longest = longest.max(needle.len() + question.len());
+            for key in keys {
+                let needle = self.encoder.encode(&t.needle.replace("{key}", key))?;
+                longest = longest.max(needle.len() + question.len());
+            }
         }
         Ok(longest + usize::from(self.bos.is_some()))
     }
 
-    /// Draws a sample whose document and question together hold `tokens` tokens, with the fact
-    /// outside the last `local` tokens (so a local window of that size cannot see it: only the
-    /// candidates can carry it).
-    pub fn sample(&self, tokens: usize, local: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
+    /// Draws a key and a phrasing.
+    pub fn fact(&self, rng: &mut StdRng) -> Result<Fact> {
         let template = TEMPLATES.choose(rng).expect("templates are not empty");
-        let digits = rng.random_range(self.key_digits.clone());
-        let key: String = (0..digits)
-            .map(|i| {
-                let low = if i == 0 { 1 } else { 0 };
-                char::from(b'0' + rng.random_range(low..10u8))
-            })
-            .collect();
-        let needle = self
-            .encoder
-            .encode(&template.needle.replace("{key}", &key))?;
-        let question = self.encoder.encode(template.question)?;
-        let answer = self
-            .encoder
-            .encode(&template.answer.replace("{key}", &key))?;
+        let kind = match rng.random_range(0..10) {
+            0..6 => KeyKind::Number,
+            6..8 => KeyKind::Words,
+            _ => KeyKind::Code,
+        };
+        let key = random_key(kind, rng);
+        Ok(Fact {
+            needle: self
+                .encoder
+                .encode(&template.needle.replace("{key}", &key))?,
+            question: self.encoder.encode(template.question)?,
+            answer: self
+                .encoder
+                .encode(&template.answer.replace("{key}", &key))?,
+            key,
+        })
+    }
+
+    /// `len` tokens of one built-in filler paragraph, repeated from a random offset.
+    pub fn filler(&self, len: usize, rng: &mut StdRng) -> Vec<u32> {
+        let unit = self.fillers.choose(rng).expect("fillers are not empty");
+        let offset = rng.random_range(0..unit.len());
+        unit.iter()
+            .copied()
+            .cycle()
+            .skip(offset)
+            .take(len)
+            .collect()
+    }
+
+    /// Draws a sample whose document and question together hold `tokens` tokens, in the built-in
+    /// filler, with the fact outside the last `local` tokens (so a local window of that size cannot
+    /// see it: only the candidates can carry it).
+    pub fn sample(&self, tokens: usize, local: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
+        let fact = self.fact(rng)?;
         let bos: Vec<u32> = self.bos.into_iter().collect();
-        let fixed = bos.len() + needle.len() + question.len();
+        let fixed = bos.len() + fact.needle.len() + fact.question.len();
         let budget = tokens
             .checked_sub(fixed)
             .filter(|&b| b > 0)
@@ -294,28 +392,54 @@ impl RetrievalGenerator {
                     "a retrieval sample needs more than {fixed} tokens, got {tokens} (raise min_sample_tokens)"
                 ))
             })?;
-        let unit = self.fillers.choose(rng).expect("fillers are not empty");
-        let offset = rng.random_range(0..unit.len());
-        let filler: Vec<u32> = unit
-            .iter()
-            .copied()
-            .cycle()
-            .skip(offset)
-            .take(budget)
-            .collect();
-        let tail = local.saturating_sub(question.len()).min(budget);
+        let filler = self.filler(budget, rng);
+        let tail = local.saturating_sub(fact.question.len()).min(budget);
         let before = rng.random_range(0..=budget - tail);
         let mut document = Vec::with_capacity(tokens);
         document.extend_from_slice(&bos);
         document.extend_from_slice(&filler[..before]);
-        document.extend_from_slice(&needle);
+        document.extend_from_slice(&fact.needle);
         document.extend_from_slice(&filler[before..]);
         Ok(RetrievalSample {
             document,
-            question,
-            answer,
-            key,
+            question: fact.question,
+            answer: fact.answer,
+            key: fact.key,
         })
+    }
+}
+
+fn random_key(kind: KeyKind, rng: &mut StdRng) -> String {
+    let digit = |rng: &mut StdRng, low: u8| char::from(b'0' + rng.random_range(low..10u8));
+    match kind {
+        KeyKind::Number => {
+            let digits = rng.random_range(4..=8);
+            (0..digits)
+                .map(|i| digit(rng, if i == 0 { 1 } else { 0 }))
+                .collect()
+        }
+        KeyKind::Words => {
+            let a = KEY_WORDS.choose(rng).expect("not empty");
+            let b = KEY_WORDS.choose(rng).expect("not empty");
+            let sep = if rng.random_bool(0.5) { "-" } else { " " };
+            format!("{a}{sep}{b}")
+        }
+        KeyKind::Code => {
+            let letter = |rng: &mut StdRng| char::from(b'A' + rng.random_range(0..26u8));
+            let mut key = String::new();
+            for i in 0..rng.random_range(5..=7) {
+                if i == 2 || i == 5 {
+                    key.push('-');
+                }
+                let c = if rng.random_bool(0.5) {
+                    letter(rng)
+                } else {
+                    digit(rng, 0)
+                };
+                key.push(c);
+            }
+            key
+        }
     }
 }
 
@@ -351,14 +475,23 @@ impl ExampleSampler {
                 "no data: give a text corpus, the retrieval generator, or both".into(),
             ));
         }
-        if let Some(c) = &corpus
-            && c.len() < config.max_sample_tokens
-        {
-            return Err(FocusError::Data(format!(
-                "the corpus holds {} tokens, fewer than one sample of max_sample_tokens ({})",
-                c.len(),
-                config.max_sample_tokens
-            )));
+        if let Some(c) = &corpus {
+            let text_sample = config.max_sample_tokens.min(config.max_text_tokens);
+            if c.len() < text_sample {
+                return Err(FocusError::Data(format!(
+                    "the corpus holds {} tokens, fewer than one text sample of {text_sample} tokens \
+                     (max_sample_tokens, max_text_tokens)",
+                    c.len(),
+                )));
+            }
+            let largest = config.chunk_sizes.iter().copied().max().unwrap_or(0);
+            if config.prose_haystack > 0.0 && c.len() < largest + config.prose_blocks {
+                return Err(FocusError::Data(format!(
+                    "the corpus holds {} tokens, too few for {} prose blocks of {largest} tokens",
+                    c.len(),
+                    config.prose_blocks
+                )));
+            }
         }
         if let Some(g) = &generator {
             let fixed = g.longest_fixed_part()?;
@@ -414,7 +547,15 @@ impl ExampleSampler {
         let mut out = Vec::with_capacity(repetition.len());
         if synthetic {
             let generator = self.generator.as_ref().expect("checked above");
-            let s = generator.sample(n, local, rng)?;
+            let prose = self.corpus.is_some() && rng.random_bool(c.prose_haystack);
+            let s = match prose {
+                true => self.prose_sample(generator, n, chunk_size, local, rng)?,
+                false => None,
+            };
+            let s = match s {
+                Some(s) => s,
+                None => generator.sample(n, local, rng)?,
+            };
             for rep in repetition {
                 out.push(if rep {
                     self.repetition(&s.document, chunk_size, local, rng)?
@@ -424,6 +565,7 @@ impl ExampleSampler {
             }
         } else {
             let corpus = self.corpus.as_ref().expect("checked above");
+            let n = n.min(c.max_text_tokens);
             let doc = corpus.window(n, rng).to_vec();
             for rep in repetition {
                 out.push(if rep {
@@ -434,6 +576,77 @@ impl ExampleSampler {
             }
         }
         Ok(out)
+    }
+
+    /// Block `index` of the corpus's prose pool for `chunk_size`: `prose_blocks` fixed windows
+    /// spread over the corpus. Haystacks are made of whole blocks aligned to the chunks, so the same
+    /// chunks recur across samples and steps, and a trainer can keep their caches (the fact's chunk
+    /// is the only new one).
+    fn prose_block<'c>(
+        &self,
+        corpus: &'c TextCorpus,
+        chunk_size: usize,
+        index: usize,
+    ) -> &'c [u32] {
+        let blocks = self.config.prose_blocks.max(1);
+        let span = corpus.len() - chunk_size;
+        let start = if blocks == 1 {
+            0
+        } else {
+            index * span / (blocks - 1)
+        };
+        &corpus.tokens[start..start + chunk_size]
+    }
+
+    /// A retrieval sample whose haystack is prose from the corpus: about `n` tokens of pool blocks,
+    /// one of them (outside the local window) carrying the fact. `None` when the sample is too short
+    /// for a block outside the local window.
+    fn prose_sample(
+        &self,
+        generator: &RetrievalGenerator,
+        n: usize,
+        chunk_size: usize,
+        local: usize,
+        rng: &mut StdRng,
+    ) -> Result<Option<RetrievalSample>> {
+        let corpus = self.corpus.as_ref().expect("called with a corpus");
+        let fact = generator.fact(rng)?;
+        let q = fact.question.len();
+        let blocks = (n.saturating_sub(q) / chunk_size).max(1);
+        let doc_len = blocks * chunk_size;
+        // The local window as `retrieval` will cut it; the fact's block must lie before it.
+        let local = local.max(q).min(doc_len + q - 1);
+        let free = (doc_len + q - local) / chunk_size;
+        if free == 0 || fact.needle.len() + 1 >= chunk_size {
+            return Ok(None);
+        }
+        let fact_block = rng.random_range(0..free);
+        let mut document = Vec::with_capacity(doc_len);
+        for b in 0..blocks {
+            let block = self.prose_block(
+                corpus,
+                chunk_size,
+                rng.random_range(0..self.config.prose_blocks),
+            );
+            let mut chunk = block.to_vec();
+            if b == fact_block {
+                let at = rng.random_range(1..=chunk_size - fact.needle.len());
+                chunk.splice(at..at, fact.needle.iter().copied());
+                chunk.truncate(chunk_size);
+            }
+            if b == 0
+                && let Some(bos) = self.bos
+            {
+                chunk[0] = bos;
+            }
+            document.extend_from_slice(&chunk);
+        }
+        Ok(Some(RetrievalSample {
+            document,
+            question: fact.question,
+            answer: fact.answer,
+            key: fact.key,
+        }))
     }
 
     /// How many targets to score, drawn per example.
@@ -467,6 +680,7 @@ impl ExampleSampler {
             task: TaskKind::Continuation,
             ids,
             plan,
+            generated: Vec::new(),
             targets: doc[cut..].to_vec(),
         })
     }
@@ -479,21 +693,22 @@ impl ExampleSampler {
         rng: &mut StdRng,
     ) -> Result<TrainExample> {
         // Paper loss: the whole answer after the question (what frozen candidates must carry).
-        // Reference loss: one answer token at a random cut, the answer's head being local context.
-        let (cut, t) = match self.config.target {
+        // Reference loss, in exact-mode semantics: answer token `k`, with the `k` before it
+        // generated (appended to every chunk and to the local context, as exact decoding does).
+        let (k, t) = match self.config.target {
             LossTarget::LocalTokens { max } => (0, s.answer.len().min(max)),
             LossTarget::NextToken => (rng.random_range(0..s.answer.len()), 1),
         };
         let mut ids = s.document.clone();
         ids.extend_from_slice(&s.question);
-        ids.extend_from_slice(&s.answer[..cut]);
-        let local = local.max(s.question.len() + cut).min(ids.len() - 1);
+        let local = local.max(s.question.len()).min(ids.len() - 1);
         let plan = self.plan(&ids, local, chunk_size)?;
         Ok(TrainExample {
             task: TaskKind::Retrieval,
             ids,
             plan,
-            targets: s.answer[cut..cut + t].to_vec(),
+            generated: s.answer[..k].to_vec(),
+            targets: s.answer[k..k + t].to_vec(),
         })
     }
 
@@ -524,6 +739,7 @@ impl ExampleSampler {
             task: TaskKind::Repetition,
             ids,
             plan,
+            generated: Vec::new(),
             targets: doc[s + span..s + span + t].to_vec(),
         })
     }
@@ -620,6 +836,46 @@ mod tests {
                 .any(|w| w == expected.as_slice())
         });
         assert!(found, "span and targets lie inside one memory chunk");
+    }
+
+    #[test]
+    fn prose_haystacks_are_recurring_aligned_blocks_with_the_fact_in_memory() {
+        let config = TrainConfig {
+            synthetic_ratio: 1.0,
+            prose_haystack: 1.0,
+            prose_blocks: 4,
+            target: LossTarget::NextToken,
+            tasks: TaskMix::Random { repetition: 0.0 },
+            chunk_sizes: vec![128],
+            min_sample_tokens: 1500,
+            max_sample_tokens: 3000,
+            max_local: 200,
+            ..TrainConfig::default()
+        };
+        let text: String = (0..3000).map(|i| format!("word{i} ")).collect();
+        let corpus = TextCorpus::from_texts(&[text], &Bytes).unwrap();
+        let generator = RetrievalGenerator::new(Box::new(Bytes), Some(1)).unwrap();
+        let s =
+            ExampleSampler::new(config, Some(1), Some(corpus.clone()), Some(generator)).unwrap();
+        let blocks: Vec<&[u32]> = (0..4).map(|b| s.prose_block(&corpus, 128, b)).collect();
+        for step in 0..4 {
+            for ex in s.micro_batch(step, 0).unwrap() {
+                let full = ex.plan.chunks.len() - 1;
+                let mut odd = 0;
+                for (j, r) in ex.plan.chunks[..full].iter().enumerate() {
+                    let chunk = &ex.ids[r.clone()];
+                    let known = blocks
+                        .iter()
+                        .any(|b| chunk == *b || (j == 0 && chunk[1..] == b[1..] && chunk[0] == 1));
+                    odd += usize::from(!known);
+                }
+                assert_eq!(odd, 1, "every full chunk but the fact's is a pool block");
+                assert_eq!(ex.targets.len(), 1, "one answer token, after its prefix");
+                let local = &ex.ids[ex.plan.local_range.clone()];
+                assert!(local.ends_with(&ex.plan.prompt[ex.plan.prompt.len() - 1..]));
+                assert_eq!(ex.plan.local_range.end, ex.ids.len());
+            }
+        }
     }
 
     #[test]
