@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run --release --example longdoc -- --file book.txt --question "Who is the narrator?"
 //! ```
+//!
+//! For retrieval evaluations, `--insert` hides a sentence at `--depth` of the document, `--tokens`
+//! cuts the document so the whole input has that many tokens, and `--expect` checks the answer
+//! (`scripts/eval-longdoc.sh` runs held-out facts this way).
 
 use std::path::PathBuf;
 
@@ -21,11 +25,30 @@ struct Args {
     #[arg(long)]
     file: PathBuf,
     /// The question.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "ppl", default_value = "")]
     question: String,
     /// Most tokens in the answer.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// No chat template: the document, then "Question: ...", then "Answer:".
+    #[arg(long)]
+    raw: bool,
+    /// Cut the document so that the whole input holds this many tokens.
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// A sentence to hide in the document (a retrieval test).
+    #[arg(long)]
+    insert: Option<String>,
+    /// Where `--insert` goes, as a fraction of the (cut) document.
+    #[arg(long, default_value_t = 0.5)]
+    depth: f64,
+    /// Text the answer must contain: prints one JSON line with the verdict instead of the stream.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Instead of answering: the perplexity of the document's last 128 tokens (the reference
+    /// protocol; the document is cut to `--tokens` and no question is asked), as one JSON line.
+    #[arg(long, conflicts_with_all = ["expect", "insert"])]
+    ppl: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -41,11 +64,10 @@ impl BackendRunner for &Args {
             .tokenizer
             .as_ref()
             .ok_or("the model has no tokenizer")?;
-        let request = format!(
-            "{document}\n\nAnswer the question using the text above.\nQuestion: {}",
-            self.question
-        );
-        let ids = tokenizer.encode(&tokenizer.chat_prompt(&request))?;
+        let ids = match self.ppl {
+            true => self.document_ids(&document, tokenizer)?,
+            false => self.input_ids(&document, tokenizer)?,
+        };
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let adapted = self.engine.adapter_for(&loaded, true)?;
         let (model, config) = match &adapted {
@@ -56,7 +78,10 @@ impl BackendRunner for &Args {
             None => (&loaded.model, self.engine.focus_config()),
         };
         let engine = FocusEngine::new(model, model, config)?;
-        let view = ProgressView::new("document", self.engine.quiet);
+        let view = ProgressView::new(
+            "document",
+            self.engine.quiet || self.expect.is_some() || self.ppl,
+        );
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
         let options = GenerateOptions {
@@ -64,10 +89,115 @@ impl BackendRunner for &Args {
             stop_tokens: stops,
             ..Default::default()
         };
+        if self.ppl {
+            let report = session.perplexity(&ids, 128)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tokens": ids.len(), "chunks": report.chunks, "loss": report.loss,
+                    "ppl": report.perplexity, "mode": session.mode().to_string(),
+                })
+            );
+            return Ok(());
+        }
+        if let Some(expect) = &self.expect {
+            let generation = session.generate(&ids, &options, Some(tokenizer), |_| {
+                std::ops::ControlFlow::Continue(())
+            })?;
+            let found = generation.text.contains(expect.as_str());
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tokens": ids.len(), "depth": self.depth, "expect": expect,
+                    "answer": generation.text, "found": found, "mode": session.mode().to_string(),
+                })
+            );
+            return Ok(());
+        }
         let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
         let mode = streamed.mode;
         eprintln!("[{} tokens read with {mode}]", ids.len());
         Ok(())
+    }
+}
+
+impl Args {
+    /// BOS and the document's first `--tokens` tokens (a perplexity input).
+    fn document_ids(
+        &self,
+        document: &str,
+        tokenizer: &focusllm::models::Tokenizer,
+    ) -> Result<Vec<u32>, AppError> {
+        let mut ids: Vec<u32> = tokenizer.bos_id().into_iter().collect();
+        ids.extend(tokenizer.encode(document)?);
+        if let Some(total) = self.tokens {
+            if ids.len() < total {
+                return Err(format!(
+                    "{} has {} tokens, fewer than --tokens {total}",
+                    self.file.display(),
+                    ids.len()
+                )
+                .into());
+            }
+            ids.truncate(total);
+        }
+        Ok(ids)
+    }
+
+    /// The input: the document (cut to `--tokens`, with `--insert` hidden at `--depth`), then the
+    /// question, in the chat template unless `--raw`.
+    fn input_ids(
+        &self,
+        document: &str,
+        tokenizer: &focusllm::models::Tokenizer,
+    ) -> Result<Vec<u32>, AppError> {
+        let question = format!(
+            "\n\nAnswer the question using the text above.\nQuestion: {}",
+            self.question
+        );
+        let (head, tail) = if self.raw {
+            (String::new(), format!("{question}\nAnswer:"))
+        } else {
+            let wrapped = tokenizer.chat_prompt("\u{0}");
+            let (head, tail) = wrapped.split_once('\u{0}').ok_or("chat template")?;
+            (head.to_string(), format!("{question}{tail}"))
+        };
+        // BOS opens a raw input; a chat template brings its own opening (the engine's BOS rule
+        // applies to the local context and the prompt either way).
+        let mut ids: Vec<u32> = match self.raw {
+            true => tokenizer.bos_id().into_iter().collect(),
+            false => Vec::new(),
+        };
+        ids.extend(tokenizer.encode(&head)?);
+        let tail = tokenizer.encode(&tail)?;
+        let insert = match &self.insert {
+            Some(text) => tokenizer.encode(&format!(" {text}"))?,
+            None => Vec::new(),
+        };
+        let mut doc = tokenizer.encode(document)?;
+        if let Some(total) = self.tokens {
+            let fixed = ids.len() + tail.len() + insert.len();
+            let room = total.checked_sub(fixed).ok_or_else(|| {
+                format!("--tokens {total} leaves no room for the document ({fixed} tokens of question and insert)")
+            })?;
+            if doc.len() < room {
+                return Err(format!(
+                    "{} has {} tokens, fewer than the {room} that --tokens {total} asks for",
+                    self.file.display(),
+                    doc.len()
+                )
+                .into());
+            }
+            doc.truncate(room);
+        }
+        if !(0.0..=1.0).contains(&self.depth) {
+            return Err(format!("--depth {} must be in [0, 1]", self.depth).into());
+        }
+        let at = (doc.len() as f64 * self.depth).round() as usize;
+        doc.splice(at..at, insert);
+        ids.extend(doc);
+        ids.extend(tail);
+        Ok(ids)
     }
 }
 

@@ -109,14 +109,15 @@ fn focus_passkey_matches_official() {
     assert_eq!(session.mode(), Mode::Focus { chunks: 3 });
 }
 
-/// Mean NLL of the key's tokens after passkey prompts, candidates frozen after the prefill.
+/// Mean NLL of the key's tokens after 3K-token passkey prompts (teacher-forced), in the config's
+/// step mode.
 fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds: &[u64]) -> f64 {
     let tokenizer = smollm2().unwrap().tokenizer.as_ref().unwrap();
     let engine = FocusEngine::new(model, model, config.clone()).unwrap();
     let mut total = 0.0;
     let mut count = 0;
     for &seed in seeds {
-        let prompt = passkey_prompt(tokenizer, 2048, seed).unwrap();
+        let prompt = passkey_prompt(tokenizer, 3072, seed).unwrap();
         let answer = tokenizer.encode(&format!(" {}", prompt.key)).unwrap();
         let mut session = engine.session();
         let mut logits = session.prefill(&prompt.ids).unwrap();
@@ -137,21 +138,22 @@ fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
     let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)
         .unwrap_or_else(|e| panic!("bundled adapter {}: {e}", path.display()));
     assert_eq!(adapter.kind(), AdapterKind::LowRank { rank: 8 });
-    assert_eq!(info.step_mode.as_deref(), Some("frozen"));
+    // Trained for exact decoding: each refreshed candidate carries the next token.
+    assert_eq!(info.step_mode.as_deref(), Some("exact"));
     let config = FocusConfig::default()
         .with_local_window(info.local_window.unwrap())
         .with_chunk_size(info.chunk_size.unwrap())
         .with_prompt_cap(info.prompt_cap.unwrap())
         .with_plain_threshold(Some(1))
-        .with_step_mode(StepMode::FrozenCandidates);
+        .with_step_mode(StepMode::Exact);
     let trained = adapter.apply(loaded.model.clone()).unwrap();
     // Seeds the adapter never saw (it was trained on generated keys, not on these prompts).
     let seeds = [1001, 1002];
     let with_adapter = key_nll(&trained, &config, &seeds);
     let untrained = key_nll(&loaded.model, &config, &seeds);
-    eprintln!("key NLL: adapter {with_adapter:.3}, untrained {untrained:.3}");
+    eprintln!("key NLL in exact mode: adapter {with_adapter:.3}, untrained {untrained:.3}");
     assert!(
-        with_adapter < 0.75 * untrained,
+        with_adapter < 0.5 * untrained,
         "adapter {with_adapter:.3} vs untrained {untrained:.3}"
     );
 }

@@ -44,8 +44,8 @@ enum Pooled<B: Backend> {
     Prefix(ChunkKv<B>, usize),
 }
 
-/// Raw caches of recently seen chunks, keyed by their tokens, within a byte budget (oldest out
-/// first). Haystacks built from recurring chunks then cost one chunk pass per new chunk, and a
+/// Raw caches of recently used chunks, keyed by their tokens, within a byte budget (least recently
+/// used out first). Haystacks built from recurring chunks then cost one chunk pass per new chunk, and a
 /// chunk that begins like a pooled one (a block with a fact spliced in, or cut short by the local
 /// window) reuses the shared prefix: a causal cache of a prefix is the prefix of the cache.
 #[derive(Debug)]
@@ -78,7 +78,13 @@ impl<B: Backend> ChunkPool<B> {
     fn get(&mut self, tokens: &[u32]) -> Option<Pooled<B>> {
         if let Some((kv, _)) = self.entries.get(tokens) {
             self.hits += 1;
-            return Some(Pooled::Whole(kv.clone()));
+            let kv = kv.clone();
+            // Least recently used out first: a recurring chunk moves to the back.
+            if let Some(at) = self.order.iter().position(|k| k.as_slice() == tokens) {
+                let key = self.order.remove(at).expect("found above");
+                self.order.push_back(key);
+            }
+            return Some(Pooled::Whole(kv));
         }
         let best = (tokens.len() >= HEAD)
             .then(|| self.by_head.get(&tokens[..HEAD]))
