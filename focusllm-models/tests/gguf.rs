@@ -1006,7 +1006,7 @@ fn real_file_tokenizer_matches_golden_ids() {
 
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/smollm2/tokenizer_cases.json"
+        "/../tests/fixtures/smollm2/tokenizer_cases.json"
     );
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")),

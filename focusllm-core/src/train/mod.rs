@@ -19,5 +19,5 @@ pub use data::{
     TrainExample,
 };
 pub use trainer::{
-    CandidateTrainer, ExampleLoss, StepRecord, TrainOutcome, TrainProgress, Trainer,
+    CandidateTrainer, ExampleLoss, StepRecord, TaskStat, TrainOutcome, TrainProgress, Trainer,
 };

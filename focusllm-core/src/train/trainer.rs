@@ -19,7 +19,7 @@ use crate::control::CancelToken;
 use crate::decoder::ModelSpec;
 use crate::error::{FocusError, Result};
 use crate::train::config::TrainConfig;
-use crate::train::data::{ExampleSampler, TrainExample};
+use crate::train::data::{ExampleSampler, TaskKind, TrainExample};
 
 /// A model family's side of training: the loss of one example with given candidate parameters.
 /// The base model is frozen: only `Params` may carry gradients.
@@ -60,10 +60,27 @@ pub struct StepRecord {
     pub accuracy: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Tokens decoded in this step (chunk passes and main passes).
+    /// Tokens read in this step (chunk passes and main passes, counting every chunk, also those a
+    /// trainer took from a cache).
     pub tokens: usize,
     /// Wall time of the step in seconds.
     pub seconds: f64,
+    /// Loss and accuracy per task (retrieval, continuation, repetition), to tell what improves.
+    #[serde(default)]
+    pub by_task: Vec<TaskStat>,
+}
+
+/// One task's share of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStat {
+    /// The task.
+    pub task: TaskKind,
+    /// Examples of it in the step.
+    pub examples: usize,
+    /// Their mean loss.
+    pub loss: f64,
+    /// Share of their targets predicted right.
+    pub accuracy: f64,
 }
 
 /// A progress report, after every step.
@@ -240,6 +257,8 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
         let samples = (self.config.batch_size * self.config.grad_accum) as f64;
         let mut accumulator = GradientsAccumulator::<T::Params>::new();
         let (mut loss_sum, mut examples, mut correct, mut targets, mut tokens) = (0.0, 0, 0, 0, 0);
+        // Per task: examples, loss sum, correct targets, targets.
+        let mut by_task: Vec<(TaskKind, usize, f64, usize, usize)> = Vec::new();
         for micro in 0..self.config.grad_accum {
             for example in self.sampler.micro_batch(self.step, micro)? {
                 let out = self.model.example_loss(&self.params, &example)?;
@@ -254,6 +273,15 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
                 }
                 loss_sum += value;
                 examples += 1;
+                match by_task.iter_mut().find(|t| t.0 == example.task) {
+                    Some(t) => {
+                        t.1 += 1;
+                        t.2 += value;
+                        t.3 += out.correct;
+                        t.4 += out.targets;
+                    }
+                    None => by_task.push((example.task, 1, value, out.correct, out.targets)),
+                }
                 correct += out.correct;
                 targets += out.targets;
                 tokens += example.decoded_tokens();
@@ -287,6 +315,15 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
             grad_norm,
             tokens,
             seconds,
+            by_task: by_task
+                .into_iter()
+                .map(|(task, n, loss, correct, targets)| TaskStat {
+                    task,
+                    examples: n,
+                    loss: loss / n as f64,
+                    accuracy: correct as f64 / targets.max(1) as f64,
+                })
+                .collect(),
         };
         self.step += 1;
         self.tokens += tokens as u64;
