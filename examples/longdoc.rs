@@ -162,8 +162,8 @@ impl Args {
             let (head, tail) = wrapped.split_once('\u{0}').ok_or("chat template")?;
             (head.to_string(), format!("{question}{tail}"))
         };
-        // BOS opens a raw input; a chat template brings its own opening (the engine's BOS rule
-        // applies to the local context and the prompt either way).
+        // BOS opens a raw input; the chat input is what the template gives (as before; the
+        // engine's BOS rule applies to the local context and the prompt either way).
         let mut ids: Vec<u32> = match self.raw {
             true => tokenizer.bos_id().into_iter().collect(),
             false => Vec::new(),

@@ -127,6 +127,14 @@ struct Args {
     /// Distinct prose blocks (per chunk size) that prose haystacks are made of.
     #[arg(long, default_value_t = 32)]
     prose_blocks: usize,
+    /// Weights of the retrieval keys' kinds: numbers (4–8 digits), word pairs, codes (`K7-QX2`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 3,
+        default_value = "0.6,0.2,0.2"
+    )]
+    key_kinds: Vec<f64>,
     /// Memory for the pool of recent chunk caches (MiB, f32): recurring haystack chunks are
     /// computed once.
     #[arg(long, default_value_t = 4096)]
@@ -187,6 +195,7 @@ impl Args {
                 self.prose_haystack
             },
             prose_blocks: self.prose_blocks,
+            key_kinds: [self.key_kinds[0], self.key_kinds[1], self.key_kinds[2]],
         }
     }
 }

@@ -6,7 +6,8 @@
 #
 #   scripts/eval-longdoc.sh LENGTHS SEEDS METHOD [longdoc flags...]
 #   scripts/eval-longdoc.sh 16384,32768 5 adapter --adapter adapters/x.safetensors
-#   scripts/eval-longdoc.sh 16384 5 untrained --untrained
+#   scripts/eval-longdoc.sh 16384 5 untrained --untrained --local-window 128 --chunk-size 512 \
+#       --prompt-cap 24 --step-mode exact      # untrained candidates read with the adapter's sizes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lengths=${1:?lengths}; seeds=${2:?seeds}; method=${3:?method}; shift 3
@@ -26,7 +27,7 @@ facts=(
 IFS=, read -ra lens <<< "$lengths"
 for len in "${lens[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do
-    read -r key depth <<< "$(python3 -c "import random; r=random.Random(1000*$len+$seed); print(r.randrange(10000,100000), round(r.uniform(0.05,0.95),3))")"
+    read -r key depth <<< "$(python3 -c "import random; r=random.Random(1000*$len+$seed); print(r.randrange(10000,100000), round(r.uniform(0.05,0.9),3))")"
     fact=${facts[$((seed % ${#facts[@]}))]}
     insert=${fact%%|*}; insert=${insert//\{key\}/$key}
     question=${fact#*|}

@@ -136,6 +136,9 @@ impl<B: Backend> ChunkPool<B> {
                 && let Some(keys) = self.by_head.get_mut(&old[..HEAD])
             {
                 keys.retain(|k| *k != old);
+                if keys.is_empty() {
+                    self.by_head.remove(&old[..HEAD]);
+                }
             }
         }
         self.bytes += bytes;
@@ -234,16 +237,26 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
                     TensorData::new(vec![row as i64], [1]),
                     &device,
                 );
+                // The padding is cut off with a `select` too (a copy): a view would keep it alive
+                // while the pool counts only the real positions.
+                let keep = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                    TensorData::new((pad as i64..len as i64).collect::<Vec<_>>(), [n]),
+                    &device,
+                );
+                let copy = |t: &Tensor<B::InnerBackend, 4>| {
+                    let row = t.clone().select(0, index.clone());
+                    if pad == 0 {
+                        row
+                    } else {
+                        row.select(2, keep.clone())
+                    }
+                };
                 let kv: Vec<LayerKv<B::InnerBackend>> = raw
                     .kv
                     .iter()
                     .map(|kv| LayerKv {
-                        k: kv
-                            .k_rotated
-                            .clone()
-                            .select(0, index.clone())
-                            .narrow(2, pad, n),
-                        v: kv.v.clone().select(0, index.clone()).narrow(2, pad, n),
+                        k: copy(&kv.k_rotated),
+                        v: copy(&kv.v),
                     })
                     .collect();
                 let kv = Arc::new(kv);
@@ -394,6 +407,17 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             return Err(FocusError::Decoder(
                 "a training example needs memory chunks, a prompt and targets".into(),
             ));
+        }
+        if let Some((j, r)) = plan
+            .chunks
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.is_empty() || r.end > ex.ids.len())
+        {
+            return Err(FocusError::Decoder(format!(
+                "chunk {j} ({r:?}) is empty or outside the example's {} ids",
+                ex.ids.len()
+            )));
         }
         let chunks = plan.chunks.len();
         let mut timer = PhaseTimer::new();

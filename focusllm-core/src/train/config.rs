@@ -86,6 +86,14 @@ pub struct TrainConfig {
     /// Distinct prose blocks (per chunk size) that prose haystacks are made of.
     #[serde(default = "default_prose_blocks")]
     pub prose_blocks: usize,
+    /// Weights of the retrieval keys' kinds: numbers of 4–8 digits, word pairs, codes such as
+    /// `K7-QX2`.
+    #[serde(default = "default_key_kinds")]
+    pub key_kinds: [f64; 3],
+}
+
+fn default_key_kinds() -> [f64; 3] {
+    [0.6, 0.2, 0.2]
 }
 
 fn default_max_text_tokens() -> usize {
@@ -123,6 +131,7 @@ impl Default for TrainConfig {
             max_text_tokens: default_max_text_tokens(),
             prose_haystack: 0.0,
             prose_blocks: default_prose_blocks(),
+            key_kinds: default_key_kinds(),
         }
     }
 }
@@ -179,12 +188,26 @@ impl TrainConfig {
                 format!("({}) must be in [0, 1]", self.prose_haystack),
             );
         }
-        if self.max_text_tokens < self.min_sample_tokens.min(self.max_sample_tokens) {
+        // A text sample must hold a local span, its targets and at least one memory token.
+        if self.max_text_tokens <= self.max_local + self.max_targets() {
             return bad(
                 "max_text_tokens",
                 format!(
-                    "({}) is below min_sample_tokens ({})",
-                    self.max_text_tokens, self.min_sample_tokens
+                    "({}) cannot hold a local span of {} tokens, {} targets and some memory",
+                    self.max_text_tokens,
+                    self.max_local,
+                    self.max_targets()
+                ),
+            );
+        }
+        if self.key_kinds.iter().any(|w| !(w.is_finite() && *w >= 0.0))
+            || self.key_kinds.iter().sum::<f64>() <= 0.0
+        {
+            return bad(
+                "key_kinds",
+                format!(
+                    "({:?}) must be weights >= 0 with a positive sum",
+                    self.key_kinds
                 ),
             );
         }

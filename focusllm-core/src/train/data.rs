@@ -332,7 +332,7 @@ impl RetrievalGenerator {
 
     /// The most tokens a sample's fixed parts take (BOS, the longest fact and its question).
     pub fn longest_fixed_part(&self) -> Result<usize> {
-        let keys = ["99999999", "granite-granite", "W9-WW9"];
+        let keys = ["99999999", "granite-granite", "W9-WW9-W9"];
         let mut longest = 0;
         for t in TEMPLATES {
             let question = self.encoder.encode(t.question)?;
@@ -344,14 +344,23 @@ impl RetrievalGenerator {
         Ok(longest + usize::from(self.bos.is_some()))
     }
 
-    /// Draws a key and a phrasing.
-    pub fn fact(&self, rng: &mut StdRng) -> Result<Fact> {
+    /// Draws a key and a phrasing; `kinds` weighs numbers, word pairs and codes (see
+    /// [`TrainConfig::key_kinds`]).
+    pub fn fact(&self, kinds: [f64; 3], rng: &mut StdRng) -> Result<Fact> {
         let template = TEMPLATES.choose(rng).expect("templates are not empty");
-        let kind = match rng.random_range(0..10) {
-            0..6 => KeyKind::Number,
-            6..8 => KeyKind::Words,
-            _ => KeyKind::Code,
-        };
+        let total: f64 = kinds.iter().sum();
+        let mut draw = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
+        let mut kind = KeyKind::Number;
+        for (k, w) in [KeyKind::Number, KeyKind::Words, KeyKind::Code]
+            .into_iter()
+            .zip(kinds)
+        {
+            if draw < w {
+                kind = k;
+                break;
+            }
+            draw -= w;
+        }
         let key = random_key(kind, rng);
         Ok(Fact {
             needle: self
@@ -380,8 +389,14 @@ impl RetrievalGenerator {
     /// Draws a sample whose document and question together hold `tokens` tokens, in the built-in
     /// filler, with the fact outside the last `local` tokens (so a local window of that size cannot
     /// see it: only the candidates can carry it).
-    pub fn sample(&self, tokens: usize, local: usize, rng: &mut StdRng) -> Result<RetrievalSample> {
-        let fact = self.fact(rng)?;
+    pub fn sample(
+        &self,
+        tokens: usize,
+        local: usize,
+        kinds: [f64; 3],
+        rng: &mut StdRng,
+    ) -> Result<RetrievalSample> {
+        let fact = self.fact(kinds, rng)?;
         let bos: Vec<u32> = self.bos.into_iter().collect();
         let fixed = bos.len() + fact.needle.len() + fact.question.len();
         let budget = tokens
@@ -554,7 +569,7 @@ impl ExampleSampler {
             };
             let s = match s {
                 Some(s) => s,
-                None => generator.sample(n, local, rng)?,
+                None => generator.sample(n, local, c.key_kinds, rng)?,
             };
             for rep in repetition {
                 out.push(if rep {
@@ -610,7 +625,7 @@ impl ExampleSampler {
         rng: &mut StdRng,
     ) -> Result<Option<RetrievalSample>> {
         let corpus = self.corpus.as_ref().expect("called with a corpus");
-        let fact = generator.fact(rng)?;
+        let fact = generator.fact(self.config.key_kinds, rng)?;
         let q = fact.question.len();
         let blocks = (n.saturating_sub(q) / chunk_size).max(1);
         let doc_len = blocks * chunk_size;
