@@ -6,11 +6,7 @@ use rand::{Rng, SeedableRng};
 
 use focusllm_models::{ModelError, Tokenizer};
 
-/// The filler sentence block, repeated.
-pub const FILLER: &str =
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
-/// What follows the filler: the instruction and the question (the answer is the next tokens).
-pub const QUESTION: &str = "\nThere is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.\nWhat is the pass key? The pass key is";
+pub use focusllm_core::passkey::{FILLER, NEEDLE, QUESTION};
 
 /// One passkey prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,9 +28,7 @@ pub fn passkey_prompt(
     let mut rng = StdRng::seed_from_u64(seed);
     let key = rng.random_range(10000..100000u32).to_string();
     let depth: f64 = rng.random();
-    let needle = tokenizer.encode(&format!(
-        "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-    ))?;
+    let needle = tokenizer.encode(&NEEDLE.replace("{key}", &key))?;
     let question = tokenizer.encode(QUESTION)?;
     let bos: Vec<u32> = tokenizer.bos_id().into_iter().collect();
     let fixed = bos.len() + needle.len() + question.len();

@@ -26,6 +26,7 @@ mod control;
 mod decoder;
 mod engine;
 mod error;
+pub mod passkey;
 mod sampler;
 #[cfg(feature = "train")]
 pub mod train;

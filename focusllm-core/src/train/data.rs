@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use crate::chunker::{ChunkPlan, Chunker, FixedStrideChunker};
 use crate::config::FocusConfig;
 use crate::error::{FocusError, Result};
+use crate::passkey;
 use crate::train::config::{LossTarget, TaskMix, TrainConfig};
 
 /// Text to token ids (a model's tokenizer). Object-safe so that data sources can hold one.
@@ -188,8 +189,8 @@ struct FactTemplate {
 /// (`examples/longdoc.rs`, `BENCHMARKS.md`) use none of these.
 const TEMPLATES: &[FactTemplate] = &[
     FactTemplate {
-        needle: "\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
-        question: "\nThere is an important info hidden inside a lot of irrelevant text. Find it and memorize them. I will quiz you about the important information there.\nWhat is the pass key? The pass key is",
+        needle: passkey::NEEDLE,
+        question: passkey::QUESTION,
         answer: " {key}.",
     },
     FactTemplate {
@@ -241,7 +242,7 @@ const TEMPLATES: &[FactTemplate] = &[
 
 /// Filler paragraphs the facts are hidden in (the first is the passkey task's own).
 const FILLERS: &[&str] = &[
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
+    passkey::FILLER,
     "The river runs past the old mill. Birds sing in the morning. The market opens at dawn. ",
     "A train leaves the station every hour. People read newspapers on the platform. The coffee is hot. ",
     "Clouds drift over the hills. The wind is cold today. Children play in the park after school. ",
