@@ -30,9 +30,12 @@ struct Args {
     /// Most tokens in the answer.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// No chat template: the document, then "Question: ...", then "Answer:".
+    /// No chat template: the document, then "Question: ...", then `--answer-start`.
     #[arg(long)]
     raw: bool,
+    /// What the answer begins with after the question in `--raw` mode.
+    #[arg(long, default_value = "Answer:")]
+    answer_start: String,
     /// Cut the document so that the whole input holds this many tokens.
     #[arg(long)]
     tokens: Option<usize>,
@@ -156,7 +159,7 @@ impl Args {
             self.question
         );
         let (head, tail) = if self.raw {
-            (String::new(), format!("{question}\nAnswer:"))
+            (String::new(), format!("{question}\n{}", self.answer_start))
         } else {
             let wrapped = tokenizer.chat_prompt("\u{0}");
             let (head, tail) = wrapped.split_once('\u{0}').ok_or("chat template")?;

@@ -16,23 +16,24 @@ mkdir -p "$(dirname "$out")"
 bash scripts/fetch-corpus.sh >/dev/null
 text=${FOCUSLLM_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/focusllm}/corpus/kjv-new-testament.txt
 cargo build --release --quiet --example longdoc
-# fact (with {key}) | question
+# fact (with {key}) | question | start of the answer
 facts=(
-  "The lighthouse keeper wrote the number {key} on the last page of his log.|What number did the lighthouse keeper write on the last page of his log?"
-  "Captain Morrow's cabin on the steamer was number {key}.|What was the number of Captain Morrow's cabin?"
-  "The baker needs exactly {key} grams of flour for the festival bread.|How many grams of flour does the baker need for the festival bread?"
-  "Agent Lina's badge carries the identifier {key}.|What identifier does Agent Lina's badge carry?"
-  "The old map says the treasure lies under stone number {key}.|Under which stone number does the treasure lie?"
+  "The lighthouse keeper wrote the number {key} on the last page of his log.|What number did the lighthouse keeper write on the last page of his log?|Answer: The lighthouse keeper wrote the number"
+  "Captain Morrow's cabin on the steamer was number {key}.|What was the number of Captain Morrow's cabin?|Answer: Captain Morrow's cabin was number"
+  "The baker needs exactly {key} grams of flour for the festival bread.|How many grams of flour does the baker need for the festival bread?|Answer: The baker needs"
+  "Agent Lina's badge carries the identifier {key}.|What identifier does Agent Lina's badge carry?|Answer: Agent Lina's badge carries the identifier"
+  "The old map says the treasure lies under stone number {key}.|Under which stone number does the treasure lie?|Answer: The treasure lies under stone number"
 )
 IFS=, read -ra lens <<< "$lengths"
 for len in "${lens[@]}"; do
   for ((seed = 0; seed < seeds; seed++)); do
     read -r key depth <<< "$(python3 -c "import random; r=random.Random(1000*$len+$seed); print(r.randrange(10000,100000), round(r.uniform(0.05,0.9),3))")"
     fact=${facts[$((seed % ${#facts[@]}))]}
-    insert=${fact%%|*}; insert=${insert//\{key\}/$key}
-    question=${fact#*|}
+    IFS='|' read -r insert question start <<< "$fact"
+    insert=${insert//\{key\}/$key}
     line=$(target/release/examples/longdoc --file "$text" --raw --quiet --tokens "$len" \
-      --insert "$insert" --depth "$depth" --question "$question" --expect "$key" --max-tokens 12 "$@")
+      --insert "$insert" --depth "$depth" --question "$question" --answer-start "$start" \
+      --expect "$key" --max-tokens 10 "$@")
     echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(method='$method', seed=$seed); print(json.dumps(d))" | tee -a "$out"
   done
 done
