@@ -270,7 +270,7 @@ pub fn bundled_adapter() -> PathBuf {
 }
 
 /// Where the bundled adapter lives inside the repository.
-pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-rank8.safetensors";
+pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-exact-rank8.safetensors";
 
 /// Whether `path` is the default model (the SmolLM2 GGUF the bundled adapter was trained on).
 fn is_default_model(path: &std::path::Path) -> bool {

@@ -289,14 +289,10 @@ pub struct Fact {
 /// One synthetic retrieval sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrievalSample {
-    /// BOS (if any), filler with the fact at a random depth.
+    /// BOS (if any), filler or prose with the fact's needle at a random depth.
     pub document: Vec<u32>,
-    /// The question that follows the document.
-    pub question: Vec<u32>,
-    /// The answer (the key and a full stop).
-    pub answer: Vec<u32>,
-    /// The key, as text.
-    pub key: String,
+    /// The fact: its question follows the document, its answer is what to predict.
+    pub fact: Fact,
 }
 
 /// Generates facts (numbers of 4 to 8 digits, word pairs, codes such as `K7-QX2`, in ten
@@ -416,12 +412,7 @@ impl RetrievalGenerator {
         document.extend_from_slice(&filler[..before]);
         document.extend_from_slice(&fact.needle);
         document.extend_from_slice(&filler[before..]);
-        Ok(RetrievalSample {
-            document,
-            question: fact.question,
-            answer: fact.answer,
-            key: fact.key,
-        })
+        Ok(RetrievalSample { document, fact })
     }
 }
 
@@ -657,12 +648,7 @@ impl ExampleSampler {
             }
             document.extend_from_slice(&chunk);
         }
-        Ok(Some(RetrievalSample {
-            document,
-            question: fact.question,
-            answer: fact.answer,
-            key: fact.key,
-        }))
+        Ok(Some(RetrievalSample { document, fact }))
     }
 
     /// How many targets to score, drawn per example.
@@ -712,19 +698,19 @@ impl ExampleSampler {
         // Reference loss, in exact-mode semantics: answer token `k`, with the `k` before it
         // generated (appended to every chunk and to the local context, as exact decoding does).
         let (k, t) = match self.config.target {
-            LossTarget::LocalTokens { max } => (0, s.answer.len().min(max)),
-            LossTarget::NextToken => (rng.random_range(0..s.answer.len()), 1),
+            LossTarget::LocalTokens { max } => (0, s.fact.answer.len().min(max)),
+            LossTarget::NextToken => (rng.random_range(0..s.fact.answer.len()), 1),
         };
         let mut ids = s.document.clone();
-        ids.extend_from_slice(&s.question);
-        let local = local.max(s.question.len()).min(ids.len() - 1);
+        ids.extend_from_slice(&s.fact.question);
+        let local = local.max(s.fact.question.len()).min(ids.len() - 1);
         let plan = self.plan(&ids, local, chunk_size)?;
         Ok(TrainExample {
             task: TaskKind::Retrieval,
             ids,
             plan,
-            generated: s.answer[..k].to_vec(),
-            targets: s.answer[k..k + t].to_vec(),
+            generated: s.fact.answer[..k].to_vec(),
+            targets: s.fact.answer[k..k + t].to_vec(),
         })
     }
 
