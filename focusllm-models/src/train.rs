@@ -269,6 +269,32 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
             .collect()
     }
 
+    /// Runs `rows` (ordinary positions, no candidate) over the rotated `past` and returns the past
+    /// with their keys and values appended: one way for a chunk's rest and for the tails.
+    fn extend(
+        &self,
+        past: Vec<LayerKv<B::InnerBackend>>,
+        rows: &[Vec<u32>],
+        positions: &[Vec<usize>],
+        left_pad: Option<&[usize]>,
+    ) -> Vec<LayerKv<B::InnerBackend>> {
+        let out = self.inner.forward(ForwardInput {
+            ids: self.inner.ids_tensor(rows),
+            positions,
+            past: Some((&past, PastKeys::Rotated)),
+            left_pad,
+            candidate_last: false,
+            logits_last: 0,
+        });
+        past.into_iter()
+            .zip(out.kv)
+            .map(|(p, new)| LayerKv {
+                k: Tensor::cat(vec![p.k, new.k_rotated], 2),
+                v: Tensor::cat(vec![p.v, new.v], 2),
+            })
+            .collect()
+    }
+
     /// The cache of `prefix`'s first `len` tokens followed by `rest`.
     fn extend_cache(
         &self,
@@ -283,23 +309,12 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
                 v: l.v.clone().narrow(2, 0, len),
             })
             .collect();
-        let out = self.inner.forward(ForwardInput {
-            ids: self.inner.ids_tensor(&[rest.to_vec()]),
-            positions: &[(len..len + rest.len()).collect()],
-            past: Some((&past, PastKeys::Rotated)),
-            left_pad: None,
-            candidate_last: false,
-            logits_last: 0,
-        });
-        Arc::new(
-            past.into_iter()
-                .zip(out.kv)
-                .map(|(p, new)| LayerKv {
-                    k: Tensor::cat(vec![p.k, new.k_rotated], 2),
-                    v: Tensor::cat(vec![p.v, new.v], 2),
-                })
-                .collect(),
-        )
+        Arc::new(self.extend(
+            past,
+            &[rest.to_vec()],
+            &[(len..len + rest.len()).collect()],
+            None,
+        ))
     }
 }
 
@@ -451,24 +466,12 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
                 .iter()
                 .map(|&l| (l..l + context.len()).collect())
                 .collect();
-            let out = self.inner.forward(ForwardInput {
-                ids: self
-                    .inner
-                    .ids_tensor(&vec![context.to_vec(); distinct.len()]),
-                positions: &positions,
-                past: Some((&chunk_part, PastKeys::Rotated)),
-                left_pad: Some(&pads),
-                candidate_last: false,
-                logits_last: 0,
-            });
-            chunk_part
-                .into_iter()
-                .zip(out.kv)
-                .map(|(past, new)| LayerKv {
-                    k: Tensor::cat(vec![past.k, new.k_rotated], 2),
-                    v: Tensor::cat(vec![past.v, new.v], 2),
-                })
-                .collect()
+            self.extend(
+                chunk_part,
+                &vec![context.to_vec(); distinct.len()],
+                &positions,
+                Some(&pads),
+            )
         };
         timer.lap("tails");
         let raw: Vec<LayerKv<B>> = raw
