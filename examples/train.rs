@@ -17,11 +17,11 @@ use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::app::{AppError, BackendRunner, resolve_model, run_on};
 use focusllm::backends::BackendKind;
-use focusllm::core::CancelToken;
 use focusllm::core::train::{
     CandidateTrainer, ExampleSampler, LossTarget, RetrievalGenerator, TaskMix, TextCorpus,
     TrainConfig, TrainOutcome, Trainer,
 };
+use focusllm::core::{CancelToken, StepMode};
 use focusllm::models::train::LlamaTrainer;
 use focusllm::models::{AdapterInfo, CandidateAdapter, LoadOptions, load_model_with};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,10 +106,12 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     max_local: usize,
     /// Loss: `local` (the paper: the local tokens after the cut, candidates fixed; decode with
-    /// `--step-mode frozen`) or `next` (the reference: one token at a random cut; exact decoding).
-    #[arg(long, default_value = "local", value_parser = ["local", "next"])]
+    /// `--step-mode frozen`), `next` (the reference: one token at a random cut; exact decoding) or
+    /// `steps` (exact decoding of several tokens: a retrieval answer whole, up to `--max-targets`
+    /// tokens of text, each through candidates refreshed after the ones before it).
+    #[arg(long, default_value = "local", value_parser = ["local", "next", "steps"])]
     loss: String,
-    /// Most tokens scored per example with `--loss local`.
+    /// Most tokens scored per example with `--loss local` or `--loss steps`.
     #[arg(long, default_value_t = 8)]
     max_targets: usize,
     /// Probability of the repetition task (else continuation / retrieval).
@@ -171,6 +173,9 @@ impl Args {
             max_local: self.max_local,
             target: match self.loss.as_str() {
                 "next" => LossTarget::NextToken,
+                "steps" => LossTarget::ExactSteps {
+                    max: self.max_targets,
+                },
                 _ => LossTarget::LocalTokens {
                     max: self.max_targets,
                 },
@@ -312,9 +317,9 @@ impl BackendRunner for &Args {
         }
         let info = AdapterInfo {
             step_mode: Some(
-                match config.target {
-                    LossTarget::LocalTokens { .. } => "frozen",
-                    LossTarget::NextToken => "exact",
+                match config.target.step_mode() {
+                    StepMode::FrozenCandidates => "frozen",
+                    StepMode::Exact => "exact",
                 }
                 .into(),
             ),

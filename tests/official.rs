@@ -29,7 +29,7 @@ fn short_forward(name: &str) {
             positions: &positions,
             past: None,
             left_pad: None,
-            candidate_last: false,
+            candidates: Candidates::None,
             logits_last: 3,
         });
         let logits = out.logits.unwrap().into_data().to_vec::<f32>().unwrap();

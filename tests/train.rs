@@ -83,6 +83,7 @@ fn training_loss_is_the_inference_nll_with_frozen_candidates() {
         plan,
         generated: Vec::new(),
         targets: targets.clone(),
+        step_mode: StepMode::FrozenCandidates,
     };
 
     // The adapter holds copies of C's trained candidate projections: the same model.
@@ -111,6 +112,17 @@ fn exact_mode_nll(
     generated: &[u32],
     target: u32,
 ) -> f64 {
+    exact_mode_nlls(config, ids, generated, &[target])[0]
+}
+
+/// The engine's exact-mode NLL of each of `targets` in turn (teacher-forced) after prefilling `ids`
+/// and stepping through `generated`.
+fn exact_mode_nlls(
+    config: focusllm::core::FocusConfig,
+    ids: &[u32],
+    generated: &[u32],
+    targets: &[u32],
+) -> Vec<f64> {
     let (inference, _) = official("C");
     let engine = engine(&inference, config.with_step_mode(StepMode::Exact));
     let mut session = engine.session();
@@ -118,7 +130,76 @@ fn exact_mode_nll(
     for &g in generated {
         logits = session.step(g).unwrap();
     }
-    nll(&logits, target).unwrap()
+    let mut out = Vec::new();
+    for (i, &t) in targets.iter().enumerate() {
+        out.push(nll(&logits, t).unwrap());
+        if i + 1 < targets.len() {
+            logits = session.step(t).unwrap();
+        }
+    }
+    out
+}
+
+#[test]
+fn several_exact_steps_in_one_example_give_the_mean_inference_nll() {
+    // One generated token, then three targets, each read through candidates refreshed after the
+    // ones before it: one chunk pass, one candidate pass with a candidate per step (each seeing
+    // only the ordinary tokens before it), and one main pass per step. Fixture C's long input (7
+    // chunks), and a haystack whose short last chunk makes the candidate batch left-padded.
+    let (_, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let mut haystack: Vec<u32> = (0..9 * 96)
+        .map(|i| 3 + (i * 7 + i / 96 * 31) % 500)
+        .collect();
+    haystack[0] = 1;
+    haystack.extend((0..140).map(|i| 3 + (i * 13) % 500));
+    let haystack_config = official_config(&dir)
+        .with_local_window(100)
+        .with_chunk_size(96)
+        .with_prompt_cap(40)
+        .with_plain_threshold(Some(64));
+    let (generated, targets) = (vec![17u32], vec![301u32, 45, 9]);
+    let trainer = LlamaTrainer::new(model_c::<A>()).with_chunk_pool(1 << 30);
+    let adapter = CandidateAdapter::full(trainer.model());
+    for (ids, config, chunks) in [
+        (long, official_config(&dir), 7),
+        (haystack, haystack_config, 10),
+    ] {
+        let plan = FixedStrideChunker.plan(&ids, &config, Some(1)).unwrap();
+        assert_eq!(plan.chunks.len(), chunks);
+        let example = TrainExample {
+            task: TaskKind::Retrieval,
+            ids: ids.clone(),
+            plan,
+            generated: generated.clone(),
+            targets: targets.clone(),
+            step_mode: StepMode::Exact,
+        };
+        assert_eq!(example.candidate_steps(), 3);
+        let out = trainer.example_loss(&adapter, &example).unwrap();
+        assert_eq!(out.targets, 3);
+        let loss: f32 = out.loss.into_scalar();
+        let each = exact_mode_nlls(config, &ids, &generated, &targets);
+        let expected = each.iter().sum::<f64>() / 3.0;
+        assert!(
+            (loss as f64 - expected).abs() < 1e-4,
+            "{chunks} chunks: training loss {loss} vs exact-mode inference {expected} ({each:?})"
+        );
+        // Read with frozen candidates, the same example scores differently (the steps matter).
+        let frozen = TrainExample {
+            step_mode: StepMode::FrozenCandidates,
+            ..example
+        };
+        let frozen: f32 = trainer
+            .example_loss(&adapter, &frozen)
+            .unwrap()
+            .loss
+            .into_scalar();
+        assert!(
+            (frozen - loss).abs() > 1e-3,
+            "{chunks} chunks: frozen {frozen} vs exact {loss}"
+        );
+    }
 }
 
 #[test]
@@ -138,6 +219,7 @@ fn training_loss_is_the_inference_nll_in_exact_mode() {
         plan,
         generated: generated.clone(),
         targets: vec![target],
+        step_mode: StepMode::Exact,
     };
     let trainer = LlamaTrainer::new(model_c::<A>());
     let adapter = CandidateAdapter::full(trainer.model());
@@ -183,6 +265,7 @@ fn pooled_chunk_caches_give_the_loss_of_computing_every_chunk() {
         plan,
         generated: generated.clone(),
         targets: vec![target],
+        step_mode: StepMode::Exact,
     };
     let expected = exact_mode_nll(config.clone(), &ids, &generated, target);
     let trainer = LlamaTrainer::new(model_c::<A>()).with_chunk_pool(1 << 30);

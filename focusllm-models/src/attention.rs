@@ -10,7 +10,7 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 
-use crate::llama::{from_f32, to_f32};
+use crate::llama::{Candidates, from_f32, to_f32};
 
 /// Queries per block: bounds the score buffer to `heads × BLOCK × keys` floats.
 const BLOCK: usize = 256;
@@ -86,6 +86,9 @@ impl<B: Backend> AttentionPlan<B> {
     /// Plans attention for `seq` new tokens after `past` cached ones (causal, bottom-right
     /// aligned), with `groups` query heads per key/value head. `left_pad` hides leading keys per
     /// batch element, except from the padded query at the same index (so no softmax row is empty).
+    /// With [`Candidates::Each`], new token `i` sees the past before index `past - seq + 1 + i`
+    /// and itself only (each is the candidate of its own step).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         batch: usize,
         seq: usize,
@@ -93,6 +96,7 @@ impl<B: Backend> AttentionPlan<B> {
         kv_heads: usize,
         groups: usize,
         left_pad: LeftPad<'_>,
+        candidates: Candidates,
         device: &B::Device,
     ) -> Self {
         let shape = MaskShape {
@@ -111,7 +115,15 @@ impl<B: Backend> AttentionPlan<B> {
             let end = (start + BLOCK).min(seq);
             let keys = past + end;
             let rows = end - start;
-            let mask = if !pads.is_empty() {
+            let mask = if candidates == Candidates::Each {
+                let hidden = |b: usize, i: usize, j: usize| {
+                    let own = past + start + i;
+                    let seen = (past + 1 + start + i).saturating_sub(seq);
+                    let pad = pads.get(b).copied().unwrap_or(0);
+                    j < pad || (j >= seen && j != own)
+                };
+                BlockMask::Full(shape.build(rows, keys, hidden, device))
+            } else if !pads.is_empty() {
                 let hidden = |b: usize, i: usize, j: usize| {
                     let own = past + start + i;
                     j > own || (j < pads[b] && j != own)

@@ -6,7 +6,7 @@ use focusllm_core::{
     ModelSpec, PlainCache, Result, check_vocab,
 };
 
-use crate::llama::{ForwardInput, LlamaModel, PastKeys};
+use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
 
 /// Token used to fill left padding (any valid id: padded positions are masked).
 const PAD_ID: u32 = 0;
@@ -92,7 +92,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             positions: &positions,
             past: None,
             left_pad: Some(&left_pad),
-            candidate_last: true,
+            candidates: Candidates::Last,
             logits_last: 0,
         });
         let mut raw = Vec::with_capacity(out.kv.len());
@@ -148,7 +148,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             positions: &positions,
             past: Some((widened.as_deref().unwrap_or(&batch.raw), PastKeys::Rotated)),
             left_pad: Some(&batch.left_pad),
-            candidate_last: true,
+            candidates: Candidates::Last,
             logits_last: 0,
         });
         for (layer, kv) in out.kv.into_iter().enumerate() {
@@ -194,7 +194,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             positions: &positions,
             past: (c > 0).then_some((past.layers.as_slice(), PastKeys::Unrotated(&past_positions))),
             left_pad: None,
-            candidate_last: false,
+            candidates: Candidates::None,
             logits_last: 1,
         });
         logits_to_vec(out.logits)
@@ -236,7 +236,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             positions: &positions,
             past: (!cache.is_empty()).then_some((cache.layers.as_slice(), PastKeys::Rotated)),
             left_pad: None,
-            candidate_last: false,
+            candidates: Candidates::None,
             logits_last: 1,
         });
         let new_layers = out.kv.into_iter().map(|kv| LayerKv {

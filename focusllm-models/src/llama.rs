@@ -142,6 +142,21 @@ pub struct NewKv<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
+/// Which of a forward's new positions are FocusLLM candidate tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidates {
+    /// None: every position uses the ordinary projections.
+    None,
+    /// The last position (a chunk's candidate after its ordinary tokens).
+    Last,
+    /// Every new position is the candidate of its own decoding step: new position `i` of `seq` reads
+    /// the past up to index `past - seq + 1 + i` (exclusive) and itself, not the other new
+    /// positions. The past then holds the ordinary versions of the candidate tokens before the last,
+    /// so one forward gives the candidates that `seq` exact-mode steps would compute one by one
+    /// (the training of several answer tokens in exact mode).
+    Each,
+}
+
 /// Inputs of [`LlamaModel::forward`].
 pub struct ForwardInput<'a, B: Backend> {
     /// Token ids `[batch, seq]`.
@@ -152,8 +167,8 @@ pub struct ForwardInput<'a, B: Backend> {
     pub past: Option<(&'a [PastKv<B>], PastKeys<'a>)>,
     /// Per batch element, how many leading positions (of past ++ new) are padding to hide.
     pub left_pad: Option<&'a [usize]>,
-    /// Whether the last position is a candidate token (uses the candidate projections).
-    pub candidate_last: bool,
+    /// Which new positions are candidate tokens (they use the candidate projections).
+    pub candidates: Candidates,
     /// For how many of the last positions to compute next-token logits (0: none, skips the LM head).
     pub logits_last: usize,
 }
@@ -166,17 +181,17 @@ pub struct ForwardOutput<B: Backend> {
     pub kv: Vec<NewKv<B>>,
 }
 
-/// Applies `ordinary` to every position, except the last one that gets `candidate` when
-/// `candidate_last` (the FocusLLM candidate token).
+/// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones.
 fn project<B: Backend>(
     x: Tensor<B, 3>,
     ordinary: &Linear<B>,
     candidate: Option<&Linear<B>>,
-    candidate_last: bool,
+    candidates: Candidates,
 ) -> Tensor<B, 3> {
     let seq = x.dims()[1];
-    match candidate {
-        Some(cand) if candidate_last => {
+    match (candidate, candidates) {
+        (Some(cand), Candidates::Each) => cand.forward(x),
+        (Some(cand), Candidates::Last) => {
             if seq == 1 {
                 return cand.forward(x);
             }
@@ -233,7 +248,7 @@ impl<B: Backend> Attention<B> {
         rope: RopeTables<'_, B>,
         past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
         plan: &AttentionPlan<B>,
-        candidate_last: bool,
+        candidates: Candidates,
     ) -> (Tensor<B, 3>, NewKv<B>) {
         let [b, s, _] = x.dims();
         let cand = self.candidate.as_ref();
@@ -241,15 +256,15 @@ impl<B: Backend> Attention<B> {
         // heads move forward for attention.
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
         let q = split(
-            project(x.clone(), &self.q, cand.map(|c| &c.q), candidate_last),
+            project(x.clone(), &self.q, cand.map(|c| &c.q), candidates),
             self.heads,
         );
         let k = split(
-            project(x.clone(), &self.k, cand.map(|c| &c.k), candidate_last),
+            project(x.clone(), &self.k, cand.map(|c| &c.k), candidates),
             self.kv_heads,
         );
         let v = split(
-            project(x, &self.v, cand.map(|c| &c.v), candidate_last),
+            project(x, &self.v, cand.map(|c| &c.v), candidates),
             self.kv_heads,
         )
         .swap_dims(1, 2);
@@ -276,7 +291,7 @@ impl<B: Backend> Attention<B> {
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
-        let out = project(out, &self.o, cand.map(|c| &c.o), candidate_last);
+        let out = project(out, &self.o, cand.map(|c| &c.o), candidates);
         (
             out,
             NewKv {
@@ -289,19 +304,19 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, candidate_last: bool) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, candidates: Candidates) -> Tensor<B, 3> {
         let gate = silu(self.gate.forward(x.clone()));
         let up = project(
             x,
             &self.up,
             self.candidate.as_ref().map(|c| &c.up),
-            candidate_last,
+            candidates,
         );
         project(
             gate * up,
             &self.down,
             self.candidate.as_ref().map(|c| &c.down),
-            candidate_last,
+            candidates,
         )
     }
 }
@@ -429,6 +444,7 @@ impl<B: Backend> LlamaModel<B> {
             self.config.kv_heads(),
             groups,
             input.left_pad,
+            input.candidates,
             &device,
         );
         let mut x = embedding(self.embed.val(), input.ids);
@@ -439,13 +455,12 @@ impl<B: Backend> LlamaModel<B> {
                 .past
                 .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
             let h = rms_norm(x.clone(), &layer.input_norm, eps);
-            let (attn, new_kv) =
-                layer
-                    .attn
-                    .forward(h, (&cos, &sin), past, &plan, input.candidate_last);
+            let (attn, new_kv) = layer
+                .attn
+                .forward(h, (&cos, &sin), past, &plan, input.candidates);
             x = x + attn;
             let h = rms_norm(x.clone(), &layer.post_attn_norm, eps);
-            x = x + layer.mlp.forward(h, input.candidate_last);
+            x = x + layer.mlp.forward(h, input.candidates);
             kv.push(new_kv);
         }
         let logits = (input.logits_last > 0).then(|| {

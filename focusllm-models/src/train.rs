@@ -4,12 +4,13 @@
 //! position) attends to it. So each example runs
 //! 1. the chunk passes without autodiff, on the inner backend: each distinct chunk once (haystacks
 //!    repeat chunks), its cache taken from the pool of recent chunks when it is there;
-//! 2. the tail of every distinct chunk (`prompt ++ generated`, minus the candidate) over that cache,
-//!    still without autodiff;
-//! 3. the candidate position of every distinct chunk with the trainable projections, one token
-//!    attending to its chunk's cache, then copied to every chunk that holds the same tokens;
+//! 2. the tail of every distinct chunk (`prompt ++ generated`, and in exact mode the targets but the
+//!    last, minus the last candidate) over that cache, still without autodiff;
+//! 3. the candidate positions of every distinct chunk with the trainable projections (one per
+//!    exact-mode step, each attending to the ordinary tokens before it), then copied to every chunk
+//!    that holds the same tokens;
 //! 4. the main pass over the local context, the generated tokens and the targets, with the
-//!    candidates as its past;
+//!    candidates as its past (once per step in exact mode);
 //!
 //! and back-propagates through 3 and 4 only. The numbers are those of the inference passes
 //! (`decode_chunks`, exact-mode steps and `decode_main`), which the tests check.
@@ -26,7 +27,7 @@ use focusllm_core::{FocusError, LayerKv, MainDecoder, ModelSpec, Result, check_v
 
 use crate::adapter::CandidateAdapter;
 use crate::focus::{PaddedRows, left_padded};
-use crate::llama::{ForwardInput, LlamaModel, PastKeys};
+use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
 use crate::tokenizer::Tokenizer;
 
 /// One chunk's raw cache (rotated keys and values per layer, `[1, kv_heads, len, d]`).
@@ -225,7 +226,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
                 positions: &positions,
                 past: None,
                 left_pad: Some(&left_pad),
-                candidate_last: false,
+                candidates: Candidates::None,
                 logits_last: 0,
             });
             let device = self.inner.device();
@@ -283,7 +284,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
             positions,
             past: Some((&past, PastKeys::Rotated)),
             left_pad,
-            candidate_last: false,
+            candidates: Candidates::None,
             logits_last: 0,
         });
         past.into_iter()
@@ -456,9 +457,11 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
         let lens: Vec<usize> = caches.iter().map(|c| c[0].len()).collect();
         timer.lap("chunks");
 
-        // 2. The tail (`prompt ++ generated` without the candidate) over every distinct chunk.
+        // 2. The tail (`prompt ++ generated`, and in exact mode the targets but the last) over
+        //    every distinct chunk, its last token left to the candidate pass.
         let tail = ex.chunk_tail();
-        let (candidate, context) = tail.split_last().expect("checked: the prompt is not empty");
+        let steps = ex.candidate_steps();
+        let context = &tail[..tail.len() - 1];
         let raw: Vec<LayerKv<B::InnerBackend>> = if context.is_empty() {
             chunk_part
         } else {
@@ -482,24 +485,32 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             })
             .collect();
 
-        // 3. The candidate of every distinct chunk, through the trainable projections.
+        // 3. The candidates of every distinct chunk, through the trainable projections: the last
+        //    `steps` tail tokens, each after the ordinary tokens before it (one pass for all steps).
         let candidate_model = params
             .apply(self.model.clone())
             .map_err(|e| FocusError::Decoder(e.to_string()))?;
-        let cand_positions: Vec<Vec<usize>> =
-            lens.iter().map(|&l| vec![l + context.len()]).collect();
+        let first = tail.len() - steps;
+        let cand_positions: Vec<Vec<usize>> = lens
+            .iter()
+            .map(|&l| (l + first..l + tail.len()).collect())
+            .collect();
         let cand_out = candidate_model.forward(ForwardInput {
             ids: self
                 .model
-                .ids_tensor(&vec![vec![*candidate]; distinct.len()]),
+                .ids_tensor(&vec![tail[first..].to_vec(); distinct.len()]),
             positions: &cand_positions,
             past: Some((&raw, PastKeys::Rotated)),
             left_pad: Some(&pads),
-            candidate_last: true,
+            candidates: if steps == 1 {
+                Candidates::Last
+            } else {
+                Candidates::Each
+            },
             logits_last: 0,
         });
-        // [rows, kv_heads, 1, d] -> every chunk's row -> [1, kv_heads, chunks, d]: one past
-        // position per chunk.
+        // [rows, kv_heads, steps, d] -> every chunk's row -> [steps, kv_heads, chunks, d]: per
+        // step, one past position per chunk.
         let device = self.model.device();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk_rows, [chunks]), &device);
         let past: Vec<LayerKv<B>> = cand_out
@@ -513,22 +524,36 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
 
         timer.lap("candidates");
 
-        // 4. The main pass; its last `targets` logits predict the targets.
+        // 4. The main pass, once per step over that step's candidates; the last `targets` logits
+        //    of row `i` follow `generated ++ targets[..i]`, and exact mode keeps target `i` of row `i`.
         let main = ex.main_input();
         let t = ex.targets.len();
-        let past_positions = vec![(0..chunks).collect::<Vec<_>>()];
-        let main_positions = vec![(chunks..chunks + main.len()).collect::<Vec<_>>()];
+        let past_positions = vec![(0..chunks).collect::<Vec<_>>(); steps];
+        let main_positions = vec![(chunks..chunks + main.len()).collect::<Vec<_>>(); steps];
         let out = self.model.forward(ForwardInput {
-            ids: self.model.ids_tensor(&[main]),
+            ids: self.model.ids_tensor(&vec![main; steps]),
             positions: &main_positions,
             past: Some((&past, PastKeys::Unrotated(&past_positions))),
             left_pad: None,
-            candidate_last: false,
+            candidates: Candidates::None,
             logits_last: t,
         });
         let logits = out
             .logits
             .ok_or_else(|| FocusError::Decoder("the main pass returned no logits".into()))?;
+        let logits = if steps == 1 {
+            logits
+        } else {
+            let vocab = logits.dims()[2];
+            let diagonal = Tensor::<B, 1, Int>::from_data(
+                TensorData::new((0..t).map(|i| (i * t + i) as i64).collect(), [t]),
+                &device,
+            );
+            logits
+                .reshape([steps * t, vocab])
+                .select(0, diagonal)
+                .reshape([1, t, vocab])
+        };
         let targets: Vec<i64> = ex.targets.iter().map(|&x| x as i64).collect();
         let target_ids =
             Tensor::<B, 3, Int>::from_data(TensorData::new(targets.clone(), [1, t, 1]), &device);

@@ -18,6 +18,24 @@ pub enum LossTarget {
     /// cut point. Every position can then be the candidate, which is what
     /// [`crate::StepMode::Exact`] (the candidate refreshed at every token) decodes with.
     NextToken,
+    /// Exact-mode decoding of several tokens: up to `max` consecutive tokens after a random cut (a
+    /// retrieval sample's whole answer), token `i` predicted through candidates refreshed after
+    /// the `i` tokens before it, as [`crate::StepMode::Exact`] decodes. The reference's loss summed
+    /// over the answer: one example carries every answer token for the cost of one chunk pass.
+    ExactSteps {
+        /// At most this many tokens after the cut are scored (a retrieval answer is scored whole).
+        max: usize,
+    },
+}
+
+impl LossTarget {
+    /// The decoding semantics the targets are scored with (and the adapter is to be read with).
+    pub fn step_mode(&self) -> crate::StepMode {
+        match self {
+            LossTarget::LocalTokens { .. } => crate::StepMode::FrozenCandidates,
+            LossTarget::NextToken | LossTarget::ExactSteps { .. } => crate::StepMode::Exact,
+        }
+    }
 }
 
 /// How the continuation and repetition tasks are combined per step.
@@ -219,8 +237,9 @@ impl TrainConfig {
                 format!("repetition probability {repetition} is not in [0, 1]"),
             );
         }
-        if let LossTarget::LocalTokens { max: 0 } = self.target {
-            return bad("target", "LocalTokens needs max >= 1".into());
+        if let LossTarget::LocalTokens { max: 0 } | LossTarget::ExactSteps { max: 0 } = self.target
+        {
+            return bad("target", format!("{:?} needs max >= 1", self.target));
         }
         if let Some(c) = self.clip_norm
             && !(c.is_finite() && c > 0.0)
@@ -270,7 +289,7 @@ impl TrainConfig {
     /// The most tokens one example scores.
     pub fn max_targets(&self) -> usize {
         match self.target {
-            LossTarget::LocalTokens { max } => max,
+            LossTarget::LocalTokens { max } | LossTarget::ExactSteps { max } => max,
             LossTarget::NextToken => 1,
         }
     }

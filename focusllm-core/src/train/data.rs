@@ -8,7 +8,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::chunker::{ChunkPlan, Chunker, FixedStrideChunker};
-use crate::config::FocusConfig;
+use crate::config::{FocusConfig, StepMode};
 use crate::error::{FocusError, Result};
 use crate::passkey;
 use crate::train::config::{LossTarget, TaskMix, TrainConfig};
@@ -31,7 +31,7 @@ pub enum TaskKind {
 }
 
 /// One training example: an input the engine's chunker has planned, and the tokens to predict after
-/// it with the candidates held fixed.
+/// it, read with the candidates held fixed or refreshed at every token (`step_mode`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainExample {
     /// The task.
@@ -46,6 +46,10 @@ pub struct TrainExample {
     pub generated: Vec<u32>,
     /// The scored tokens, in order, right after the input and `generated`.
     pub targets: Vec<u32>,
+    /// How the targets are read. [`StepMode::Exact`]: target `i` through candidates refreshed after
+    /// `generated ++ targets[..i]` (one exact-mode step per target); [`StepMode::FrozenCandidates`]:
+    /// every target through the candidates after `generated`. One target reads the same either way.
+    pub step_mode: StepMode,
 }
 
 impl TrainExample {
@@ -61,11 +65,22 @@ impl TrainExample {
         main
     }
 
-    /// What every chunk's candidate follows: the dynamic prompt and the generated tokens. Its last
-    /// token is the candidate.
+    /// How many sets of candidates the targets are read through: one per target in exact mode,
+    /// one in all with frozen candidates.
+    pub fn candidate_steps(&self) -> usize {
+        match self.step_mode {
+            StepMode::Exact => self.targets.len().max(1),
+            StepMode::FrozenCandidates => 1,
+        }
+    }
+
+    /// What every chunk runs after its own tokens: the dynamic prompt, the generated tokens and, in
+    /// exact mode, every target but the last. Its last [`TrainExample::candidate_steps`] tokens
+    /// are the candidates (the one of step `i` follows the ordinary tokens before it).
     pub fn chunk_tail(&self) -> Vec<u32> {
         let mut tail = self.plan.prompt.clone();
         tail.extend_from_slice(&self.generated);
+        tail.extend_from_slice(&self.targets[..self.candidate_steps() - 1]);
         tail
     }
 
@@ -654,7 +669,9 @@ impl ExampleSampler {
     /// How many targets to score, drawn per example.
     fn target_count(&self, rng: &mut StdRng) -> usize {
         match self.config.target {
-            LossTarget::LocalTokens { max } => rng.random_range(1..=max),
+            LossTarget::LocalTokens { max } | LossTarget::ExactSteps { max } => {
+                rng.random_range(1..=max)
+            }
             LossTarget::NextToken => 1,
         }
     }
@@ -684,6 +701,7 @@ impl ExampleSampler {
             plan,
             generated: Vec::new(),
             targets: doc[cut..].to_vec(),
+            step_mode: self.config.target.step_mode(),
         })
     }
 
@@ -700,6 +718,7 @@ impl ExampleSampler {
         let (k, t) = match self.config.target {
             LossTarget::LocalTokens { max } => (0, s.fact.answer.len().min(max)),
             LossTarget::NextToken => (rng.random_range(0..s.fact.answer.len()), 1),
+            LossTarget::ExactSteps { .. } => (0, s.fact.answer.len()),
         };
         let mut ids = s.document.clone();
         ids.extend_from_slice(&s.fact.question);
@@ -711,6 +730,7 @@ impl ExampleSampler {
             plan,
             generated: s.fact.answer[..k].to_vec(),
             targets: s.fact.answer[k..k + t].to_vec(),
+            step_mode: self.config.target.step_mode(),
         })
     }
 
@@ -743,6 +763,7 @@ impl ExampleSampler {
             plan,
             generated: Vec::new(),
             targets: doc[s + span..s + span + t].to_vec(),
+            step_mode: self.config.target.step_mode(),
         })
     }
 }
@@ -878,6 +899,50 @@ mod tests {
                 assert_eq!(ex.plan.local_range.end, ex.ids.len());
             }
         }
+    }
+
+    #[test]
+    fn exact_steps_score_whole_answers_through_refreshed_candidates() {
+        let config = TrainConfig {
+            synthetic_ratio: 0.5,
+            target: LossTarget::ExactSteps { max: 5 },
+            tasks: TaskMix::Random { repetition: 0.3 },
+            chunk_sizes: vec![128],
+            min_sample_tokens: 1500,
+            max_sample_tokens: 3000,
+            max_local: 200,
+            ..TrainConfig::default()
+        };
+        let text: String = (0..3000).map(|i| format!("word{i} ")).collect();
+        let corpus = TextCorpus::from_texts(&[text], &Bytes).unwrap();
+        let generator = RetrievalGenerator::new(Box::new(Bytes), Some(1)).unwrap();
+        let s = ExampleSampler::new(config, Some(1), Some(corpus), Some(generator)).unwrap();
+        let mut tasks = Vec::new();
+        for step in 0..6 {
+            for ex in s.micro_batch(step, 0).unwrap() {
+                assert_eq!(ex.step_mode, StepMode::Exact);
+                assert_eq!(ex.candidate_steps(), ex.targets.len());
+                let t = ex.targets.len();
+                // Every chunk runs the prompt, then every target but the last (candidates).
+                let mut tail = ex.plan.prompt.clone();
+                tail.extend_from_slice(&ex.targets[..t - 1]);
+                assert_eq!(ex.chunk_tail(), tail);
+                if ex.task == TaskKind::Retrieval {
+                    assert!(
+                        ex.generated.is_empty(),
+                        "the answer is scored from its start"
+                    );
+                    assert_eq!(*ex.targets.last().unwrap(), u32::from(b'.') + 3);
+                } else {
+                    assert!((1..=5).contains(&t));
+                }
+                tasks.push(ex.task);
+            }
+        }
+        assert!(
+            tasks.contains(&TaskKind::Retrieval)
+                && tasks.len() > tasks.iter().filter(|t| **t == TaskKind::Retrieval).count()
+        );
     }
 
     #[test]
