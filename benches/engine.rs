@@ -34,14 +34,13 @@ fn engine_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("model C, 5000 tokens");
     group.sample_size(10);
     for batch in [1, 4] {
-        let engine =
-            FocusEngine::new(&model, &model, config.clone().with_chunk_batch_size(batch)).unwrap();
+        let engine = FocusEngine::new(&model, config.clone().with_chunk_batch_size(batch)).unwrap();
         group.bench_function(format!("focus prefill, chunk batch {batch}"), |b| {
             b.iter(|| black_box(engine.session().prefill(&ids).unwrap()))
         });
     }
     // Steps grow the session, so each sample is a fresh prefill plus four steps (exact mode).
-    let engine = FocusEngine::new(&model, &model, config.clone()).unwrap();
+    let engine = FocusEngine::new(&model, config.clone()).unwrap();
     group.bench_function("focus prefill + 4 steps", |b| {
         b.iter(|| {
             let mut session = engine.session();
@@ -51,12 +50,7 @@ fn engine_benches(c: &mut Criterion) {
             }
         })
     });
-    let plain = FocusEngine::new(
-        &model,
-        &model,
-        config.with_plain_threshold(Some(usize::MAX)),
-    )
-    .unwrap();
+    let plain = FocusEngine::new(&model, config.with_plain_threshold(Some(usize::MAX))).unwrap();
     group.bench_function("plain prefill", |b| {
         b.iter(|| black_box(plain.session().prefill(&ids).unwrap()))
     });

@@ -76,7 +76,7 @@ impl Args {
             .focus_config()
             .with_plain_threshold(Some(threshold))
             .with_chunk_batch_size(batch);
-        let engine = FocusEngine::new(model, model, config)?;
+        let engine = FocusEngine::new(model, config)?;
         let view = ProgressView::new(&format!("{method} {}", ids.len()), self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

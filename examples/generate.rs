@@ -68,7 +68,7 @@ impl BackendRunner for &Args {
         };
         let ids = tokenizer.encode(&prompt)?;
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
-        let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
+        let engine = FocusEngine::new(&loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("prompt", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

@@ -43,7 +43,7 @@ impl BackendRunner for Args {
                 )
             })?;
         let loaded = self.engine.load::<B>(&device)?;
-        let engine = FocusEngine::new(&loaded.model, &loaded.model, self.engine.focus_config())?;
+        let engine = FocusEngine::new(&loaded.model, self.engine.focus_config())?;
         let view = ProgressView::new("logits", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

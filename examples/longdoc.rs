@@ -80,7 +80,7 @@ impl BackendRunner for &Args {
             }
             None => (&loaded.model, self.engine.focus_config()),
         };
-        let engine = FocusEngine::new(model, model, config)?;
+        let engine = FocusEngine::new(model, config)?;
         let view = ProgressView::new(
             "document",
             self.engine.quiet || self.expect.is_some() || self.ppl,

@@ -121,7 +121,7 @@ impl BackendRunner for &Args {
                         .into());
                     }
                 };
-                let engine = FocusEngine::new(model, model, config)?;
+                let engine = FocusEngine::new(model, config)?;
                 let mut row = Row {
                     method: method.clone(),
                     tokens: length,

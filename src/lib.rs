@@ -22,7 +22,7 @@
 //! let loaded = load_model::<Cpu>("model.gguf".as_ref(), &Default::default())?;
 //! let tokenizer = loaded.tokenizer.as_ref().expect("GGUF files carry a tokenizer");
 //! let ids = tokenizer.encode(&std::fs::read_to_string("book.txt")?)?;
-//! let engine = FocusEngine::new(&loaded.model, &loaded.model, FocusConfig::default())?;
+//! let engine = FocusEngine::new(&loaded.model, FocusConfig::default())?;
 //! let mut session = engine.session();
 //! session.on_progress(|p| eprintln!("{:?} {}/{}", p.stage, p.done, p.total));
 //! let options = GenerateOptions { max_tokens: 64, ..Default::default() };

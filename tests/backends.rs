@@ -68,7 +68,7 @@ fn parity<B: burn::tensor::backend::Backend>(name: &str, device: &B::Device) {
         .expect("load on the device")
         .model;
     let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
-    let engine = FocusEngine::new(&model, &model, official_config(&dir)).unwrap();
+    let engine = FocusEngine::new(&model, official_config(&dir)).unwrap();
 
     // Prefill (step 0) and greedy steps.
     let greedy = json(&dir.join("c_greedy.json"));

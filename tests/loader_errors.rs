@@ -12,9 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use focusllm::core::{
-    CandidateCache, ChunkSequence, FocusError, LocalDecoder, MainDecoder, PlainCache,
-};
+use focusllm::core::{ChunkSequence, FocusError, LocalDecoder, MainDecoder};
 use focusllm::models::gguf::GgufFile;
 use focusllm::models::{LlamaConfig, LoadedModel, ModelError, Tokenizer, load_model};
 use serde_json::Value;
@@ -898,29 +896,37 @@ fn decoders_reject_token_out_of_vocab() {
         "decode_chunks, second sequence",
     );
 
-    let mut batch = decode(&[chunk(vec![1, 5, 7])]).expect("valid chunk");
+    let (mut batch, _) = decode(&[chunk(vec![1, 5, 7])]).expect("valid chunk");
     let extended = catch_unwind(AssertUnwindSafe(|| {
         LocalDecoder::<B>::extend_chunks(&model, &mut batch, 7, 512)
     }))
     .unwrap_or_else(|p| panic!("extend_chunks panicked: {}", panic_message(p.as_ref())));
     assert_out_of_vocab(extended, 512, 1, "extend_chunks(7, 512)");
 
-    let empty_past = CandidateCache::<B> { layers: Vec::new() };
-    let main = catch_unwind(AssertUnwindSafe(|| {
-        MainDecoder::<B>::decode_main(&model, &[1, 5, 512], &empty_past)
+    // A main state over candidates, then a bad feed: rejected, the state untouched.
+    let (_, past) = decode(&[chunk(vec![1, 5, 7]), chunk(vec![3, 4, 5, 6])]).expect("valid");
+    let mut main = MainDecoder::<B>::start(&model, Some(&past)).expect("start");
+    assert_eq!(main.len(), 2, "the candidates are the first positions");
+    let fed = catch_unwind(AssertUnwindSafe(|| {
+        MainDecoder::<B>::feed(&model, &mut main, &[1, 5, 512])
     }))
-    .unwrap_or_else(|p| panic!("decode_main panicked: {}", panic_message(p.as_ref())));
-    assert_out_of_vocab(main, 512, 2, "decode_main [1, 5, 512]");
+    .unwrap_or_else(|p| panic!("feed panicked: {}", panic_message(p.as_ref())));
+    assert_out_of_vocab(fed, 512, 2, "feed [1, 5, 512] after candidates");
+    assert_eq!(
+        main.len(),
+        2,
+        "a rejected feed must leave the state untouched"
+    );
 
-    let mut cache = PlainCache::<B>::default();
-    let plain = catch_unwind(AssertUnwindSafe(|| {
-        MainDecoder::<B>::decode_plain(&model, &[1, 512], &mut cache)
+    let mut plain = MainDecoder::<B>::start(&model, None).expect("start");
+    let fed = catch_unwind(AssertUnwindSafe(|| {
+        MainDecoder::<B>::feed(&model, &mut plain, &[1, 512])
     }))
-    .unwrap_or_else(|p| panic!("decode_plain panicked: {}", panic_message(p.as_ref())));
-    assert_out_of_vocab(plain, 512, 1, "decode_plain [1, 512]");
+    .unwrap_or_else(|p| panic!("feed panicked: {}", panic_message(p.as_ref())));
+    assert_out_of_vocab(fed, 512, 1, "feed [1, 512]");
     assert!(
-        cache.is_empty(),
-        "a rejected decode_plain must leave the cache untouched"
+        plain.is_empty(),
+        "a rejected feed must leave the cache untouched"
     );
 }
 

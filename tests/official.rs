@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use focusllm::core::{FocusError, GenerateOptions, Mode};
 use focusllm::models::CandidateSource;
-use focusllm::models::llama::ForwardInput;
+use focusllm::models::llama::{Candidates, ForwardInput};
 
 const TOL: f32 = 1e-4;
 
@@ -216,8 +216,7 @@ fn errors_not_panics() {
         ),
         "{err}"
     );
-    let bad =
-        focusllm::core::FocusEngine::new(&model, &model, official_config(&dir).with_chunk_size(0));
+    let bad = focusllm::core::FocusEngine::new(&model, official_config(&dir).with_chunk_size(0));
     assert!(matches!(
         bad,
         Err(FocusError::InvalidConfig {
@@ -348,12 +347,13 @@ fn frozen_candidates_mode_equals_main_pass_over_prefill_candidates() {
             tokens: plan.chunk_sequence(&long, c),
         })
         .collect();
-    let batch = model.decode_chunks(&sequences).unwrap();
-    let past = ConcatAggregator.aggregate(&[batch]).unwrap();
+    let (_, candidates) = model.decode_chunks(&sequences).unwrap();
+    let past = ConcatAggregator.aggregate(&[candidates]).unwrap();
     let mut input = plan.local.clone();
     for (k, t) in [5u32, 17, 300].into_iter().enumerate() {
         input.push(t);
-        let want = model.decode_main(&input, &past).unwrap();
+        let mut main = model.start(Some(&past)).unwrap();
+        let want = model.feed(&mut main, &input).unwrap();
         let diff = max_abs_diff(&got[k + 1], &want);
         assert!(diff < 1e-4, "frozen step {k}: max diff {diff}");
     }

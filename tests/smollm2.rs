@@ -113,7 +113,7 @@ fn focus_passkey_matches_official() {
 /// step mode.
 fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds: &[u64]) -> f64 {
     let tokenizer = smollm2().unwrap().tokenizer.as_ref().unwrap();
-    let engine = FocusEngine::new(model, model, config.clone()).unwrap();
+    let engine = FocusEngine::new(model, config.clone()).unwrap();
     let mut total = 0.0;
     let mut count = 0;
     for &seed in seeds {

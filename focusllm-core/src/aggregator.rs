@@ -1,69 +1,58 @@
 //! Step three of the data flow: per-chunk candidates become the main decoder's past.
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::backend::Backend;
 
-use crate::cache::{CandidateCache, ChunkBatchCache, LayerKv};
+use crate::candidates::CandidateSet;
 use crate::error::{FocusError, Result};
 
-/// Builds the main decoder's past from the chunk batches. The reference concatenates every
-/// candidate in chunk order ([`ConcatAggregator`]); variants may filter or reorder (a top-k by
-/// relevance, say) as long as they return one past.
+/// Builds the main decoder's past from the candidates of every chunk batch. The reference
+/// concatenates every candidate in chunk order ([`ConcatAggregator`]); others may filter or reorder
+/// ([`NearestChunks`] keeps the chunks nearest the local context), with [`CandidateSet`]'s methods.
 pub trait CandidateAggregator<B: Backend> {
-    /// Aggregates the candidates of `batches` (which together hold every chunk once).
-    fn aggregate(&self, batches: &[ChunkBatchCache<B>]) -> Result<CandidateCache<B>>;
+    /// Aggregates `batches` (which together hold every chunk once, in any order).
+    fn aggregate(&self, batches: &[CandidateSet<B>]) -> Result<CandidateSet<B>>;
 }
 
-/// The reference aggregation: all candidates, concatenated in chunk order.
+/// The reference aggregation: all candidates, in chunk order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConcatAggregator;
 
 impl<B: Backend> CandidateAggregator<B> for ConcatAggregator {
-    fn aggregate(&self, batches: &[ChunkBatchCache<B>]) -> Result<CandidateCache<B>> {
-        let Some(first) = batches.first() else {
-            return Ok(CandidateCache { layers: Vec::new() });
-        };
-        let n_layers = first.candidates.len();
-        // Order in which chunks appear after concatenating the batches; the past must be in chunk order.
-        let order: Vec<usize> = batches
-            .iter()
-            .flat_map(|b| b.chunk_ids.iter().copied())
-            .collect();
-        let mut position_of = vec![usize::MAX; order.len()];
-        for (pos, &chunk) in order.iter().enumerate() {
-            if chunk >= order.len() || position_of[chunk] != usize::MAX {
+    fn aggregate(&self, batches: &[CandidateSet<B>]) -> Result<CandidateSet<B>> {
+        let all = CandidateSet::concat(batches)?;
+        let mut seen = vec![false; all.len()];
+        for &chunk in all.chunk_ids() {
+            if chunk >= seen.len() || std::mem::replace(&mut seen[chunk], true) {
                 return Err(FocusError::Decoder(format!(
-                    "chunk ids {order:?} are not a permutation of 0..{}",
-                    order.len()
+                    "chunk ids {:?} are not a permutation of 0..{}",
+                    all.chunk_ids(),
+                    all.len()
                 )));
             }
-            position_of[chunk] = pos;
         }
-        let in_order = position_of.iter().enumerate().all(|(i, &p)| i == p);
-        let device = first.candidates[0].k.device();
-        let permutation = (!in_order).then(|| {
-            let idx: Vec<i64> = position_of.iter().map(|&p| p as i64).collect();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [order.len()]), &device)
-        });
-        let layers = (0..n_layers)
-            .map(|layer| {
-                // [batch, kv_heads, 1, d] -> [1, kv_heads, batch, d]: chunks become positions.
-                let gather = |pick: fn(&LayerKv<B>) -> &Tensor<B, 4>| {
-                    let parts = batches
-                        .iter()
-                        .map(|b| pick(&b.candidates[layer]).clone().swap_dims(0, 2))
-                        .collect();
-                    let all = Tensor::cat(parts, 2);
-                    match &permutation {
-                        Some(idx) => all.select(2, idx.clone()),
-                        None => all,
-                    }
-                };
-                LayerKv {
-                    k: gather(|kv| &kv.k),
-                    v: gather(|kv| &kv.v),
-                }
-            })
-            .collect();
-        Ok(CandidateCache { layers })
+        all.in_chunk_order()
+    }
+}
+
+/// Keeps the candidates of the `keep` chunks nearest the local context (the last ones), in chunk
+/// order: a sliding memory that bounds the main pass whatever the input length. With `keep` at
+/// least the number of chunks it equals [`ConcatAggregator`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearestChunks {
+    /// How many chunks to keep (at least 1).
+    pub keep: usize,
+}
+
+impl<B: Backend> CandidateAggregator<B> for NearestChunks {
+    fn aggregate(&self, batches: &[CandidateSet<B>]) -> Result<CandidateSet<B>> {
+        if self.keep == 0 {
+            return Err(FocusError::InvalidConfig {
+                field: "keep",
+                reason: "NearestChunks must keep at least one chunk".into(),
+            });
+        }
+        let all = ConcatAggregator.aggregate(batches)?;
+        let from = all.len().saturating_sub(self.keep);
+        all.select(&(from..all.len()).collect::<Vec<_>>())
     }
 }

@@ -1,9 +1,10 @@
-//! The Llama decoder as FocusLLM's [`LocalDecoder`] (chunk pass) and [`MainDecoder`] (main pass).
+//! The Llama decoder as FocusLLM's [`Model`], [`LocalDecoder`] (chunk pass) and [`MainDecoder`]
+//! (main pass).
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use focusllm_core::{
-    CandidateCache, ChunkBatchCache, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder,
-    ModelSpec, PlainCache, Result, check_vocab,
+    CandidateSet, ChunkSequence, FocusError, LayerKv, LocalDecoder, MainDecoder, Model, ModelSpec,
+    Result, check_vocab,
 };
 
 use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
@@ -68,8 +69,113 @@ impl<B: Backend> LlamaModel<B> {
     }
 }
 
+/// What the Llama chunk pass keeps for a batch of chunks: per layer, the raw cache of every chunk
+/// (all positions but the candidate, keys rotated: a raw entry never changes position), in the
+/// cache dtype, left-padded to one length.
+#[derive(Debug, Clone)]
+pub struct LlamaChunks<B: Backend> {
+    chunk_ids: Vec<usize>,
+    raw: Vec<LayerKv<B>>,
+    left_pad: Vec<usize>,
+}
+
+impl<B: Backend> LlamaChunks<B> {
+    /// Which chunks of the plan the batch holds, in batch order.
+    pub fn chunk_ids(&self) -> &[usize] {
+        &self.chunk_ids
+    }
+
+    /// Positions held per chunk (padding included).
+    pub fn len(&self) -> usize {
+        self.raw.first().map_or(0, LayerKv::len)
+    }
+
+    /// Whether the batch holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the Llama main pass keeps: an ordinary KV cache (keys rotated), per layer
+/// `[1, kv_heads, positions, head_dim]`; its first positions are the candidates, if any.
+#[derive(Debug, Clone, Default)]
+pub struct LlamaKvCache<B: Backend> {
+    layers: Vec<LayerKv<B>>,
+}
+
+impl<B: Backend> LlamaKvCache<B> {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerKv::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Per layer `[rows, kv_heads, steps, d]` keys (before RoPE) and values of the candidate positions
+/// of `rows` chunk rows -> `[steps, kv_heads, chunks, d]`: per step, the candidates of `chunk_rows`
+/// (indices into the rows) as the main decoder's past, chunk `j` at position `j`. The one place
+/// that lays candidates out, for inference and training.
+pub(crate) fn candidates_as_past<B: Backend>(
+    kv: impl IntoIterator<Item = (Tensor<B, 4>, Tensor<B, 4>)>,
+    chunk_rows: Option<&[usize]>,
+) -> Vec<LayerKv<B>> {
+    let mut index: Option<Tensor<B, 1, Int>> = None;
+    kv.into_iter()
+        .map(|(k, v)| {
+            let (k, v) = match chunk_rows {
+                Some(rows) => {
+                    let index = index
+                        .get_or_insert_with(|| {
+                            Tensor::from_data(
+                                TensorData::new(
+                                    rows.iter().map(|&r| r as i64).collect(),
+                                    [rows.len()],
+                                ),
+                                &k.device(),
+                            )
+                        })
+                        .clone();
+                    (k.select(0, index.clone()), v.select(0, index))
+                }
+                None => (k, v),
+            };
+            LayerKv {
+                k: k.swap_dims(0, 2),
+                v: v.swap_dims(0, 2),
+            }
+        })
+        .collect()
+}
+
+/// Positions of `len` main-pass tokens after a past of `past` candidates: the candidates take
+/// positions `0..past`, the tokens follow.
+pub(crate) fn main_positions(past: usize, len: usize) -> Vec<usize> {
+    (past..past + len).collect()
+}
+
+impl<B: Backend> Model for LlamaModel<B> {
+    fn spec(&self) -> ModelSpec {
+        let c = self.config();
+        ModelSpec {
+            vocab_size: c.vocab_size,
+            bos_id: c.bos_token_id,
+            eos_ids: c.eos_ids(),
+            native_context: c.max_position_embeddings,
+        }
+    }
+}
+
 impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
-    fn decode_chunks(&self, sequences: &[ChunkSequence]) -> Result<ChunkBatchCache<B>> {
+    type ChunkState = LlamaChunks<B>;
+
+    fn decode_chunks(
+        &self,
+        sequences: &[ChunkSequence],
+    ) -> Result<(LlamaChunks<B>, CandidateSet<B>)> {
         let vocab = self.config().vocab_size;
         for s in sequences {
             if s.tokens.len() < 2 {
@@ -97,8 +203,8 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         });
         let mut raw = Vec::with_capacity(out.kv.len());
         let mut candidates = Vec::with_capacity(out.kv.len());
-        let last = Tensor::<B, 1, burn::tensor::Int>::from_data(
-            burn::tensor::TensorData::new(vec![(len - 1) as i64], [1]),
+        let last = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![(len - 1) as i64], [1]),
             &self.device(),
         );
         for kv in out.kv {
@@ -108,23 +214,33 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             });
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size).
-            candidates.push(LayerKv {
-                k: kv.k_unrotated.select(2, last.clone()),
-                v: kv.v.narrow(2, len - 1, 1),
-            });
+            candidates.push((
+                kv.k_unrotated.select(2, last.clone()),
+                kv.v.narrow(2, len - 1, 1),
+            ));
         }
-        Ok(ChunkBatchCache {
-            chunk_ids: sequences.iter().map(|s| s.chunk_id).collect(),
-            raw,
+        let chunk_ids: Vec<usize> = sequences.iter().map(|s| s.chunk_id).collect();
+        let candidates =
+            CandidateSet::new(chunk_ids.clone(), candidates_as_past(candidates, None))?;
+        Ok((
+            LlamaChunks {
+                chunk_ids,
+                raw,
+                left_pad,
+            },
             candidates,
-            left_pad,
-        })
+        ))
     }
 
-    fn extend_chunks(&self, batch: &mut ChunkBatchCache<B>, prev: u32, new: u32) -> Result<()> {
+    fn extend_chunks(
+        &self,
+        batch: &mut LlamaChunks<B>,
+        prev: u32,
+        new: u32,
+    ) -> Result<CandidateSet<B>> {
         check_vocab(&[prev, new], self.config().vocab_size)?;
-        let b = batch.batch_size();
-        let cached = batch.raw.first().map_or(0, LayerKv::len);
+        let b = batch.chunk_ids.len();
+        let cached = batch.len();
         let rows = vec![vec![prev, new]; b];
         let positions: Vec<Vec<usize>> = batch
             .left_pad
@@ -151,6 +267,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             candidates: Candidates::Last,
             logits_last: 0,
         });
+        let mut candidates = Vec::with_capacity(out.kv.len());
         for (layer, kv) in out.kv.into_iter().enumerate() {
             let raw = &mut batch.raw[layer];
             raw.k = Tensor::cat(
@@ -161,76 +278,54 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
                 vec![raw.v.clone(), self.compact(kv.v.clone().narrow(2, 0, 1))],
                 2,
             );
-            batch.candidates[layer] = LayerKv {
-                k: kv.k_unrotated.narrow(2, 1, 1),
-                v: kv.v.narrow(2, 1, 1),
-            };
+            candidates.push((kv.k_unrotated.narrow(2, 1, 1), kv.v.narrow(2, 1, 1)));
         }
-        Ok(())
+        CandidateSet::new(
+            batch.chunk_ids.clone(),
+            candidates_as_past(candidates, None),
+        )
+    }
+
+    fn state_bytes(&self, batch: &LlamaChunks<B>) -> usize {
+        batch.raw.iter().map(LayerKv::size_bytes).sum()
     }
 }
 
 impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
-    fn spec(&self) -> ModelSpec {
-        let c = self.config();
-        ModelSpec {
-            vocab_size: c.vocab_size,
-            bos_id: c.bos_token_id,
-            eos_ids: c.eos_ids(),
-            native_context: c.max_position_embeddings,
-        }
-    }
+    type MainState = LlamaKvCache<B>;
 
-    fn decode_main(&self, tokens: &[u32], past: &CandidateCache<B>) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(FocusError::EmptyInput);
-        }
-        check_vocab(tokens, self.config().vocab_size)?;
-        let c = past.len();
-        let past_positions = vec![(0..c).collect::<Vec<_>>()];
-        let positions = vec![(c..c + tokens.len()).collect::<Vec<_>>()];
-        let out = self.forward(ForwardInput {
-            ids: self.ids_tensor(&[tokens.to_vec()]),
-            positions: &positions,
-            past: (c > 0).then_some((past.layers.as_slice(), PastKeys::Unrotated(&past_positions))),
-            left_pad: None,
-            candidates: Candidates::None,
-            logits_last: 1,
-        });
-        logits_to_vec(out.logits)
-    }
-
-    fn decode_main_cached(
-        &self,
-        tokens: &[u32],
-        past: &CandidateCache<B>,
-        cache: &mut PlainCache<B>,
-    ) -> Result<Vec<f32>> {
+    fn start(&self, past: Option<&CandidateSet<B>>) -> Result<LlamaKvCache<B>> {
         // The candidates become the first entries of an ordinary KV cache, rotated once to their
-        // positions 0..C; the local tokens then extend it like plain decoding.
-        // An empty past leaves an empty cache (plain decoding from position 0).
-        cache.layers.clear();
-        if !past.is_empty() {
-            let positions = vec![(0..past.len()).collect::<Vec<_>>()];
-            cache.layers = past
-                .layers
+        // positions 0..C; the tokens then extend it like plain decoding.
+        let Some(past) = past.filter(|p| !p.is_empty()) else {
+            return Ok(LlamaKvCache::default());
+        };
+        let layers = self.config().num_hidden_layers;
+        if past.layers().len() != layers {
+            return Err(FocusError::Decoder(format!(
+                "{} candidate layers for a model of {layers}",
+                past.layers().len()
+            )));
+        }
+        let positions = vec![main_positions(0, past.len())];
+        Ok(LlamaKvCache {
+            layers: past
+                .layers()
                 .iter()
                 .map(|kv| LayerKv {
                     k: self.rotate_keys(kv.k.clone(), &positions),
                     v: kv.v.clone(),
                 })
-                .collect();
-        }
-        self.decode_plain(tokens, cache)
+                .collect(),
+        })
     }
 
-    fn decode_plain(&self, tokens: &[u32], cache: &mut PlainCache<B>) -> Result<Vec<f32>> {
+    fn feed(&self, cache: &mut LlamaKvCache<B>, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(FocusError::EmptyInput);
         }
         check_vocab(tokens, self.config().vocab_size)?;
-        let start = cache.len();
-        let positions = vec![(start..start + tokens.len()).collect::<Vec<_>>()];
+        let positions = vec![main_positions(cache.len(), tokens.len())];
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&[tokens.to_vec()]),
             positions: &positions,

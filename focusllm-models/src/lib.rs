@@ -24,6 +24,7 @@ pub mod weights;
 pub use adapter::{AdapterInfo, AdapterKind, CandidateAdapter};
 pub use config::LlamaConfig;
 pub use error::ModelError;
+pub use focus::{LlamaChunks, LlamaKvCache};
 pub use llama::{CandidateSource, LlamaModel};
 pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,

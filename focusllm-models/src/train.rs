@@ -23,10 +23,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use focusllm_core::train::{CandidateTrainer, ExampleLoss, TextEncoder, TrainExample};
-use focusllm_core::{FocusError, LayerKv, MainDecoder, ModelSpec, Result, check_vocab};
+use focusllm_core::{FocusError, LayerKv, Model, ModelSpec, Result, check_vocab};
 
 use crate::adapter::CandidateAdapter;
-use crate::focus::{PaddedRows, left_padded};
+use crate::focus::{PaddedRows, candidates_as_past, left_padded, main_positions};
 use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
 use crate::tokenizer::Tokenizer;
 
@@ -441,7 +441,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
         // 1. Each distinct chunk once, from the pool or computed.
         let mut distinct: Vec<&[u32]> = Vec::new();
         let mut row_of: HashMap<&[u32], usize> = HashMap::new();
-        let chunk_rows: Vec<i64> = plan
+        let chunk_rows: Vec<usize> = plan
             .chunks
             .iter()
             .map(|r| {
@@ -449,7 +449,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
                 *row_of.entry(tokens).or_insert_with(|| {
                     distinct.push(tokens);
                     distinct.len() - 1
-                }) as i64
+                })
             })
             .collect();
         let caches = self.chunk_caches(&distinct);
@@ -509,18 +509,12 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             },
             logits_last: 0,
         });
-        // [rows, kv_heads, steps, d] -> every chunk's row -> [steps, kv_heads, chunks, d]: per
-        // step, one past position per chunk.
+        // Per step, every chunk's candidate (from its distinct row) as the main decoder's past.
         let device = self.model.device();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk_rows, [chunks]), &device);
-        let past: Vec<LayerKv<B>> = cand_out
-            .kv
-            .into_iter()
-            .map(|kv| LayerKv {
-                k: kv.k_unrotated.select(0, index.clone()).swap_dims(0, 2),
-                v: kv.v.select(0, index.clone()).swap_dims(0, 2),
-            })
-            .collect();
+        let past = candidates_as_past(
+            cand_out.kv.into_iter().map(|kv| (kv.k_unrotated, kv.v)),
+            Some(&chunk_rows),
+        );
 
         timer.lap("candidates");
 
@@ -529,7 +523,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
         let main = ex.main_input();
         let t = ex.targets.len();
         let past_positions = vec![(0..chunks).collect::<Vec<_>>(); steps];
-        let main_positions = vec![(chunks..chunks + main.len()).collect::<Vec<_>>(); steps];
+        let main_positions = vec![main_positions(chunks, main.len()); steps];
         let out = self.model.forward(ForwardInput {
             ids: self.model.ids_tensor(&vec![main; steps]),
             positions: &main_positions,

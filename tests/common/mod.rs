@@ -64,8 +64,8 @@ pub fn official_config(dir: &Path) -> FocusConfig {
 pub fn engine(
     model: &LlamaModel<B>,
     config: FocusConfig,
-) -> FocusEngine<B, &LlamaModel<B>, &LlamaModel<B>> {
-    FocusEngine::new(model, model, config).expect("engine")
+) -> FocusEngine<'_, B, LlamaModel<B>, LlamaModel<B>> {
+    FocusEngine::new(model, config).expect("engine")
 }
 
 /// The SmolLM2 GGUF when present: `None` (with a printed reason) locally, a failure under CI.

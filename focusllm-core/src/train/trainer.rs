@@ -16,8 +16,8 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::control::CancelToken;
-use crate::decoder::ModelSpec;
 use crate::error::{FocusError, Result};
+use crate::model::ModelSpec;
 use crate::train::config::TrainConfig;
 use crate::train::data::{ExampleSampler, TaskKind, TrainExample};
 

@@ -1,0 +1,200 @@
+//! Generation and the perplexity protocol, on top of a session's `prefill` and `step`.
+
+use std::ops::ControlFlow;
+
+use burn::tensor::backend::Backend;
+
+use crate::aggregator::CandidateAggregator;
+use crate::chunker::Chunker;
+use crate::control::Stage;
+use crate::error::{FocusError, Result};
+use crate::local::LocalDecoder;
+use crate::main_decoder::MainDecoder;
+use crate::model::Detokenizer;
+use crate::sampler::{Sampler, SamplingConfig, nll};
+use crate::session::Session;
+
+/// One generated token, as streamed by [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    /// The token id.
+    pub id: u32,
+    /// The text this token adds (empty without a detokenizer, or while a multi-byte character is
+    /// incomplete).
+    pub text: String,
+    /// The logits it was chosen from.
+    pub logits: Vec<f32>,
+}
+
+/// Options of [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Tokens that end generation (included in the output). Empty: the model's EOS ids.
+    pub stop_tokens: Vec<u32>,
+    /// How tokens are chosen.
+    pub sampling: SamplingConfig,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 32,
+            stop_tokens: Vec::new(),
+            sampling: SamplingConfig::greedy(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_tokens` reached.
+    MaxTokens,
+    /// A stop token was generated.
+    StopToken,
+    /// The callback asked to stop.
+    Callback,
+}
+
+/// The result of [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids.
+    pub tokens: Vec<u32>,
+    /// Generated text (empty without a detokenizer).
+    pub text: String,
+    /// Why it stopped.
+    pub stop: StopReason,
+}
+
+/// The result of [`Session::perplexity`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerplexityReport {
+    /// Chunks read by the prefill of the context.
+    pub chunks: usize,
+    /// NLL of every scored token.
+    pub nll: Vec<f64>,
+    /// Mean NLL.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+}
+
+impl<B, L, M, C, A> Session<'_, B, L, M, C, A>
+where
+    B: Backend,
+    L: LocalDecoder<B>,
+    M: MainDecoder<B>,
+    C: Chunker,
+    A: CandidateAggregator<B>,
+{
+    /// Reads `ids` and generates up to `options.max_tokens` tokens, calling `on_token` as each one
+    /// comes (return `ControlFlow::Break(())` to stop early). With a `detokenizer`, text is streamed too.
+    pub fn generate(
+        &mut self,
+        ids: &[u32],
+        options: &GenerateOptions,
+        detokenizer: Option<&dyn Detokenizer>,
+        mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let mut sampler = Sampler::new(options.sampling.clone())?;
+        let stops = if options.stop_tokens.is_empty() {
+            &self.engine.spec.eos_ids
+        } else {
+            &options.stop_tokens
+        };
+        let stops = stops.clone();
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        if options.max_tokens == 0 {
+            return Ok(Generation {
+                tokens,
+                text,
+                stop: StopReason::MaxTokens,
+            });
+        }
+        let mut logits = self.prefill(ids)?;
+        loop {
+            let id = sampler.sample(&logits)?;
+            tokens.push(id);
+            let piece = match detokenizer {
+                Some(d) => {
+                    let full = d.detokenize(&tokens)?;
+                    // A token may end inside a multi-byte character: emit text only once it is whole.
+                    let piece = if full.starts_with(&text) && !full.ends_with('\u{FFFD}') {
+                        full[text.len()..].to_string()
+                    } else {
+                        String::new()
+                    };
+                    text.push_str(&piece);
+                    piece
+                }
+                None => String::new(),
+            };
+            let event = GeneratedToken {
+                id,
+                text: piece,
+                logits,
+            };
+            if on_token(&event).is_break() {
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::Callback,
+                });
+            }
+            if stops.contains(&id) {
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::StopToken,
+                });
+            }
+            if tokens.len() >= options.max_tokens {
+                return Ok(Generation {
+                    tokens,
+                    text,
+                    stop: StopReason::MaxTokens,
+                });
+            }
+            self.report(Stage::Tokens, tokens.len(), options.max_tokens)?;
+            logits = self.step(id)?;
+        }
+    }
+
+    /// The reference perplexity protocol: prefill `ids[..n - scored]`, then score the last `scored`
+    /// tokens by teacher forcing (each predicted after feeding the true previous token).
+    pub fn perplexity(&mut self, ids: &[u32], scored: usize) -> Result<PerplexityReport> {
+        if scored == 0 || ids.len() <= scored {
+            return Err(FocusError::InvalidConfig {
+                field: "scored",
+                reason: format!(
+                    "must be in 1..{} for an input of {} tokens",
+                    ids.len(),
+                    ids.len()
+                ),
+            });
+        }
+        let context = ids.len() - scored;
+        let mut logits = self.prefill(&ids[..context])?;
+        let chunks = self.mode().chunks();
+        let mut nlls = Vec::with_capacity(scored);
+        for i in 0..scored {
+            let target = ids[context + i];
+            nlls.push(nll(&logits, target)?);
+            self.report(Stage::Tokens, i + 1, scored)?;
+            if i + 1 < scored {
+                logits = self.step(target)?;
+            }
+        }
+        let loss = nlls.iter().sum::<f64>() / scored as f64;
+        Ok(PerplexityReport {
+            chunks,
+            nll: nlls,
+            loss,
+            perplexity: loss.exp(),
+        })
+    }
+}

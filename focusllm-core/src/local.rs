@@ -1,0 +1,47 @@
+//! Step two of the data flow: the chunk pass, each chunk decoded to one candidate.
+
+use burn::tensor::backend::Backend;
+
+use crate::candidates::CandidateSet;
+use crate::error::Result;
+
+/// One chunk sequence to decode: `chunk ++ dynamic prompt`; its last token is the candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSequence {
+    /// Index of the chunk in the plan.
+    pub chunk_id: usize,
+    /// The tokens.
+    pub tokens: Vec<u32>,
+}
+
+/// The chunk pass: decodes chunks (in batches) to candidates, and extends every chunk by two
+/// tokens at every generated token.
+///
+/// What it keeps between steps (the Llama decoder: each chunk's keys and values) is its own
+/// business, an opaque [`LocalDecoder::ChunkState`] the engine only holds and hands back.
+pub trait LocalDecoder<B: Backend> {
+    /// What the decoder keeps for one batch of chunks between generated tokens.
+    type ChunkState;
+
+    /// Decodes `sequences` as one batch. Each runs fresh (positions from 0, no past), causally, and
+    /// its last position is its candidate. Returns the batch's state and the candidates of its
+    /// chunks (one per sequence, in order, tagged with their `chunk_id`). Results must not depend
+    /// on which other sequences share the batch.
+    fn decode_chunks(
+        &self,
+        sequences: &[ChunkSequence],
+    ) -> Result<(Self::ChunkState, CandidateSet<B>)>;
+
+    /// Extends every chunk of `state` by `[prev, new]`: `prev` (the former candidate token) joins
+    /// the chunk as an ordinary token and `new` becomes the candidate. Returns the new candidates.
+    /// On an error, `state` is unchanged.
+    fn extend_chunks(
+        &self,
+        state: &mut Self::ChunkState,
+        prev: u32,
+        new: u32,
+    ) -> Result<CandidateSet<B>>;
+
+    /// Bytes `state` holds (for memory reports).
+    fn state_bytes(&self, state: &Self::ChunkState) -> usize;
+}

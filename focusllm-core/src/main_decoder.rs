@@ -1,0 +1,24 @@
+//! Step four of the data flow: the main pass over the aggregated candidates.
+
+use burn::tensor::backend::Backend;
+
+use crate::candidates::CandidateSet;
+use crate::error::Result;
+
+/// The main pass: causal decoding over a past of candidates (or none, for plain decoding).
+///
+/// Two operations make every decoding strategy of the engine: exact FocusLLM steps start afresh
+/// over new candidates at every token; frozen candidates and plain decoding start once and feed one
+/// token at a time. [`MainDecoder::MainState`] (the Llama decoder: a KV cache) is the decoder's own.
+pub trait MainDecoder<B: Backend> {
+    /// What the decoder keeps between calls to [`MainDecoder::feed`].
+    type MainState;
+
+    /// A state whose first positions are the candidates of `past`, candidate `j` at position `j`
+    /// (no past, or an empty one: plain decoding from position 0).
+    fn start(&self, past: Option<&CandidateSet<B>>) -> Result<Self::MainState>;
+
+    /// Appends `tokens` (at the next positions) and returns the next-token logits at the last one.
+    /// On an error (empty `tokens`, an id outside the vocabulary), `state` is unchanged.
+    fn feed(&self, state: &mut Self::MainState, tokens: &[u32]) -> Result<Vec<f32>>;
+}

@@ -1,0 +1,241 @@
+//! One prompt being read and continued: the decoding strategies (plain, exact FocusLLM steps,
+//! frozen candidates) and the prefill that chooses between them.
+
+use burn::tensor::backend::Backend;
+
+use crate::aggregator::CandidateAggregator;
+use crate::candidates::CandidateSet;
+use crate::chunker::{ChunkPlan, Chunker, with_bos};
+use crate::config::StepMode;
+use crate::control::{CancelToken, Progress, Stage};
+use crate::engine::FocusEngine;
+use crate::error::{FocusError, Result, check_vocab};
+use crate::local::{ChunkSequence, LocalDecoder};
+use crate::main_decoder::MainDecoder;
+
+/// How the session is reading its prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing prefilled yet.
+    Empty,
+    /// Plain causal decoding (input below the threshold).
+    Plain,
+    /// FocusLLM with this many memory chunks.
+    Focus {
+        /// Number of chunks.
+        chunks: usize,
+    },
+}
+
+impl Mode {
+    /// Memory chunks read (0 unless [`Mode::Focus`]).
+    pub fn chunks(self) -> usize {
+        match self {
+            Mode::Focus { chunks } => chunks,
+            Mode::Empty | Mode::Plain => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Empty => f.write_str("nothing prefilled"),
+            Mode::Plain => f.write_str("plain decoding"),
+            Mode::Focus { chunks } => write!(f, "FocusLLM with {chunks} chunks"),
+        }
+    }
+}
+
+/// One batch of chunks: the local decoder's state and its current candidates.
+pub(crate) struct ChunkBatch<B: Backend, L: LocalDecoder<B>> {
+    state: L::ChunkState,
+    candidates: CandidateSet<B>,
+}
+
+/// The decoding strategy of the current prompt, chosen by the prefill.
+pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
+    Empty,
+    /// One running main state, fed a token per step: plain decoding (`chunks == 0`) or FocusLLM
+    /// with the prefill's candidates held fixed.
+    Running {
+        main: M::MainState,
+        chunks: usize,
+    },
+    /// Exact FocusLLM: every chunk is extended by `[prev, new]` at each token and the main pass
+    /// runs afresh over the refreshed candidates.
+    Exact {
+        batches: Vec<ChunkBatch<B, L>>,
+        /// Local context (BOS rule applied) followed by every token generated so far.
+        main_input: Vec<u32>,
+        /// The current candidate token of every chunk.
+        prev: u32,
+        chunks: usize,
+    },
+}
+
+/// One prompt being read and continued. Holds the chunk states and candidates between steps.
+pub struct Session<'e, B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>, C, A> {
+    pub(crate) engine: &'e FocusEngine<'e, B, L, M, C, A>,
+    pub(crate) state: State<B, L, M>,
+    pub(crate) observer: Option<Box<dyn FnMut(Progress) + 'e>>,
+    pub(crate) cancel: CancelToken,
+}
+
+impl<'e, B, L, M, C, A> Session<'e, B, L, M, C, A>
+where
+    B: Backend,
+    L: LocalDecoder<B>,
+    M: MainDecoder<B>,
+    C: Chunker,
+    A: CandidateAggregator<B>,
+{
+    /// Calls `observer` with progress reports during long work.
+    pub fn on_progress(&mut self, observer: impl FnMut(Progress) + 'e) {
+        self.observer = Some(Box::new(observer));
+    }
+
+    /// Uses `token` to cancel this session's work (a clone can be cancelled from another thread or
+    /// from the progress callback).
+    pub fn set_cancel_token(&mut self, token: CancelToken) {
+        self.cancel = token;
+    }
+
+    /// The token that cancels this session's work.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// How the current prompt is being read.
+    pub fn mode(&self) -> Mode {
+        match &self.state {
+            State::Empty => Mode::Empty,
+            State::Running { chunks: 0, .. } => Mode::Plain,
+            State::Running { chunks, .. } | State::Exact { chunks, .. } => {
+                Mode::Focus { chunks: *chunks }
+            }
+        }
+    }
+
+    /// Bytes held by the chunk states and candidates (0 in plain and frozen modes, which keep none).
+    pub fn chunk_cache_bytes(&self) -> usize {
+        match &self.state {
+            State::Exact { batches, .. } => batches
+                .iter()
+                .map(|b| self.engine.local.state_bytes(&b.state) + b.candidates.size_bytes())
+                .sum(),
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn report(&mut self, stage: Stage, done: usize, total: usize) -> Result<()> {
+        if let Some(observer) = self.observer.as_mut() {
+            observer(Progress { stage, done, total });
+        }
+        self.check_cancel()
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            Err(FocusError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads `ids` (a new prompt; any previous state is dropped) and returns the next-token logits.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.state = State::Empty;
+        let engine = self.engine;
+        if ids.is_empty() {
+            return Err(FocusError::EmptyInput);
+        }
+        check_vocab(ids, engine.spec.vocab_size)?;
+        self.check_cancel()?;
+        let Some(plan) = engine.plan(ids)? else {
+            self.report(Stage::PlainPrefill, 0, 1)?;
+            let mut main = engine.main.start(None)?;
+            let logits = engine
+                .main
+                .feed(&mut main, &with_bos(ids, engine.spec.bos_id))?;
+            self.report(Stage::PlainPrefill, 1, 1)?;
+            self.state = State::Running { main, chunks: 0 };
+            return Ok(logits);
+        };
+        let batches = self.decode_chunks(ids, &plan)?;
+        self.report(Stage::Main, 0, 1)?;
+        let candidates: Vec<CandidateSet<B>> =
+            batches.iter().map(|b| b.candidates.clone()).collect();
+        let past = engine.aggregator.aggregate(&candidates)?;
+        let mut main = engine.main.start(Some(&past))?;
+        let logits = engine.main.feed(&mut main, &plan.local)?;
+        self.report(Stage::Main, 1, 1)?;
+        let chunks = plan.chunks.len();
+        self.state = match engine.config.step_mode {
+            // The chunk states are dropped here: only the candidates, now in the main state, stay.
+            StepMode::FrozenCandidates => State::Running { main, chunks },
+            StepMode::Exact => State::Exact {
+                batches,
+                main_input: plan.local,
+                prev: ids[ids.len() - 1],
+                chunks,
+            },
+        };
+        Ok(logits)
+    }
+
+    /// Decodes the plan's chunks in batches of `chunk_batch_size`. Chunks of equal length are put
+    /// together (longest first) so that padding is only needed where a batch mixes lengths.
+    fn decode_chunks(&mut self, ids: &[u32], plan: &ChunkPlan) -> Result<Vec<ChunkBatch<B, L>>> {
+        let engine = self.engine;
+        let mut order: Vec<usize> = (0..plan.chunks.len()).collect();
+        order.sort_by_key(|&c| std::cmp::Reverse(plan.chunks[c].len()));
+        let total = order.len();
+        let mut batches = Vec::with_capacity(total.div_ceil(engine.config.chunk_batch_size));
+        self.report(Stage::Chunks, 0, total)?;
+        let mut done = 0;
+        for group in order.chunks(engine.config.chunk_batch_size) {
+            let sequences: Vec<ChunkSequence> = group
+                .iter()
+                .map(|&c| ChunkSequence {
+                    chunk_id: c,
+                    tokens: plan.chunk_sequence(ids, c),
+                })
+                .collect();
+            let (state, candidates) = engine.local.decode_chunks(&sequences)?;
+            batches.push(ChunkBatch { state, candidates });
+            done += group.len();
+            self.report(Stage::Chunks, done, total)?;
+        }
+        Ok(batches)
+    }
+
+    /// Feeds `token` (the one chosen from the last logits) and returns the next logits.
+    pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let engine = self.engine;
+        check_vocab(&[token], engine.spec.vocab_size)?;
+        self.check_cancel()?;
+        match &mut self.state {
+            State::Empty => Err(FocusError::NotPrefilled),
+            State::Running { main, .. } => engine.main.feed(main, &[token]),
+            State::Exact {
+                batches,
+                main_input,
+                prev,
+                ..
+            } => {
+                for batch in batches.iter_mut() {
+                    batch.candidates =
+                        engine.local.extend_chunks(&mut batch.state, *prev, token)?;
+                }
+                *prev = token;
+                main_input.push(token);
+                let candidates: Vec<CandidateSet<B>> =
+                    batches.iter().map(|b| b.candidates.clone()).collect();
+                let past = engine.aggregator.aggregate(&candidates)?;
+                let mut main = engine.main.start(Some(&past))?;
+                engine.main.feed(&mut main, main_input)
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! A second model family and two more aggregators, plugged into the engine through the public API
+//! only: proof that the traits are the seams. The mock "bag of tokens" decoder's candidate is the
+//! histogram of its chunk's tokens, and its main pass adds the candidates (weighted by position,
+//! so their order shows) to a histogram of the tokens it was fed. Every expected number below is
+//! computed from those definitions, not from the engine.
+
+use std::cell::Cell;
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use focusllm_core::{
+    CandidateAggregator, CandidateSet, ChunkSequence, FocusConfig, FocusEngine, FocusError,
+    LayerKv, LocalDecoder, MainDecoder, Mode, Model, ModelSpec, NearestChunks, Result, StepMode,
+    check_vocab,
+};
+
+type B = Flex;
+const VOCAB: usize = 16;
+const BOS: u32 = 1;
+
+#[derive(Default)]
+struct BagOfTokens {
+    /// Chunk batches decoded so far (to check the engine batches as configured).
+    batches: Cell<usize>,
+}
+
+fn histogram(tokens: &[u32]) -> Vec<f32> {
+    let mut h = vec![0.0; VOCAB];
+    for &t in tokens {
+        h[t as usize] += 1.0;
+    }
+    h
+}
+
+/// Candidates whose values are the histograms of `sequences` (keys unused: zeros).
+fn candidates(chunk_ids: Vec<usize>, sequences: &[Vec<u32>]) -> Result<CandidateSet<B>> {
+    let n = sequences.len();
+    let values: Vec<f32> = sequences.iter().flat_map(|s| histogram(s)).collect();
+    let device = Default::default();
+    let v = Tensor::<B, 4>::from_data(TensorData::new(values, [1, 1, n, VOCAB]), &device);
+    let k = Tensor::<B, 4>::zeros([1, 1, n, VOCAB], &device);
+    CandidateSet::new(chunk_ids, vec![LayerKv { k, v }])
+}
+
+/// The bag decoder's chunk state: every chunk's tokens, the candidate last.
+struct Bags {
+    chunk_ids: Vec<usize>,
+    sequences: Vec<Vec<u32>>,
+}
+
+impl Model for BagOfTokens {
+    fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            vocab_size: VOCAB,
+            bos_id: Some(BOS),
+            eos_ids: vec![0],
+            native_context: 24,
+        }
+    }
+}
+
+impl LocalDecoder<B> for BagOfTokens {
+    type ChunkState = Bags;
+
+    fn decode_chunks(&self, sequences: &[ChunkSequence]) -> Result<(Bags, CandidateSet<B>)> {
+        for s in sequences {
+            check_vocab(&s.tokens, VOCAB)?;
+        }
+        self.batches.set(self.batches.get() + 1);
+        let chunk_ids: Vec<usize> = sequences.iter().map(|s| s.chunk_id).collect();
+        let sequences: Vec<Vec<u32>> = sequences.iter().map(|s| s.tokens.clone()).collect();
+        let set = candidates(chunk_ids.clone(), &sequences)?;
+        Ok((
+            Bags {
+                chunk_ids,
+                sequences,
+            },
+            set,
+        ))
+    }
+
+    fn extend_chunks(&self, bags: &mut Bags, prev: u32, new: u32) -> Result<CandidateSet<B>> {
+        check_vocab(&[prev, new], VOCAB)?;
+        // `prev` is the candidate every chunk ends with: it stays, as an ordinary token.
+        if let Some(s) = bags.sequences.iter().find(|s| s.last() != Some(&prev)) {
+            return Err(FocusError::Decoder(format!(
+                "prev {prev} is not the candidate of {s:?}"
+            )));
+        }
+        for s in &mut bags.sequences {
+            s.push(new);
+        }
+        candidates(bags.chunk_ids.clone(), &bags.sequences)
+    }
+
+    fn state_bytes(&self, bags: &Bags) -> usize {
+        bags.sequences.iter().map(|s| s.len() * 4).sum()
+    }
+}
+
+/// The bag decoder's main state: the weighted sum of the candidates' histograms and the tokens fed.
+struct MainBag {
+    memory: Vec<f32>,
+    tokens: Vec<u32>,
+}
+
+impl MainDecoder<B> for BagOfTokens {
+    type MainState = MainBag;
+
+    fn start(&self, past: Option<&CandidateSet<B>>) -> Result<MainBag> {
+        let mut memory = vec![0.0; VOCAB];
+        if let Some(past) = past.filter(|p| !p.is_empty()) {
+            let values: Vec<f32> = past.layers()[0].v.clone().into_data().to_vec().unwrap();
+            for (j, h) in values.chunks(VOCAB).enumerate() {
+                for (m, x) in memory.iter_mut().zip(h) {
+                    *m += (j + 1) as f32 * x;
+                }
+            }
+        }
+        Ok(MainBag {
+            memory,
+            tokens: Vec::new(),
+        })
+    }
+
+    fn feed(&self, state: &mut MainBag, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(FocusError::EmptyInput);
+        }
+        check_vocab(tokens, VOCAB)?;
+        state.tokens.extend_from_slice(tokens);
+        let bag = histogram(&state.tokens);
+        Ok(state
+            .memory
+            .iter()
+            .zip(bag)
+            .map(|(m, b)| m + 100.0 * b)
+            .collect())
+    }
+}
+
+/// What the bag model's logits must be: the candidates of `chunks` (in this order, weighted by
+/// position) plus the histogram of the main input.
+fn expected(chunks: &[Vec<u32>], main: &[u32]) -> Vec<f32> {
+    let mut out: Vec<f32> = histogram(main).iter().map(|b| 100.0 * b).collect();
+    for (j, c) in chunks.iter().enumerate() {
+        for (o, h) in out.iter_mut().zip(histogram(c)) {
+            *o += (j + 1) as f32 * h;
+        }
+    }
+    out
+}
+
+fn config() -> FocusConfig {
+    FocusConfig::default()
+        .with_local_window(8)
+        .with_chunk_size(8)
+        .with_prompt_cap(4)
+        .with_plain_threshold(Some(20))
+        .with_chunk_batch_size(2)
+}
+
+/// 45 ids: BOS, then tokens 2..15 cycling (5 chunks of 8 and a local window of 8 after them).
+fn input() -> Vec<u32> {
+    std::iter::once(BOS)
+        .chain((0..44).map(|i| 2 + (i * 5) % 14))
+        .collect()
+}
+
+#[test]
+fn the_engine_runs_a_second_model_family_in_every_step_mode() {
+    let model = BagOfTokens::default();
+    let ids = input();
+    let engine = FocusEngine::new(&model, config()).unwrap();
+    let plan = engine
+        .plan(&ids)
+        .unwrap()
+        .expect("longer than the threshold");
+    let chunks: Vec<Vec<u32>> = (0..plan.chunks.len())
+        .map(|c| plan.chunk_sequence(&ids, c))
+        .collect();
+    assert_eq!(chunks.len(), 5);
+    assert_eq!(*plan.prompt.last().unwrap(), *ids.last().unwrap());
+
+    // Exact steps: every chunk gets each generated token; the main pass reads `local ++ generated`.
+    let mut session = engine.session();
+    assert_eq!(
+        session.prefill(&ids).unwrap(),
+        expected(&chunks, &plan.local)
+    );
+    assert_eq!(session.mode(), Mode::Focus { chunks: 5 });
+    assert_eq!(model.batches.get(), 3, "5 chunks in batches of 2");
+    assert!(session.chunk_cache_bytes() > 0);
+    let (mut grown, mut main) = (chunks.clone(), plan.local.clone());
+    for t in [3u32, 9, 3] {
+        grown.iter_mut().for_each(|c| c.push(t));
+        main.push(t);
+        assert_eq!(
+            session.step(t).unwrap(),
+            expected(&grown, &main),
+            "exact step {t}"
+        );
+    }
+
+    // Frozen candidates: the prefill's candidates stay, the main pass keeps its state.
+    let frozen =
+        FocusEngine::new(&model, config().with_step_mode(StepMode::FrozenCandidates)).unwrap();
+    let mut session = frozen.session();
+    session.prefill(&ids).unwrap();
+    assert_eq!(
+        session.chunk_cache_bytes(),
+        0,
+        "frozen mode keeps no chunk state"
+    );
+    let mut main = plan.local.clone();
+    for t in [3u32, 9] {
+        main.push(t);
+        assert_eq!(
+            session.step(t).unwrap(),
+            expected(&chunks, &main),
+            "frozen step {t}"
+        );
+    }
+
+    // Below the threshold: plain decoding of the input with BOS.
+    let mut session = engine.session();
+    let short = &ids[5..15];
+    let mut with_bos = vec![BOS];
+    with_bos.extend_from_slice(short);
+    assert_eq!(session.prefill(short).unwrap(), expected(&[], &with_bos));
+    assert_eq!(session.mode(), Mode::Plain);
+    with_bos.push(4);
+    assert_eq!(session.step(4).unwrap(), expected(&[], &with_bos));
+}
+
+#[test]
+fn nearest_chunks_keeps_the_chunks_before_the_local_context() {
+    let model = BagOfTokens::default();
+    let ids = input();
+    let engine = FocusEngine::new(&model, config())
+        .unwrap()
+        .with_aggregator(NearestChunks { keep: 2 });
+    let plan = engine.plan(&ids).unwrap().unwrap();
+    let last_two: Vec<Vec<u32>> = (3..5).map(|c| plan.chunk_sequence(&ids, c)).collect();
+    let mut session = engine.session();
+    assert_eq!(
+        session.prefill(&ids).unwrap(),
+        expected(&last_two, &plan.local)
+    );
+
+    // Keeping at least every chunk is the reference aggregation.
+    let all = FocusEngine::new(&model, config())
+        .unwrap()
+        .with_aggregator(NearestChunks { keep: 99 });
+    let reference = FocusEngine::new(&model, config()).unwrap();
+    assert_eq!(
+        all.session().prefill(&ids).unwrap(),
+        reference.session().prefill(&ids).unwrap()
+    );
+
+    let none = FocusEngine::new(&model, config())
+        .unwrap()
+        .with_aggregator(NearestChunks { keep: 0 });
+    let err = none.session().prefill(&ids).unwrap_err();
+    assert!(err.to_string().contains("keep"), "{err}");
+}
+
+/// A user's aggregator: the candidates in reverse chunk order, through `CandidateSet` alone.
+struct Reversed;
+
+impl CandidateAggregator<B> for Reversed {
+    fn aggregate(&self, batches: &[CandidateSet<B>]) -> Result<CandidateSet<B>> {
+        let all = CandidateSet::concat(batches)?.in_chunk_order()?;
+        all.select(&(0..all.len()).rev().collect::<Vec<_>>())
+    }
+}
+
+#[test]
+fn a_user_aggregator_plugs_in_without_touching_the_engine() {
+    let model = BagOfTokens::default();
+    let ids = input();
+    let engine = FocusEngine::new(&model, config())
+        .unwrap()
+        .with_aggregator(Reversed);
+    let plan = engine.plan(&ids).unwrap().unwrap();
+    let reversed: Vec<Vec<u32>> = (0..5).rev().map(|c| plan.chunk_sequence(&ids, c)).collect();
+    let mut session = engine.session();
+    assert_eq!(
+        session.prefill(&ids).unwrap(),
+        expected(&reversed, &plan.local)
+    );
+    // The order matters to this model: the reference order gives other logits.
+    let forward: Vec<Vec<u32>> = reversed.into_iter().rev().collect();
+    assert_ne!(
+        expected(&forward, &plan.local),
+        session.prefill(&ids).unwrap()
+    );
+}
+
+#[test]
+fn candidate_sets_reject_bad_shapes_and_positions() {
+    let device = Default::default();
+    let kv = |n: usize| LayerKv {
+        k: Tensor::<B, 4>::zeros([1, 1, n, 4], &device),
+        v: Tensor::<B, 4>::zeros([1, 1, n, 4], &device),
+    };
+    let err = CandidateSet::new(vec![0, 1, 2], vec![kv(2)]).unwrap_err();
+    assert!(err.to_string().contains("candidate layer 0"), "{err}");
+    let set = CandidateSet::new(vec![4, 7], vec![kv(2), kv(2)]).unwrap();
+    let err = set.select(&[0, 2]).unwrap_err();
+    assert!(err.to_string().contains("position 2"), "{err}");
+    let picked = set.select(&[1, 1, 0]).unwrap();
+    assert_eq!(picked.chunk_ids(), &[7, 7, 4]);
+    assert_eq!(picked.layers()[1].len(), 3);
+    assert!(set.select(&[]).unwrap().is_empty());
+    let other = CandidateSet::new(vec![9], vec![kv(1)]).unwrap();
+    assert!(
+        CandidateSet::concat(&[set, other]).is_err(),
+        "2 layers vs 1"
+    );
+}
