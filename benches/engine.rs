@@ -11,7 +11,7 @@ use focusllm::core::{FocusConfig, FocusEngine};
 use focusllm::models::load_model;
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn engine_benches(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/official/C");

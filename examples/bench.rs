@@ -5,14 +5,17 @@
 //! cargo run --release --example bench -- --lengths 4096,8192,16384,32768 --json
 //! ```
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use common::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use common::memory::{peak_rss_mb, reset_peak_rss, rss_mb};
+use common::passkey::passkey_prompt;
 use focusllm::core::{FocusEngine, argmax};
-use focusllm::memory::{peak_rss_mb, reset_peak_rss, rss_mb};
-use focusllm::passkey::passkey_prompt;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -65,15 +68,15 @@ impl Args {
     fn measure<B: Backend>(
         &self,
         model: &focusllm::models::LlamaModel<B>,
+        config: &focusllm::core::FocusConfig,
         ids: &[u32],
         method: &str,
         batch: usize,
     ) -> Result<Measured, AppError> {
         // Focus rows always chunk (threshold 1) so that short inputs are measured too.
         let threshold = if method == "plain" { usize::MAX } else { 1 };
-        let config = self
-            .engine
-            .focus_config()
+        let config = config
+            .clone()
             .with_plain_threshold(Some(threshold))
             .with_chunk_batch_size(batch);
         let engine = FocusEngine::new(model, config)?;
@@ -121,6 +124,10 @@ impl BackendRunner for &Args {
             .as_ref()
             .ok_or("the model has no tokenizer")?;
         eprintln!("model loaded; resident {:.0} MiB", rss_mb().unwrap_or(0.0));
+        // Speed does not depend on the candidate weights: only `--adapter` is applied (its sizes
+        // and step mode are then the defaults), never the bundled one.
+        let adapted = self.engine.adapter_for(&loaded, false)?;
+        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
         let mut rows = Vec::new();
         for &length in &self.lengths {
             let ids = passkey_prompt(tokenizer, length, 0)?.ids;
@@ -133,15 +140,15 @@ impl BackendRunner for &Args {
                     continue;
                 }
                 rows.push(
-                    self.measure(&loaded.model, &ids, method, self.engine.batch)?
+                    self.measure(model, &config, &ids, method, self.engine.batch)?
                         .row,
                 );
             }
         }
         let batches = if self.batch_compare > 0 {
             let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
-            let one = self.measure(&loaded.model, &ids, "focus", 1)?;
-            let many = self.measure(&loaded.model, &ids, "focus", self.engine.batch)?;
+            let one = self.measure(model, &config, &ids, "focus", 1)?;
+            let many = self.measure(model, &config, &ids, "focus", self.engine.batch)?;
             let diff = one
                 .logits
                 .iter()
@@ -178,10 +185,10 @@ fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    focusllm::app::report(run())
+    common::app::report(run())
 }
 
 fn run() -> Result<(), AppError> {

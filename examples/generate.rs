@@ -6,11 +6,14 @@
 //! cargo run --release --example generate -- --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
 //! ```
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{
+use common::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
 };
 use focusllm::core::{FocusEngine, GenerateOptions, SamplingConfig};
@@ -68,13 +71,15 @@ impl BackendRunner for &Args {
         };
         let ids = tokenizer.encode(&prompt)?;
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
-        let engine = FocusEngine::new(&loaded.model, self.engine.focus_config())?;
+        let adapted = self.engine.adapter_for(&loaded, true)?;
+        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
+        let engine = FocusEngine::new(model, config)?;
         let view = ProgressView::new("prompt", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
-            stop_tokens: stops,
+            stop_tokens: Some(stops),
             sampling: SamplingConfig {
                 temperature: self.temperature,
                 top_k: self.top_k,
@@ -98,10 +103,10 @@ impl BackendRunner for &Args {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    focusllm::app::report(run())
+    common::app::report(run())
 }
 
 fn run() -> Result<(), AppError> {

@@ -6,12 +6,15 @@
 //!     --local-window 512 --chunk-size 700 --threshold 4096 --steps 5
 //! ```
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use common::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
 use focusllm::core::{FocusEngine, GenerateOptions};
 use serde_json::json;
 
@@ -43,7 +46,10 @@ impl BackendRunner for Args {
                 )
             })?;
         let loaded = self.engine.load::<B>(&device)?;
-        let engine = FocusEngine::new(&loaded.model, self.engine.focus_config())?;
+        // Reference comparisons: only an adapter given with `--adapter`, never the bundled one.
+        let adapted = self.engine.adapter_for(&loaded, false)?;
+        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
+        let engine = FocusEngine::new(model, config)?;
         let view = ProgressView::new("logits", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
@@ -57,7 +63,7 @@ impl BackendRunner for Args {
         let mut steps = Vec::new();
         let options = GenerateOptions {
             max_tokens: self.steps.max(1),
-            stop_tokens: vec![u32::MAX],
+            stop_tokens: Some(Vec::new()),
             ..Default::default()
         };
         session.generate(&ids, &options, None, |t| {
@@ -72,10 +78,10 @@ impl BackendRunner for Args {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    focusllm::app::report(run())
+    common::app::report(run())
 }
 
 fn run() -> Result<(), AppError> {

@@ -9,11 +9,14 @@
 //! cuts the document so the whole input has that many tokens, and `--expect` checks the answer
 //! (`scripts/eval-longdoc.sh` runs held-out facts this way).
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{
+use common::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
 };
 use focusllm::core::{FocusEngine, GenerateOptions};
@@ -73,13 +76,7 @@ impl BackendRunner for &Args {
         };
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let adapted = self.engine.adapter_for(&loaded, true)?;
-        let (model, config) = match &adapted {
-            Some(a) => {
-                eprintln!("adapter {}", a.path.display());
-                (&a.model, self.engine.focus_config_for(Some(&a.info)))
-            }
-            None => (&loaded.model, self.engine.focus_config()),
-        };
+        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
         let engine = FocusEngine::new(model, config)?;
         let view = ProgressView::new(
             "document",
@@ -89,7 +86,7 @@ impl BackendRunner for &Args {
         session.on_progress(|p| view.update(p));
         let options = GenerateOptions {
             max_tokens: self.max_tokens,
-            stop_tokens: stops,
+            stop_tokens: Some(stops),
             ..Default::default()
         };
         if self.ppl {
@@ -205,10 +202,10 @@ impl Args {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    focusllm::app::report(run())
+    common::app::report(run())
 }
 
 fn run() -> Result<(), AppError> {

@@ -5,14 +5,17 @@
 //! cargo run --release --example passkey -- --lengths 8192,16384,32768 --seeds 2
 //! ```
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use common::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use common::passkey::{digit_accuracy, is_correct, passkey_prompt};
 use focusllm::core::{FocusEngine, GenerateOptions};
-use focusllm::passkey::{digit_accuracy, is_correct, passkey_prompt};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -181,10 +184,10 @@ impl BackendRunner for &Args {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    focusllm::app::report(run())
+    common::app::report(run())
 }
 
 fn run() -> Result<(), AppError> {

@@ -8,6 +8,9 @@
 //! cargo run --release --example train -- --out adapter.safetensors
 //! ```
 
+#[allow(dead_code)] // each example uses part of it
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,7 +18,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::app::{AppError, BackendRunner, resolve_model, run_on};
+use common::app::{AppError, BackendRunner, resolve_model, run_on};
 use focusllm::backends::BackendKind;
 use focusllm::core::train::{
     CandidateTrainer, ExampleSampler, LossTarget, RetrievalGenerator, TaskMix, TextCorpus,
@@ -348,11 +351,11 @@ impl BackendRunner for &Args {
 }
 
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    focusllm::app::report(
+    common::app::report(
         run_on(args.backend, args.device, &args)
             .map_err(AppError::from)
             .and_then(|r| r),

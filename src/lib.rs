@@ -8,7 +8,8 @@
 //! - [`models`] (`focusllm-models`): Llama-family decoders, safetensors/GGUF loaders, tokenizers;
 //! - [`backends`] (`focusllm-backends`): the burn backends behind cargo features.
 //!
-//! [`fetch`] finds or downloads the default model (SmolLM2-135M-Instruct, GGUF) for the examples.
+//! The examples' plumbing (flags, progress bars, the model fetch) lives in `examples/common/`, not
+//! here: the library never shells out or prints.
 //!
 //! ## Reading a long input
 //!
@@ -40,8 +41,3 @@
 pub use focusllm_backends as backends;
 pub use focusllm_core as core;
 pub use focusllm_models as models;
-
-pub mod app;
-pub mod fetch;
-pub mod memory;
-pub mod passkey;

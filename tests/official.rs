@@ -107,7 +107,7 @@ fn greedy(name: &str, batch: usize) {
     let mut steps = Vec::new();
     let options = GenerateOptions {
         max_tokens: 5,
-        stop_tokens: vec![u32::MAX],
+        stop_tokens: Some(Vec::new()),
         ..Default::default()
     };
     let generation = session

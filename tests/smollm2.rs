@@ -3,6 +3,9 @@
 //! a failure when `CI` is set.
 
 mod common;
+/// The examples' passkey prompts (their unit tests run here).
+#[path = "../examples/common/passkey.rs"]
+mod passkey;
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
@@ -10,7 +13,6 @@ use std::sync::OnceLock;
 use common::*;
 use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions, Mode, StepMode, nll};
 use focusllm::models::{AdapterKind, CandidateAdapter, CandidateSource, LoadedModel, load_model};
-use focusllm::passkey::passkey_prompt;
 
 const TOL: f32 = 2e-3;
 
@@ -35,7 +37,7 @@ fn greedy(
     let mut logits = Vec::new();
     let options = GenerateOptions {
         max_tokens: n,
-        stop_tokens: vec![u32::MAX],
+        stop_tokens: Some(Vec::new()),
         ..Default::default()
     };
     session
@@ -117,7 +119,7 @@ fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds:
     let mut total = 0.0;
     let mut count = 0;
     for &seed in seeds {
-        let prompt = passkey_prompt(tokenizer, 3072, seed).unwrap();
+        let prompt = passkey::passkey_prompt(tokenizer, 3072, seed).unwrap();
         let answer = tokenizer.encode(&format!(" {}", prompt.key)).unwrap();
         let mut session = engine.session();
         let mut logits = session.prefill(&prompt.ids).unwrap();
@@ -134,7 +136,7 @@ fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds:
 #[test]
 fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
     let Some(loaded) = smollm2() else { return };
-    let path = focusllm::app::bundled_adapter();
+    let path = fetch::bundled_adapter();
     let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)
         .unwrap_or_else(|e| panic!("bundled adapter {}: {e}", path.display()));
     assert_eq!(adapter.kind(), AdapterKind::LowRank { rank: 8 });

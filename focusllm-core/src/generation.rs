@@ -31,8 +31,9 @@ pub struct GeneratedToken {
 pub struct GenerateOptions {
     /// Most tokens to generate.
     pub max_tokens: usize,
-    /// Tokens that end generation (included in the output). Empty: the model's EOS ids.
-    pub stop_tokens: Vec<u32>,
+    /// Tokens that end generation (included in the output). `None`: the model's EOS ids;
+    /// `Some(vec![])`: none, generation runs to `max_tokens`.
+    pub stop_tokens: Option<Vec<u32>>,
     /// How tokens are chosen.
     pub sampling: SamplingConfig,
 }
@@ -41,7 +42,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
             max_tokens: 32,
-            stop_tokens: Vec::new(),
+            stop_tokens: None,
             sampling: SamplingConfig::greedy(),
         }
     }
@@ -100,12 +101,10 @@ where
         mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(options.sampling.clone())?;
-        let stops = if options.stop_tokens.is_empty() {
-            &self.engine.spec.eos_ids
-        } else {
-            &options.stop_tokens
-        };
-        let stops = stops.clone();
+        let stops = options
+            .stop_tokens
+            .clone()
+            .unwrap_or_else(|| self.engine.spec.eos_ids.clone());
         let mut tokens = Vec::new();
         let mut text = String::new();
         if options.max_tokens == 0 {

@@ -9,8 +9,12 @@ use serde_json::Value;
 
 pub type B = focusllm::backends::Cpu;
 
+/// The examples' model fetch and bundled adapter (not part of the published library).
+#[path = "../../examples/common/fetch.rs"]
+pub mod fetch;
+
 #[global_allocator]
-static ALLOC: focusllm::app::Allocator = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -70,7 +74,7 @@ pub fn engine(
 
 /// The SmolLM2 GGUF when present: `None` (with a printed reason) locally, a failure under CI.
 pub fn smollm2_path() -> Option<PathBuf> {
-    let path = focusllm::fetch::configured_model_path();
+    let path = fetch::configured_model_path();
     if path.exists() {
         return Some(path);
     }

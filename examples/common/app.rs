@@ -58,7 +58,7 @@ pub fn run_on<R: BackendRunner>(
 pub fn resolve_model(arg: Option<PathBuf>) -> Result<PathBuf, AppError> {
     let path = match arg {
         Some(p) => p,
-        None => crate::fetch::default_model()?,
+        None => super::fetch::default_model()?,
     };
     if !path.exists() {
         return Err(format!("model not found: {}", path.display()).into());
@@ -114,11 +114,6 @@ impl ProgressView {
     }
 }
 
-/// The allocator the example programs install (`#[global_allocator]`); see the crate docs of
-/// `mimalloc`. Library users choose their own allocator; mimalloc (or jemalloc) is recommended for
-/// long inputs.
-pub type Allocator = mimalloc::MiMalloc;
-
 /// Command-line flags shared by the examples: the model, the backend and the FocusLLM sizes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
@@ -151,8 +146,9 @@ pub struct EngineArgs {
     /// has trained ones, and apply no adapter.
     #[arg(long)]
     pub untrained: bool,
-    /// Candidate adapter (safetensors, from `examples/train.rs`) to apply. The passkey and longdoc
-    /// examples apply the bundled SmolLM2 adapter by default when they run the default model.
+    /// Candidate adapter (safetensors, from `examples/train.rs`) to apply; its recorded sizes and
+    /// step mode become the defaults. `passkey`, `longdoc` and `generate` apply the bundled SmolLM2
+    /// adapter by default when they run the default model; `logits` and `bench` only this one.
     #[arg(long, conflicts_with = "untrained")]
     pub adapter: Option<PathBuf>,
     /// Compute dtype: f32 (default), f16 or bf16 (where the backend supports it).
@@ -221,7 +217,7 @@ impl EngineArgs {
         let path = match &self.adapter {
             Some(p) => p.clone(),
             None if bundled_default && !self.untrained && is_default_model(&loaded.path) => {
-                let path = bundled_adapter();
+                let path = super::fetch::bundled_adapter();
                 if !path.exists() {
                     eprintln!(
                         "warning: the bundled adapter {} is missing: untrained candidates",
@@ -236,6 +232,27 @@ impl EngineArgs {
         let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)?;
         let model = adapter.apply(loaded.model.clone())?;
         Ok(Some(AppliedAdapter { path, info, model }))
+    }
+
+    /// The model to run, `adapted`'s when there is an adapter (its path printed to stderr), and the
+    /// engine configuration for it (see [`EngineArgs::focus_config_for`]).
+    pub fn model_and_config<'a, B: Backend>(
+        &self,
+        loaded: &'a focusllm_models::LoadedModel<B>,
+        adapted: &'a Option<AppliedAdapter<B>>,
+    ) -> (
+        &'a focusllm_models::LlamaModel<B>,
+        focusllm_core::FocusConfig,
+    ) {
+        match adapted {
+            Some(a) => {
+                if !self.quiet {
+                    eprintln!("adapter {}", a.path.display());
+                }
+                (&a.model, self.focus_config_for(Some(&a.info)))
+            }
+            None => (&loaded.model, self.focus_config()),
+        }
     }
 
     /// Resolves (and if needed fetches) the model, then loads it on `device`.
@@ -264,18 +281,10 @@ pub struct AppliedAdapter<B: Backend> {
     pub model: focusllm_models::LlamaModel<B>,
 }
 
-/// The low-rank SmolLM2-135M-Instruct adapter committed with this crate (`adapters/`).
-pub fn bundled_adapter() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER)
-}
-
-/// Where the bundled adapter lives inside the repository.
-pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-exact-rank8.safetensors";
-
 /// Whether `path` is the default model (the SmolLM2 GGUF the bundled adapter was trained on).
 fn is_default_model(path: &std::path::Path) -> bool {
     path.file_name()
-        .is_some_and(|n| n == crate::fetch::DEFAULT_MODEL_FILE)
+        .is_some_and(|n| n == super::fetch::DEFAULT_MODEL_FILE)
 }
 
 /// `"f16"` / `"bf16"` → that dtype; anything else (`"f32"`) → `None` (the default).
@@ -353,7 +362,7 @@ where
             view.finish();
             first_token = Some(start.elapsed().as_secs_f64());
         }
-        if !options.stop_tokens.contains(&t.id) {
+        if !options.stop_tokens.as_ref().is_some_and(|s| s.contains(&t.id)) {
             print!("{}", t.text);
             stdout.flush().ok();
         }
