@@ -362,7 +362,11 @@ where
             view.finish();
             first_token = Some(start.elapsed().as_secs_f64());
         }
-        if !options.stop_tokens.as_ref().is_some_and(|s| s.contains(&t.id)) {
+        if !options
+            .stop_tokens
+            .as_ref()
+            .is_some_and(|s| s.contains(&t.id))
+        {
             print!("{}", t.text);
             stdout.flush().ok();
         }

@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::ModelError;
 use crate::llama::{CandidateProjections, CandidateSource, LlamaModel};
-use crate::weights::{SafetensorsWeights, WeightSource};
+use crate::weights::{SafetensorsWeights, WeightSource, transposed_host};
 
 /// A low-rank delta `down·up` on an ordinary projection weight `[in, out]`.
 #[derive(Module, Debug)]
@@ -326,16 +326,10 @@ impl<B: Backend> CandidateAdapter<B> {
                     path.display()
                 )));
             }
-            // `[out, in]` on disk, `[in, out]` in burn (transposed here, not as a strided view).
+            // `[out, in]` on disk, `[in, out]` in burn.
             let [rows, cols] = expected;
-            let mut t = vec![0f32; data.len()];
-            for (r, row) in data.chunks_exact(cols).enumerate() {
-                for (c, x) in row.iter().enumerate() {
-                    t[c * rows + r] = *x;
-                }
-            }
             Ok(Tensor::<B, 2>::from_data(
-                TensorData::new(t, [cols, rows]),
+                TensorData::new(transposed_host(&data, rows, cols), [cols, rows]),
                 &device,
             ))
         };

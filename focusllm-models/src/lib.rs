@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
-mod attention;
 pub mod config;
 pub mod error;
 mod focus;
@@ -25,10 +24,11 @@ pub use adapter::{AdapterInfo, AdapterKind, CandidateAdapter};
 pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use focus::{LlamaChunks, LlamaKvCache};
+pub use gguf::GgufWeights;
 pub use llama::{CandidateSource, LlamaModel};
 pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,
     load_model_with,
 };
 pub use tokenizer::Tokenizer;
-pub use weights::{GgufWeights, SafetensorsWeights, WeightSource};
+pub use weights::{SafetensorsWeights, WeightSource, Weights};

@@ -1,15 +1,19 @@
-//! Where weights come from: HF safetensors (single file or sharded) and GGUF, behind one trait that
-//! speaks HF tensor names and hands out f32 data in row-major (PyTorch) layout.
+//! Where weights come from, behind one trait that speaks HF tensor names and hands out f32 data in
+//! row-major (PyTorch) layout: HF safetensors here (single file or sharded), GGUF in
+//! [`crate::gguf::GgufWeights`]. [`Weights`] is what the modules' `load` functions read through,
+//! and the one place where HF's `[out, in]` matrices become burn's `[in, out]`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
-use crate::gguf::{GgufFile, unpermute_qk_rows};
 
 /// A checkpoint's tensors, by HF name (`model.layers.0.self_attn.q_proj.weight`, ...).
 pub trait WeightSource {
@@ -19,8 +23,6 @@ pub trait WeightSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// Tensor `name` as f32, with its row-major shape.
     fn load_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError>;
-    /// Every tensor name (HF naming).
-    fn names(&self) -> Vec<String>;
 }
 
 struct SafetensorsEntry {
@@ -115,10 +117,6 @@ impl WeightSource for SafetensorsWeights {
         self.entries.get(name).map(|e| e.shape.clone())
     }
 
-    fn names(&self) -> Vec<String> {
-        self.entries.keys().cloned().collect()
-    }
-
     fn load_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
         let entry = self
             .entries
@@ -160,94 +158,128 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-/// A GGUF file's tensors under HF names; Q/K rows are un-permuted back to HF's `rotate_half` layout.
-pub struct GgufWeights {
-    gguf: GgufFile,
-    heads: usize,
-    kv_heads: usize,
+/// The tensors of a [`WeightSource`] under a name prefix, on a device: what a module's `load`
+/// reads (`w.pp("self_attn").linear("q_proj", ..)` reads `...self_attn.q_proj.weight`). Shapes are
+/// checked against what the module expects.
+pub struct Weights<'a, B: Backend> {
+    source: &'a dyn WeightSource,
+    device: &'a B::Device,
+    prefix: String,
 }
 
-impl GgufWeights {
-    /// Wraps an open GGUF file of a model with `heads` query heads and `kv_heads` key/value heads.
-    pub fn new(gguf: GgufFile, heads: usize, kv_heads: usize) -> Self {
+impl<'a, B: Backend> Weights<'a, B> {
+    /// The tensors of `source`, unprefixed, loaded onto `device`.
+    pub fn new(source: &'a dyn WeightSource, device: &'a B::Device) -> Self {
         Self {
-            gguf,
-            heads,
-            kv_heads,
+            source,
+            device,
+            prefix: String::new(),
         }
     }
 
-    /// The GGUF file.
-    pub fn gguf(&self) -> &GgufFile {
-        &self.gguf
-    }
-
-    /// The GGUF tensor name of an HF tensor name, and the head count whose Q/K permutation must be
-    /// undone (0: none).
-    fn gguf_name(&self, hf: &str) -> Option<(String, usize)> {
-        let fixed = match hf {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            _ => None,
-        };
-        if let Some(name) = fixed {
-            return Some((name.to_string(), 0));
+    /// The tensors under `name.` (nested prefixes join with dots).
+    pub fn pp(&self, name: &str) -> Self {
+        Self {
+            source: self.source,
+            device: self.device,
+            prefix: self.name(name),
         }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (layer, tail) = rest.split_once('.')?;
-        let (gguf, heads) = match tail {
-            "self_attn.q_proj.weight" => ("attn_q.weight", self.heads),
-            "self_attn.k_proj.weight" => ("attn_k.weight", self.kv_heads),
-            "self_attn.q_proj.bias" => ("attn_q.bias", self.heads),
-            "self_attn.k_proj.bias" => ("attn_k.bias", self.kv_heads),
-            "self_attn.v_proj.weight" => ("attn_v.weight", 0),
-            "self_attn.v_proj.bias" => ("attn_v.bias", 0),
-            "self_attn.o_proj.weight" => ("attn_output.weight", 0),
-            "mlp.gate_proj.weight" => ("ffn_gate.weight", 0),
-            "mlp.up_proj.weight" => ("ffn_up.weight", 0),
-            "mlp.down_proj.weight" => ("ffn_down.weight", 0),
-            "input_layernorm.weight" => ("attn_norm.weight", 0),
-            "post_attention_layernorm.weight" => ("ffn_norm.weight", 0),
-            _ => return None,
-        };
-        Some((format!("blk.{layer}.{gguf}"), heads))
-    }
-}
-
-impl WeightSource for GgufWeights {
-    fn location(&self) -> &Path {
-        self.gguf.path()
     }
 
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let (gguf, _) = self.gguf_name(name)?;
-        self.gguf.tensor_info(&gguf).map(|t| t.shape())
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.gguf.tensors().iter().map(|t| t.name.clone()).collect()
-    }
-
-    fn load_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let missing = || ModelError::MissingTensor {
-            path: self.gguf.path().into(),
-            tensor: name.into(),
-        };
-        let (gguf, heads) = self.gguf_name(name).ok_or_else(missing)?;
-        let (shape, data) = self.gguf.tensor_f32(&gguf)?;
-        if heads == 0 {
-            return Ok((shape, data));
+    fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
         }
-        let rows = shape[0];
-        let cols = shape.get(1).copied().unwrap_or(1);
-        if rows % (2 * heads) != 0 {
+    }
+
+    /// Whether tensor `name` is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.source.shape(&self.name(name)).is_some()
+    }
+
+    /// Tensor `name` as f32, checked to have shape `expected`.
+    pub fn raw(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let name = self.name(name);
+        let (shape, data) = self.source.load_f32(&name)?;
+        if shape != expected {
             return Err(ModelError::ShapeMismatch {
-                tensor: gguf,
-                expected: vec![heads * (rows / heads.max(1)), cols],
+                tensor: name,
+                expected: expected.to_vec(),
                 found: shape,
             });
         }
-        Ok((shape, unpermute_qk_rows(&data, rows, cols, heads)))
+        Ok(data)
     }
+
+    /// Vector `name` of `len` values.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Tensor<B, 1>, ModelError> {
+        let data = self.raw(name, &[len])?;
+        Ok(Tensor::from_data(TensorData::new(data, [len]), self.device))
+    }
+
+    /// Matrix `name`, `[rows, cols]` as stored.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<B, 2>, ModelError> {
+        let data = self.raw(name, &[rows, cols])?;
+        Ok(Tensor::from_data(
+            TensorData::new(data, [rows, cols]),
+            self.device,
+        ))
+    }
+
+    /// Matrix `name`, stored `[rows, cols]`, as `[cols, rows]` (see [`transposed_host`]).
+    pub fn transposed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let data = self.raw(name, &[rows, cols])?;
+        Ok(Tensor::from_data(
+            TensorData::new(transposed_host(&data, rows, cols), [cols, rows]),
+            self.device,
+        ))
+    }
+
+    /// Linear layer `name` (`name.weight` `[out, in]` as in HF, and `name.bias` `[out]` when
+    /// `bias`), as burn's `Linear` (weight `[in, out]`).
+    pub fn linear(
+        &self,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, ModelError> {
+        let weight = self.transposed(&format!("{name}.weight"), out_features, in_features)?;
+        let bias = if bias {
+            Some(Param::from_tensor(
+                self.vector(&format!("{name}.bias"), out_features)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    }
+}
+
+/// A row-major `[rows, cols]` matrix as row-major `[cols, rows]`, copied on the host: HF stores
+/// linear weights `[out, in]`, burn's matmul wants `[in, out]`, and a contiguous copy keeps every
+/// later matmul off strided views. The one transpose of the loaders (checkpoints and adapters).
+pub fn transposed_host(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(
+        data.len(),
+        rows * cols,
+        "transposed_host: data is not [{rows}, {cols}]"
+    );
+    let mut out = vec![0f32; data.len()];
+    for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
+        for (c, x) in row.iter().enumerate() {
+            out[c * rows + r] = *x;
+        }
+    }
+    out
 }

@@ -13,6 +13,7 @@
 
 pub mod dequant;
 pub mod tokenizer;
+mod weights;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -23,6 +24,7 @@ use memmap2::Mmap;
 use crate::ModelError;
 
 pub use tokenizer::{GgufTokenizer, tokenizer_from_gguf};
+pub use weights::{GgufWeights, unpermute_qk_rows};
 
 /// The four bytes every GGUF file starts with.
 const MAGIC: [u8; 4] = *b"GGUF";
@@ -367,44 +369,6 @@ impl GgufFile {
             dtype: dequant::describe_type(info.ggml_type),
         }
     }
-}
-
-/// Undo llama.cpp's permutation of the rows of `attn_q`/`attn_k` weights.
-///
-/// `convert_hf_to_gguf.py` reorders the rows of each head of the Hugging Face `q_proj`/`k_proj`
-/// weights so that ggml's RoPE, which rotates adjacent pairs, matches Hugging Face's
-/// `rotate_half`, which rotates the two halves of each head. Given the row-major `[rows, cols]`
-/// GGUF weight and the number of heads (`n_head` for Q, `n_kv_head` for K), this returns the
-/// Hugging Face layout:
-/// `w.reshape(n_heads, rows / n_heads / 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
-///
-/// # Panics
-///
-/// If `data.len() != rows * cols`, or `rows` is not a multiple of `2 * n_heads` (including
-/// `n_heads == 0`). Callers check the tensor shape against the configuration first.
-pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
-    assert_eq!(
-        Some(data.len()),
-        rows.checked_mul(cols),
-        "unpermute_qk_rows: data is not [rows, cols]"
-    );
-    assert!(
-        n_heads > 0 && rows.is_multiple_of(2 * n_heads),
-        "unpermute_qk_rows: {rows} rows do not split into {n_heads} heads of pairs"
-    );
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = Vec::with_capacity(data.len());
-    for h in 0..n_heads {
-        // Hugging Face row `j * half + i` of head `h` is GGUF row `i * 2 + j` of that head.
-        for j in 0..2 {
-            for i in 0..half {
-                let src = (h * head_dim + i * 2 + j) * cols;
-                out.extend_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    out
 }
 
 fn gguf_err(path: &Path, reason: impl Into<String>) -> ModelError {

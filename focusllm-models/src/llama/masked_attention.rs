@@ -10,7 +10,8 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 
-use crate::llama::{Candidates, from_f32, to_f32};
+use super::attention::Candidates;
+use super::ops::{from_f32, to_f32};
 
 /// Queries per block: bounds the score buffer to `heads × BLOCK × keys` floats.
 const BLOCK: usize = 256;

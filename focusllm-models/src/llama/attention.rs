@@ -1,0 +1,181 @@
+//! Grouped-query self-attention with FocusLLM's candidate projections.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::masked_attention::AttentionPlan;
+use super::ops::project;
+use super::{PastKv, RopeTables};
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::rope::apply_rope;
+use crate::weights::Weights;
+
+/// q, k, v, o projections of the candidate token (the reference's `beacon_{q,k,v,o}_proj`).
+#[derive(Module, Debug)]
+pub struct CandidateProjections<B: Backend> {
+    /// Query projection.
+    pub q: Linear<B>,
+    /// Key projection.
+    pub k: Linear<B>,
+    /// Value projection.
+    pub v: Linear<B>,
+    /// Output projection.
+    pub o: Linear<B>,
+}
+
+/// Grouped-query self-attention.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection.
+    pub q: Linear<B>,
+    /// Key projection.
+    pub k: Linear<B>,
+    /// Value projection.
+    pub v: Linear<B>,
+    /// Output projection.
+    pub o: Linear<B>,
+    /// Candidate projections (`None`: the ordinary ones serve the candidate too).
+    pub candidate: Option<CandidateProjections<B>>,
+    #[module(skip)]
+    heads: usize,
+    #[module(skip)]
+    kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+/// Which of a forward's new positions are FocusLLM candidate tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidates {
+    /// None: every position uses the ordinary projections.
+    None,
+    /// The last position (a chunk's candidate after its ordinary tokens).
+    Last,
+    /// Every new position is the candidate of its own decoding step: new position `i` of `seq` reads
+    /// the past up to index `past - seq + 1 + i` (exclusive) and itself, not the other new
+    /// positions. The past then holds the ordinary versions of the candidate tokens before the last,
+    /// so one forward gives the candidates that `seq` exact-mode steps would compute one by one
+    /// (the training of several answer tokens in exact mode).
+    Each,
+}
+
+impl<B: Backend> Attention<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: RopeTables<'_, B>,
+        past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
+        plan: &AttentionPlan<B>,
+        candidates: Candidates,
+    ) -> (Tensor<B, 3>, super::NewKv<B>) {
+        let [b, s, _] = x.dims();
+        let cand = self.candidate.as_ref();
+        // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
+        // heads move forward for attention.
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
+        let q = split(
+            project(x.clone(), &self.q, cand.map(|c| &c.q), candidates),
+            self.heads,
+        );
+        let k = split(
+            project(x.clone(), &self.k, cand.map(|c| &c.k), candidates),
+            self.kv_heads,
+        );
+        let v = split(
+            project(x, &self.v, cand.map(|c| &c.v), candidates),
+            self.kv_heads,
+        )
+        .swap_dims(1, 2);
+        let (cos, sin) = rope;
+        let q = apply_rope(q, cos, sin).swap_dims(1, 2);
+        let k_rotated = apply_rope(k.clone(), cos, sin).swap_dims(1, 2);
+        let k = k.swap_dims(1, 2);
+        let (keys, values) = match past {
+            Some((kv, past_rope)) => {
+                let past_k = match past_rope {
+                    Some((pc, ps)) => {
+                        apply_rope(kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2)
+                    }
+                    None => kv.k.clone(),
+                };
+                (
+                    Tensor::cat(vec![past_k, k_rotated.clone()], 2),
+                    Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
+                )
+            }
+            None => (k_rotated.clone(), v.clone()),
+        };
+        let out = plan.attend(q, keys, values);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, s, self.heads * self.head_dim]);
+        let out = project(out, &self.o, cand.map(|c| &c.o), candidates);
+        (
+            out,
+            super::NewKv {
+                k_unrotated: k,
+                k_rotated,
+                v,
+            },
+        )
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    /// Assembles an attention block.
+    pub fn new(
+        q: Linear<B>,
+        k: Linear<B>,
+        v: Linear<B>,
+        o: Linear<B>,
+        candidate: Option<CandidateProjections<B>>,
+        config: &LlamaConfig,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            o,
+            candidate,
+            heads: config.num_attention_heads,
+            kv_heads: config.kv_heads(),
+            head_dim: config.head_dim(),
+        }
+    }
+
+    /// Loads the projections under `w` (`q_proj`, `k_proj`, `v_proj`, `o_proj`, as in HF
+    /// checkpoints), and the reference's `beacon_{q,k,v,o}_proj` candidate projections when
+    /// `trained_candidates` (they carry the ordinary ones' biases, where the checkpoint has them).
+    pub fn load(
+        w: &Weights<'_, B>,
+        config: &LlamaConfig,
+        trained_candidates: bool,
+    ) -> Result<Self, ModelError> {
+        let hidden = config.hidden_size;
+        let q_out = config.num_attention_heads * config.head_dim();
+        let kv_out = config.kv_heads() * config.head_dim();
+        let bias = config.attention_bias;
+        let candidate = if trained_candidates {
+            let bias = bias && w.has("beacon_q_proj.bias");
+            Some(CandidateProjections {
+                q: w.linear("beacon_q_proj", q_out, hidden, bias)?,
+                k: w.linear("beacon_k_proj", kv_out, hidden, bias)?,
+                v: w.linear("beacon_v_proj", kv_out, hidden, bias)?,
+                o: w.linear("beacon_o_proj", hidden, q_out, false)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self::new(
+            w.linear("q_proj", q_out, hidden, bias)?,
+            w.linear("k_proj", kv_out, hidden, bias)?,
+            w.linear("v_proj", kv_out, hidden, bias)?,
+            w.linear("o_proj", hidden, q_out, false)?,
+            candidate,
+            config,
+        ))
+    }
+}

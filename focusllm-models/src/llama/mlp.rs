@@ -1,0 +1,76 @@
+//! The SwiGLU MLP, with FocusLLM's candidate up/down projections when the checkpoint has them.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::silu;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::attention::Candidates;
+use super::ops::project;
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::weights::Weights;
+
+/// MLP candidate projections (`beacon_up_proj`, `beacon_down_proj`), when "mlp" is a candidate param.
+#[derive(Module, Debug)]
+pub struct CandidateMlp<B: Backend> {
+    /// Up projection.
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+}
+
+/// SwiGLU MLP.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Gate projection.
+    pub gate: Linear<B>,
+    /// Up projection.
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+    /// Candidate up/down projections, if the checkpoint has them.
+    pub candidate: Option<CandidateMlp<B>>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, candidates: Candidates) -> Tensor<B, 3> {
+        let gate = silu(self.gate.forward(x.clone()));
+        let up = project(
+            x,
+            &self.up,
+            self.candidate.as_ref().map(|c| &c.up),
+            candidates,
+        );
+        project(
+            gate * up,
+            &self.down,
+            self.candidate.as_ref().map(|c| &c.down),
+            candidates,
+        )
+    }
+
+    /// Loads `gate_proj`, `up_proj` and `down_proj` under `w`, and `beacon_up_proj` /
+    /// `beacon_down_proj` when `trained_candidates` and the checkpoint has them.
+    pub fn load(
+        w: &Weights<'_, B>,
+        config: &LlamaConfig,
+        trained_candidates: bool,
+    ) -> Result<Self, ModelError> {
+        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+        let candidate = if trained_candidates && w.has("beacon_up_proj.weight") {
+            Some(CandidateMlp {
+                up: w.linear("beacon_up_proj", inter, hidden, false)?,
+                down: w.linear("beacon_down_proj", hidden, inter, false)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            gate: w.linear("gate_proj", inter, hidden, false)?,
+            up: w.linear("up_proj", inter, hidden, false)?,
+            down: w.linear("down_proj", hidden, inter, false)?,
+            candidate,
+        })
+    }
+}

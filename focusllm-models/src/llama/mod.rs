@@ -1,0 +1,299 @@
+//! A Llama-architecture decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) on any burn backend, with
+//! FocusLLM's candidate projections.
+//!
+//! One forward serves every pass: plain decoding, the chunk pass (the last position is the
+//! candidate and uses the candidate projections) and the main pass (a past whose keys still need
+//! RoPE, at positions chosen by the caller).
+
+mod attention;
+mod layer;
+pub(crate) mod masked_attention;
+mod mlp;
+pub(crate) mod ops;
+
+use burn::module::{Module, Param};
+use burn::tensor::module::embedding;
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+
+pub use attention::{Attention, CandidateProjections, Candidates};
+pub use layer::DecoderLayer;
+pub use mlp::{CandidateMlp, Mlp};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::loader::LoadOptions;
+use crate::rope::{Rope, apply_rope};
+use crate::weights::{WeightSource, Weights};
+use masked_attention::AttentionPlan;
+use ops::{CastParams, from_f32, rms_norm};
+
+/// Where a model's candidate projections came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateSource {
+    /// Trained candidate projections were loaded (the official `beacon_*` tensors).
+    Trained,
+    /// The checkpoint had none: the candidate uses the ordinary projections (the reference's copy).
+    CopiedFromBase,
+    /// Candidate projections from a [`crate::adapter::CandidateAdapter`] (trained separately).
+    Adapter,
+}
+
+/// The whole decoder.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed: Param<Tensor<B, 2>>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final RMSNorm weight.
+    pub norm: Param<Tensor<B, 1>>,
+    /// LM head `[hidden, vocab]` (`None`: tied to the embeddings).
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    config: LlamaConfig,
+    #[module(skip)]
+    rope: Rope,
+    #[module(skip)]
+    candidate_source: CandidateSource,
+    #[module(skip)]
+    cache_dtype: Option<DType>,
+}
+
+/// How the keys of a past are stored.
+#[derive(Debug, Clone, Copy)]
+pub enum PastKeys<'a> {
+    /// Keys already rotated (their positions never change: raw chunk caches, plain KV caches).
+    Rotated,
+    /// Keys before RoPE, to be rotated at these positions (one row per batch element).
+    Unrotated(&'a [Vec<usize>]),
+}
+
+/// A cos and a sin table from [`Rope::tables`].
+pub(crate) type RopeTables<'a, B> = (&'a Tensor<B, 4>, &'a Tensor<B, 4>);
+
+/// Keys and values of one layer's past, `[batch, kv_heads, len, head_dim]`.
+pub type PastKv<B> = focusllm_core::LayerKv<B>;
+
+/// What a forward produced for the new tokens, per layer.
+#[derive(Debug, Clone)]
+pub struct NewKv<B: Backend> {
+    /// Keys before RoPE `[batch, kv_heads, seq, head_dim]`.
+    pub k_unrotated: Tensor<B, 4>,
+    /// Keys after RoPE.
+    pub k_rotated: Tensor<B, 4>,
+    /// Values.
+    pub v: Tensor<B, 4>,
+}
+
+/// Inputs of [`LlamaModel::forward`].
+pub struct ForwardInput<'a, B: Backend> {
+    /// Token ids `[batch, seq]`.
+    pub ids: Tensor<B, 2, Int>,
+    /// Positions of the new tokens, one row of `seq` per batch element.
+    pub positions: &'a [Vec<usize>],
+    /// Past keys/values per layer, and how their keys are stored.
+    pub past: Option<(&'a [PastKv<B>], PastKeys<'a>)>,
+    /// Per batch element, how many leading positions (of past ++ new) are padding to hide.
+    pub left_pad: Option<&'a [usize]>,
+    /// Which new positions are candidate tokens (they use the candidate projections).
+    pub candidates: Candidates,
+    /// For how many of the last positions to compute next-token logits (0: none, skips the LM head).
+    pub logits_last: usize,
+}
+
+/// What [`LlamaModel::forward`] returns.
+pub struct ForwardOutput<B: Backend> {
+    /// Logits at the last `logits_last` positions `[batch, logits_last, vocab]`, when asked for.
+    pub logits: Option<Tensor<B, 3>>,
+    /// The new tokens' keys and values per layer.
+    pub kv: Vec<NewKv<B>>,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads a model from `source` under HF tensor names (`model.embed_tokens`, `model.layers.{i}`,
+    /// `model.norm`, `lm_head`; see each module's `load`): a GGUF source maps its own names to
+    /// these. The reference's trained candidate projections (`beacon_*`) are loaded when present
+    /// and `options.trained_candidates`; the weights are then cast to `options.dtype`.
+    pub fn load(
+        config: LlamaConfig,
+        source: &dyn WeightSource,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let w = Weights::<B>::new(source, device);
+        let (hidden, vocab) = (config.hidden_size, config.vocab_size);
+        let trained =
+            options.trained_candidates && w.has("model.layers.0.self_attn.beacon_q_proj.weight");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&w.pp(&format!("model.layers.{i}")), &config, trained))
+            .collect::<Result<Vec<_>, _>>()?;
+        let embed = w.matrix("model.embed_tokens.weight", vocab, hidden)?;
+        let norm = w.vector("model.norm.weight", hidden)?;
+        let lm_head = if config.tie_word_embeddings && !w.has("lm_head.weight") {
+            None
+        } else {
+            // Stored `[hidden, vocab]` so the head is one plain matmul.
+            Some(w.transposed("lm_head.weight", vocab, hidden)?)
+        };
+        let source_kind = if trained {
+            CandidateSource::Trained
+        } else {
+            CandidateSource::CopiedFromBase
+        };
+        let model = Self::from_parts(config, embed, layers, norm, lm_head, source_kind);
+        Ok(if options.dtype == DType::F32 {
+            model
+        } else {
+            model.with_compute_dtype(options.dtype)
+        })
+    }
+
+    /// Assembles a model from its parts (see [`LlamaModel::load`] for loading checkpoints).
+    pub fn from_parts(
+        config: LlamaConfig,
+        embed: Tensor<B, 2>,
+        layers: Vec<DecoderLayer<B>>,
+        norm: Tensor<B, 1>,
+        lm_head: Option<Tensor<B, 2>>,
+        candidate_source: CandidateSource,
+    ) -> Self {
+        let rope = Rope::new(&config);
+        Self {
+            embed: Param::from_tensor(embed),
+            layers,
+            norm: Param::from_tensor(norm),
+            lm_head: lm_head.map(Param::from_tensor),
+            config,
+            rope,
+            candidate_source,
+            cache_dtype: None,
+        }
+    }
+
+    /// Stores the chunks' raw caches in `dtype` (e.g. `DType::F16` or `DType::BF16`) instead of the
+    /// compute dtype: half the memory per cached token, at the cost of rounding the cached keys and
+    /// values (and a conversion at every generated token). `None` restores the default.
+    pub fn set_cache_dtype(&mut self, dtype: Option<DType>) {
+        self.cache_dtype = dtype;
+    }
+
+    /// The dtype of the chunks' raw caches (`None`: the compute dtype).
+    pub fn cache_dtype(&self) -> Option<DType> {
+        self.cache_dtype
+    }
+
+    /// Converts the weights to `dtype` (`DType::F32`, `F16` or `BF16`; the backend must support it).
+    /// Activations then flow in that dtype; RMSNorm, softmax and RoPE tables stay f32-accurate.
+    pub fn with_compute_dtype(self, dtype: DType) -> Self {
+        self.map(&mut CastParams(dtype))
+    }
+
+    /// The compute dtype (that of the weights).
+    pub fn compute_dtype(&self) -> DType {
+        self.embed.val().dtype()
+    }
+
+    /// The model with `projections` (one per layer) as its candidate q, k, v, o projections.
+    ///
+    /// # Panics
+    /// If `projections` does not hold one entry per layer (see
+    /// [`crate::adapter::CandidateAdapter::apply`], which checks).
+    pub fn with_candidate_projections(
+        mut self,
+        projections: Vec<CandidateProjections<B>>,
+        source: CandidateSource,
+    ) -> Self {
+        assert_eq!(
+            projections.len(),
+            self.layers.len(),
+            "one projection set per layer"
+        );
+        for (layer, p) in self.layers.iter_mut().zip(projections) {
+            layer.attn.candidate = Some(p);
+        }
+        self.candidate_source = source;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Whether the candidate projections were trained or copied from the ordinary ones.
+    pub fn candidate_source(&self) -> CandidateSource {
+        self.candidate_source
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed.val().device()
+    }
+
+    /// Token ids `[batch][seq]` as a tensor (rows must have equal length).
+    pub fn ids_tensor(&self, rows: &[Vec<u32>]) -> Tensor<B, 2, Int> {
+        let seq = rows.first().map_or(0, Vec::len);
+        let flat: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), seq]), &self.device())
+    }
+
+    /// RoPE cos/sin tables for `positions`, in the compute dtype.
+    fn rope_tables(&self, positions: &[Vec<usize>]) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let dtype = self.compute_dtype();
+        let (cos, sin) = self.rope.tables::<B>(positions, &self.device());
+        (from_f32(cos, dtype), from_f32(sin, dtype))
+    }
+
+    /// Rotates unrotated keys `[batch, kv_heads, len, d]` to `positions` (one row per batch element).
+    pub fn rotate_keys(&self, keys: Tensor<B, 4>, positions: &[Vec<usize>]) -> Tensor<B, 4> {
+        let (cos, sin) = self.rope_tables(positions);
+        apply_rope(keys.swap_dims(1, 2), &cos, &sin).swap_dims(1, 2)
+    }
+
+    /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
+    pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
+        let device = self.device();
+        let (cos, sin) = self.rope_tables(input.positions);
+        let past_tables = match input.past {
+            Some((_, PastKeys::Unrotated(pos))) => Some(self.rope_tables(pos)),
+            _ => None,
+        };
+        let [batch, seq] = input.ids.dims();
+        let past_len = input
+            .past
+            .map_or(0, |(layers, _)| layers.first().map_or(0, |kv| kv.len()));
+        let groups = self.config.num_attention_heads / self.config.kv_heads();
+        let plan = AttentionPlan::new(
+            batch,
+            seq,
+            past_len,
+            self.config.kv_heads(),
+            groups,
+            input.left_pad,
+            input.candidates,
+            &device,
+        );
+        let mut x = embedding(self.embed.val(), input.ids);
+        let eps = self.config.rms_norm_eps;
+        let mut kv = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let past = input
+                .past
+                .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
+            let (out, new_kv) = layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
+            x = out;
+            kv.push(new_kv);
+        }
+        let logits = (input.logits_last > 0).then(|| {
+            let s = x.dims()[1];
+            let k = input.logits_last.min(s);
+            let last = rms_norm(x.narrow(1, s - k, k), &self.norm, eps);
+            let head = match &self.lm_head {
+                Some(head) => head.val(),
+                None => self.embed.val().transpose(),
+            };
+            last.matmul(head.unsqueeze::<3>())
+        });
+        ForwardOutput { logits, kv }
+    }
+}
