@@ -9,15 +9,20 @@
 //! - [`Trainer`]: the loop, with resumable checkpoints, a JSON-lines loss log, progress and
 //!   cancellation.
 
+mod checkpoint;
 mod config;
-mod data;
+mod corpus;
+mod example;
+mod grads;
+mod retrieval;
+mod sampler;
 mod trainer;
 
 pub use config::{LossTarget, TaskMix, TrainConfig};
-pub use data::{
-    ExampleSampler, RetrievalGenerator, RetrievalSample, TaskKind, TextCorpus, TextEncoder,
-    TrainExample,
-};
+pub use corpus::{TextCorpus, TextEncoder};
+pub use example::{TaskKind, TrainExample};
+pub use retrieval::{Fact, RetrievalGenerator, RetrievalSample};
+pub use sampler::ExampleSampler;
 pub use trainer::{
     CandidateTrainer, ExampleLoss, StepRecord, TaskStat, TrainOutcome, TrainProgress, Trainer,
 };

@@ -2,15 +2,14 @@
 //! global-norm clipping, gradient accumulation, checkpoints that resume exactly, a loss log, progress
 //! reports and cancellation.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,8 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::control::CancelToken;
 use crate::error::{FocusError, Result};
 use crate::model::ModelSpec;
+use crate::train::checkpoint::{self, CheckpointRecorder, TrainState};
 use crate::train::config::TrainConfig;
-use crate::train::data::{ExampleSampler, TaskKind, TrainExample};
+use crate::train::example::{TaskKind, TrainExample};
+use crate::train::grads::{global_norm, scale_grads};
+use crate::train::sampler::ExampleSampler;
 
 /// A model family's side of training: the loss of one example with given candidate parameters.
 /// The base model is frozen: only `Params` may carry gradients.
@@ -107,19 +109,6 @@ pub enum TrainOutcome {
     Cancelled,
 }
 
-/// What the checkpoint's `state.json` holds besides the tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainState {
-    step: usize,
-    tokens: u64,
-    seconds: f64,
-    /// Scalar parameters of the trained module: tells full from low-rank and one rank from another.
-    params: usize,
-    config: TrainConfig,
-}
-
-type CheckpointRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
-
 /// A progress observer.
 type ProgressFn<'m> = Box<dyn FnMut(&TrainProgress) + 'm>;
 
@@ -184,11 +173,11 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
             path: dir.clone(),
             source,
         })?;
-        if let Some(latest) = latest_checkpoint(&dir)? {
+        if let Some(latest) = checkpoint::latest_checkpoint(&dir)? {
             self.resume(&dir, &latest)?;
         } else {
             // A fresh run: any stale log from an unfinished first checkpoint is dropped.
-            truncate_log(&dir.join(LOG), 0)?;
+            checkpoint::truncate_log(&dir.join(checkpoint::LOG), 0)?;
         }
         self.checkpoints = Some(dir);
         Ok(self)
@@ -329,7 +318,7 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
         self.tokens += tokens as u64;
         self.seconds += seconds;
         if let Some(dir) = &self.checkpoints {
-            append_log(&dir.join(LOG), &record)?;
+            checkpoint::append_log(&dir.join(checkpoint::LOG), &record)?;
         }
         self.history.push(record.clone());
         if let Some(progress) = self.progress.as_mut() {
@@ -356,29 +345,6 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
         let Some(dir) = &self.checkpoints else {
             return Ok(());
         };
-        let name = format!("step-{:06}", self.step);
-        if latest_checkpoint(dir)?.as_deref() == Some(name.as_str()) {
-            // This step is saved already (a cancel right after a periodic checkpoint): rewriting
-            // the only checkpoint in place could leave none whole.
-            return Ok(());
-        }
-        let target = dir.join(&name);
-        let staging = dir.join(format!("{name}.tmp"));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FocusError::Io { path, source }
-        };
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io(&staging))?;
-        }
-        fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let recorder = CheckpointRecorder::new();
-        self.params
-            .clone()
-            .save_file(staging.join("params"), &recorder)
-            .map_err(|e| checkpoint_error(&staging, e))?;
-        Recorder::<B>::record(&recorder, self.optim.to_record(), staging.join("optimizer"))
-            .map_err(|e| checkpoint_error(&staging, e))?;
         let state = TrainState {
             step: self.step,
             tokens: self.tokens,
@@ -386,41 +352,25 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
             params: self.params.num_params(),
             config: self.config.clone(),
         };
-        let json = serde_json::to_string_pretty(&state).expect("state serialises");
-        fs::write(staging.join("state.json"), json).map_err(io(&staging))?;
-        if target.exists() {
-            fs::remove_dir_all(&target).map_err(io(&target))?;
-        }
-        // The step's files appear under their final name all at once.
-        fs::rename(&staging, &target).map_err(io(&target))?;
-        let latest = dir.join(LATEST);
-        let tmp = dir.join(format!("{LATEST}.tmp"));
-        fs::write(&tmp, &name).map_err(io(&tmp))?;
-        fs::rename(&tmp, &latest).map_err(io(&latest))?;
-        // Older checkpoints are superseded.
-        for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
-            let file_name = entry.file_name();
-            let file_name = file_name.to_string_lossy();
-            if file_name.starts_with("step-") && file_name != name {
-                fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
-            }
-        }
-        Ok(())
+        checkpoint::write(dir, &state, |staging| {
+            let recorder = CheckpointRecorder::new();
+            self.params
+                .clone()
+                .save_file(staging.join("params"), &recorder)
+                .map_err(|e| checkpoint::error(staging, e))?;
+            Recorder::<B>::record(&recorder, self.optim.to_record(), staging.join("optimizer"))
+                .map_err(|e| checkpoint::error(staging, e))
+        })
     }
 
     fn resume(&mut self, dir: &Path, name: &str) -> Result<()> {
         let source = dir.join(name);
-        let text = fs::read_to_string(source.join("state.json")).map_err(|e| FocusError::Io {
-            path: source.join("state.json"),
-            source: e,
-        })?;
-        let state: TrainState = serde_json::from_str(&text)
-            .map_err(|e| FocusError::Checkpoint(format!("{}: {e}", source.display())))?;
+        let state = checkpoint::read_state(&source)?;
         if state.config != self.config {
             return Err(FocusError::Checkpoint(format!(
                 "{} was written by a run with another config ({}); use another directory or the same settings",
                 dir.display(),
-                config_diff(&state.config, &self.config)
+                checkpoint::config_diff(&state.config, &self.config)
             )));
         }
         if state.params != self.params.num_params() {
@@ -438,174 +388,20 @@ impl<'m, B: AutodiffBackend, T: CandidateTrainer<B>> Trainer<'m, B, T> {
             .params
             .clone()
             .load_file(source.join("params"), &recorder, &device)
-            .map_err(|e| checkpoint_error(&source, e))?;
+            .map_err(|e| checkpoint::error(&source, e))?;
         let optim_record = Recorder::<B>::load(&recorder, source.join("optimizer"), &device)
-            .map_err(|e| checkpoint_error(&source, e))?;
+            .map_err(|e| checkpoint::error(&source, e))?;
         self.optim = self.optim.clone().load_record(optim_record);
         self.step = state.step;
         self.tokens = state.tokens;
         self.seconds = state.seconds;
-        let log = dir.join(LOG);
-        truncate_log(&log, state.step)?;
-        self.history = read_log(&log)?;
+        let log = dir.join(checkpoint::LOG);
+        checkpoint::truncate_log(&log, state.step)?;
+        self.history = checkpoint::read_log(&log)?;
         Ok(())
     }
 
     fn device(&self) -> B::Device {
         self.params.devices().into_iter().next().unwrap_or_default()
     }
-}
-
-const LOG: &str = "loss.jsonl";
-const LATEST: &str = "latest";
-
-fn checkpoint_error(path: &Path, e: impl std::fmt::Display) -> FocusError {
-    FocusError::Checkpoint(format!("{}: {e}", path.display()))
-}
-
-/// The checkpoint directory name `latest` points to, if any.
-fn latest_checkpoint(dir: &Path) -> Result<Option<String>> {
-    let path = dir.join(LATEST);
-    match fs::read_to_string(&path) {
-        Ok(name) => Ok(Some(name.trim().to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FocusError::Io { path, source }),
-    }
-}
-
-fn config_diff(a: &TrainConfig, b: &TrainConfig) -> String {
-    let (a, b) = (
-        serde_json::to_value(a).expect("config serialises"),
-        serde_json::to_value(b).expect("config serialises"),
-    );
-    let fields: Vec<String> = a
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| format!("{k}: {v} there, {} here", b[k.as_str()]))
-        .collect();
-    fields.join("; ")
-}
-
-fn append_log(path: &Path, record: &StepRecord) -> Result<()> {
-    let io = |source| FocusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    let line = serde_json::to_string(record).expect("record serialises");
-    writeln!(file, "{line}").map_err(io)
-}
-
-fn read_log(path: &Path) -> Result<Vec<StepRecord>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(FocusError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let lines = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<Vec<String>>>()
-        .map_err(|source| FocusError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let last = lines.len().saturating_sub(1);
-    let mut records = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str(line) {
-            Ok(r) => records.push(r),
-            // A process killed mid-write leaves a partial last line: that step was never
-            // checkpointed, so it is dropped.
-            Err(_) if i == last => {}
-            Err(e) => {
-                return Err(FocusError::Checkpoint(format!(
-                    "{} line {}: {e}",
-                    path.display(),
-                    i + 1
-                )));
-            }
-        }
-    }
-    Ok(records)
-}
-
-/// Drops log lines of steps at or after `step` (written after the checkpoint being resumed).
-fn truncate_log(path: &Path, step: usize) -> Result<()> {
-    let kept: Vec<StepRecord> = read_log(path)?
-        .into_iter()
-        .filter(|r| r.step < step)
-        .collect();
-    if kept.is_empty() && !path.exists() {
-        return Ok(());
-    }
-    let mut text = String::new();
-    for r in &kept {
-        text.push_str(&serde_json::to_string(r).expect("record serialises"));
-        text.push('\n');
-    }
-    let io = |source| FocusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("jsonl.tmp");
-    fs::write(&tmp, text).map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
-}
-
-/// Sums the squared gradients of every float parameter of a module.
-struct GradNorm<'a> {
-    grads: &'a GradientsParams,
-    sum: f64,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let s: f64 = g.square().sum().into_scalar().elem();
-            self.sum += s;
-        }
-    }
-}
-
-/// Multiplies every gradient of a module by a factor.
-struct ScaleGrads<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
-        }
-    }
-}
-
-fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &GradientsParams,
-) -> f64 {
-    let mut visitor = GradNorm { grads, sum: 0.0 };
-    module.visit(&mut visitor);
-    visitor.sum.sqrt()
-}
-
-fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &mut GradientsParams,
-    factor: f64,
-) {
-    let mut visitor = ScaleGrads { grads, factor };
-    module.visit(&mut visitor);
 }

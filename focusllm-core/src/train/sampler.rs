@@ -1,475 +1,24 @@
-//! Training data: a text corpus, a synthetic retrieval generator, and the continuation and
-//! repetition tasks cut from their samples through the same [`Chunker`] the engine reads with.
-
-use std::path::{Path, PathBuf};
+//! The examples of a training step: samples drawn from the corpus and the retrieval generator, cut
+//! into continuation, repetition and retrieval examples through the engine's [`Chunker`].
 
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::chunker::{ChunkPlan, Chunker, FixedStrideChunker};
-use crate::config::{FocusConfig, StepMode};
+use crate::config::FocusConfig;
 use crate::error::{FocusError, Result};
-use crate::passkey;
 use crate::train::config::{LossTarget, TaskMix, TrainConfig};
-
-/// Text to token ids (a model's tokenizer). Object-safe so that data sources can hold one.
-pub trait TextEncoder: Send + Sync {
-    /// Encodes `text` without special tokens.
-    fn encode(&self, text: &str) -> Result<Vec<u32>>;
-}
-
-/// Where an example comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum TaskKind {
-    /// Predict what follows a local span at the end of a text sample; the text before is memory.
-    Continuation,
-    /// Predict what follows a span copied from inside a memory chunk; the whole sample is memory.
-    Repetition,
-    /// Answer a question about a fact hidden in filler (the synthetic generator's continuation).
-    Retrieval,
-}
-
-/// One training example: an input the engine's chunker has planned, and the tokens to predict after
-/// it, read with the candidates held fixed or refreshed at every token (`step_mode`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainExample {
-    /// The task.
-    pub task: TaskKind,
-    /// The input ids (memory ++ local context).
-    pub ids: Vec<u32>,
-    /// How the input is read: chunks, local context, dynamic prompt.
-    pub plan: ChunkPlan,
-    /// Tokens generated after the input and before the targets (teacher-forced), as exact-mode
-    /// decoding sees them: appended to every chunk's `chunk ++ prompt` (the last one is the
-    /// candidate) and to the local context. Empty for a target right after the input.
-    pub generated: Vec<u32>,
-    /// The scored tokens, in order, right after the input and `generated`.
-    pub targets: Vec<u32>,
-    /// How the targets are read. [`StepMode::Exact`]: target `i` through candidates refreshed after
-    /// `generated ++ targets[..i]` (one exact-mode step per target); [`StepMode::FrozenCandidates`]:
-    /// every target through the candidates after `generated`. One target reads the same either way.
-    pub step_mode: StepMode,
-}
-
-impl TrainExample {
-    /// What the main decoder runs: the local context (BOS rule applied), the generated tokens and
-    /// every target but the last, so that its last `targets.len()` logits predict the targets.
-    ///
-    /// # Panics
-    /// If `targets` is empty (the sampler never builds such an example).
-    pub fn main_input(&self) -> Vec<u32> {
-        let mut main = self.plan.local.clone();
-        main.extend_from_slice(&self.generated);
-        main.extend_from_slice(&self.targets[..self.targets.len() - 1]);
-        main
-    }
-
-    /// How many sets of candidates the targets are read through: one per target in exact mode,
-    /// one in all with frozen candidates.
-    pub fn candidate_steps(&self) -> usize {
-        match self.step_mode {
-            StepMode::Exact => self.targets.len().max(1),
-            StepMode::FrozenCandidates => 1,
-        }
-    }
-
-    /// What every chunk runs after its own tokens: the dynamic prompt, the generated tokens and, in
-    /// exact mode, every target but the last. Its last [`TrainExample::candidate_steps`] tokens
-    /// are the candidates (the one of step `i` follows the ordinary tokens before it).
-    pub fn chunk_tail(&self) -> Vec<u32> {
-        let mut tail = self.plan.prompt.clone();
-        tail.extend_from_slice(&self.generated);
-        tail.extend_from_slice(&self.targets[..self.candidate_steps() - 1]);
-        tail
-    }
-
-    /// Tokens the decoder would run over for this example if every chunk were computed (chunk
-    /// passes plus the main pass).
-    pub fn decoded_tokens(&self) -> usize {
-        let chunks: usize = self.plan.chunks.iter().map(|r| r.len()).sum();
-        chunks + self.plan.chunks.len() * self.chunk_tail().len() + self.main_input().len()
-    }
-}
-
-/// A token stream made of text files, from which samples are windows at random offsets.
-#[derive(Debug, Clone)]
-pub struct TextCorpus {
-    tokens: Vec<u32>,
-    files: usize,
-}
-
-impl TextCorpus {
-    /// Tokenizes `texts` and joins them (separated by a blank line).
-    pub fn from_texts<S: AsRef<str>>(texts: &[S], encoder: &dyn TextEncoder) -> Result<Self> {
-        let separator = encoder.encode("\n\n")?;
-        let mut tokens = Vec::new();
-        for text in texts {
-            tokens.extend(encoder.encode(text.as_ref())?);
-            tokens.extend_from_slice(&separator);
-        }
-        Ok(Self {
-            tokens,
-            files: texts.len(),
-        })
-    }
-
-    /// Reads text files: each path is a file, or a directory whose `.txt` and `.md` files are read
-    /// recursively (in name order, so a corpus is the same on every machine).
-    pub fn from_paths<P: AsRef<Path>>(paths: &[P], encoder: &dyn TextEncoder) -> Result<Self> {
-        let mut files = Vec::new();
-        for path in paths {
-            collect_text_files(path.as_ref(), &mut files)?;
-        }
-        if files.is_empty() {
-            return Err(FocusError::Data(format!(
-                "no .txt or .md file under {:?}",
-                paths
-                    .iter()
-                    .map(|p| p.as_ref().display().to_string())
-                    .collect::<Vec<_>>()
-            )));
-        }
-        let texts = files
-            .iter()
-            .map(|f| {
-                std::fs::read_to_string(f).map_err(|source| FocusError::Io {
-                    path: f.clone(),
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Self::from_texts(&texts, encoder)
-    }
-
-    /// Tokens in the corpus.
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// Whether the corpus holds no tokens.
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
-    /// Texts (files) the corpus was made of.
-    pub fn files(&self) -> usize {
-        self.files
-    }
-
-    /// A window of `n` tokens at a random offset.
-    fn window(&self, n: usize, rng: &mut StdRng) -> &[u32] {
-        let start = rng.random_range(0..=self.tokens.len() - n);
-        &self.tokens[start..start + n]
-    }
-}
-
-fn collect_text_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let io = |source| FocusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(io)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .map_err(io)?;
-        entries.sort();
-        for entry in entries {
-            let text = matches!(
-                entry.extension().and_then(|e| e.to_str()),
-                Some("txt" | "md")
-            );
-            if entry.is_dir() || text {
-                collect_text_files(&entry, out)?;
-            }
-        }
-        Ok(())
-    } else {
-        std::fs::metadata(path).map_err(io)?;
-        out.push(path.to_path_buf());
-        Ok(())
-    }
-}
-
-/// A fact template: where the key is stated, the question, and the answer. `{key}` is replaced.
-struct FactTemplate {
-    needle: &'static str,
-    question: &'static str,
-    answer: &'static str,
-}
-
-/// The training phrasings. The first is the passkey task's own; evaluations of held-out phrasings
-/// (`examples/longdoc.rs`, `BENCHMARKS.md`) use none of these.
-const TEMPLATES: &[FactTemplate] = &[
-    FactTemplate {
-        needle: passkey::NEEDLE,
-        question: passkey::QUESTION,
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: "\nThe secret number is {key}. Keep it in mind.\n",
-        question: "\nSomewhere above a secret number was given.\nWhat is the secret number? The secret number is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: " Note: the access code for the vault is {key}. ",
-        question: "\nQuestion: what is the access code for the vault?\nAnswer: the access code is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: "\nImportant: the magic number is {key}.\n",
-        question: "\nWhat was the magic number mentioned in the text? The magic number is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: "\nMy locker number is {key}, do not forget it.\n",
-        question: "\nRead the text again and tell me the locker number. The locker number is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: " The password to the archive is {key}. ",
-        question: "\nWhich password opens the archive? The password is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: "\n(The ticket reference is {key}.)\n",
-        question: "\nLook back for the ticket reference. The ticket reference is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: " Remember this serial number: {key}. ",
-        question: "\nWhat serial number were you asked to remember? The serial number is",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: "\nPS: the name of the ship is {key}.\n",
-        question: "\nAccording to the text, what is the name of the ship? The ship is called",
-        answer: " {key}.",
-    },
-    FactTemplate {
-        needle: " The meeting room has the code {key} written on its door. ",
-        question: "\nWhat code is written on the door of the meeting room? The code is",
-        answer: " {key}.",
-    },
-];
-
-/// Filler paragraphs the facts are hidden in (the first is the passkey task's own).
-const FILLERS: &[&str] = &[
-    passkey::FILLER,
-    "The river runs past the old mill. Birds sing in the morning. The market opens at dawn. ",
-    "A train leaves the station every hour. People read newspapers on the platform. The coffee is hot. ",
-    "Clouds drift over the hills. The wind is cold today. Children play in the park after school. ",
-    "The library is quiet. Shelves are full of old books. A clock ticks on the wall. ",
-];
-
-/// Words for word keys (two are drawn and joined by a space or a hyphen).
-const KEY_WORDS: &[&str] = &[
-    "amber", "anchor", "apple", "arrow", "badger", "bamboo", "basil", "beacon", "birch", "blue",
-    "bottle", "bridge", "candle", "canyon", "carbon", "cedar", "cherry", "cobalt", "comet",
-    "copper", "coral", "cotton", "crystal", "dragon", "eagle", "ember", "falcon", "feather",
-    "forest", "garden", "ginger", "glacier", "granite", "harbor", "hazel", "island", "ivory",
-    "jasper", "kettle", "lantern", "lemon", "lilac", "marble", "meadow", "melon", "mirror",
-    "monkey", "needle", "nickel", "ocean", "olive", "orange", "orchid", "otter", "panda", "pepper",
-    "pigeon", "pillow", "planet", "potato", "purple", "rabbit", "raven", "ribbon", "river",
-    "rocket", "saddle", "salmon", "silver", "spider", "spruce", "tiger", "tomato", "tulip",
-    "velvet", "violet", "walnut", "willow", "winter", "yellow", "zebra",
-];
-
-/// What a key looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    /// 4 to 8 digits.
-    Number,
-    /// Two words, such as `amber-falcon` or `cedar river`.
-    Words,
-    /// A code such as `K7-QX2`.
-    Code,
-}
-
-/// One fact: the sentence that states it, the question about it and its answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fact {
-    /// The sentence that states the key.
-    pub needle: Vec<u32>,
-    /// The question that follows the document.
-    pub question: Vec<u32>,
-    /// The answer (the key and a full stop).
-    pub answer: Vec<u32>,
-    /// The key, as text.
-    pub key: String,
-}
-
-/// One synthetic retrieval sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetrievalSample {
-    /// BOS (if any), filler or prose with the fact's needle at a random depth.
-    pub document: Vec<u32>,
-    /// The fact: its question follows the document, its answer is what to predict.
-    pub fact: Fact,
-}
-
-/// Generates facts (numbers of 4 to 8 digits, word pairs, codes such as `K7-QX2`, in ten
-/// phrasings) hidden in filler, followed by a question whose answer is the key: the retrieval
-/// skill the candidates must learn, at any length and depth.
-pub struct RetrievalGenerator {
-    encoder: Box<dyn TextEncoder>,
-    fillers: Vec<Vec<u32>>,
-    bos: Option<u32>,
-}
-
-impl std::fmt::Debug for RetrievalGenerator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetrievalGenerator")
-            .field("fillers", &self.fillers.len())
-            .field("templates", &TEMPLATES.len())
-            .finish()
-    }
-}
-
-impl RetrievalGenerator {
-    /// A generator with the built-in templates, fillers and key kinds.
-    pub fn new(encoder: Box<dyn TextEncoder>, bos: Option<u32>) -> Result<Self> {
-        let fillers = FILLERS
-            .iter()
-            .map(|f| encoder.encode(f))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            encoder,
-            fillers,
-            bos,
-        })
-    }
-
-    /// The most tokens a sample's fixed parts take (BOS, the longest fact and its question).
-    pub fn longest_fixed_part(&self) -> Result<usize> {
-        let keys = ["99999999", "granite-granite", "W9-WW9-W9"];
-        let mut longest = 0;
-        for t in TEMPLATES {
-            let question = self.encoder.encode(t.question)?;
-            for key in keys {
-                let needle = self.encoder.encode(&t.needle.replace("{key}", key))?;
-                longest = longest.max(needle.len() + question.len());
-            }
-        }
-        Ok(longest + usize::from(self.bos.is_some()))
-    }
-
-    /// Draws a key and a phrasing; `kinds` weighs numbers, word pairs and codes (see
-    /// [`TrainConfig::key_kinds`]).
-    pub fn fact(&self, kinds: [f64; 3], rng: &mut StdRng) -> Result<Fact> {
-        let template = TEMPLATES.choose(rng).expect("templates are not empty");
-        let total: f64 = kinds.iter().sum();
-        let mut draw = rng.random_range(0.0..total.max(f64::MIN_POSITIVE));
-        let mut kind = KeyKind::Number;
-        for (k, w) in [KeyKind::Number, KeyKind::Words, KeyKind::Code]
-            .into_iter()
-            .zip(kinds)
-        {
-            if draw < w {
-                kind = k;
-                break;
-            }
-            draw -= w;
-        }
-        let key = random_key(kind, rng);
-        Ok(Fact {
-            needle: self
-                .encoder
-                .encode(&template.needle.replace("{key}", &key))?,
-            question: self.encoder.encode(template.question)?,
-            answer: self
-                .encoder
-                .encode(&template.answer.replace("{key}", &key))?,
-            key,
-        })
-    }
-
-    /// `len` tokens of one built-in filler paragraph, repeated from a random offset.
-    pub fn filler(&self, len: usize, rng: &mut StdRng) -> Vec<u32> {
-        let unit = self.fillers.choose(rng).expect("fillers are not empty");
-        let offset = rng.random_range(0..unit.len());
-        unit.iter()
-            .copied()
-            .cycle()
-            .skip(offset)
-            .take(len)
-            .collect()
-    }
-
-    /// Draws a sample whose document and question together hold `tokens` tokens, in the built-in
-    /// filler, with the fact outside the last `local` tokens (so a local window of that size cannot
-    /// see it: only the candidates can carry it).
-    pub fn sample(
-        &self,
-        tokens: usize,
-        local: usize,
-        kinds: [f64; 3],
-        rng: &mut StdRng,
-    ) -> Result<RetrievalSample> {
-        let fact = self.fact(kinds, rng)?;
-        let bos: Vec<u32> = self.bos.into_iter().collect();
-        let fixed = bos.len() + fact.needle.len() + fact.question.len();
-        let budget = tokens
-            .checked_sub(fixed)
-            .filter(|&b| b > 0)
-            .ok_or_else(|| {
-                FocusError::Data(format!(
-                    "a retrieval sample needs more than {fixed} tokens, got {tokens} (raise min_sample_tokens)"
-                ))
-            })?;
-        let filler = self.filler(budget, rng);
-        let tail = local.saturating_sub(fact.question.len()).min(budget);
-        let before = rng.random_range(0..=budget - tail);
-        let mut document = Vec::with_capacity(tokens);
-        document.extend_from_slice(&bos);
-        document.extend_from_slice(&filler[..before]);
-        document.extend_from_slice(&fact.needle);
-        document.extend_from_slice(&filler[before..]);
-        Ok(RetrievalSample { document, fact })
-    }
-}
-
-fn random_key(kind: KeyKind, rng: &mut StdRng) -> String {
-    let digit = |rng: &mut StdRng, low: u8| char::from(b'0' + rng.random_range(low..10u8));
-    match kind {
-        KeyKind::Number => {
-            let digits = rng.random_range(4..=8);
-            (0..digits)
-                .map(|i| digit(rng, if i == 0 { 1 } else { 0 }))
-                .collect()
-        }
-        KeyKind::Words => {
-            let a = KEY_WORDS.choose(rng).expect("not empty");
-            let b = KEY_WORDS.choose(rng).expect("not empty");
-            let sep = if rng.random_bool(0.5) { "-" } else { " " };
-            format!("{a}{sep}{b}")
-        }
-        KeyKind::Code => {
-            let letter = |rng: &mut StdRng| char::from(b'A' + rng.random_range(0..26u8));
-            let mut key = String::new();
-            for i in 0..rng.random_range(5..=7) {
-                if i == 2 || i == 5 {
-                    key.push('-');
-                }
-                let c = if rng.random_bool(0.5) {
-                    letter(rng)
-                } else {
-                    digit(rng, 0)
-                };
-                key.push(c);
-            }
-            key
-        }
-    }
-}
+use crate::train::corpus::TextCorpus;
+use crate::train::example::{TaskKind, TrainExample};
+use crate::train::retrieval::{RetrievalGenerator, RetrievalSample};
 
 /// Draws the examples of every micro-batch from the run's seed, step and index alone, so a resumed
 /// run sees exactly the data it would have seen.
 pub struct ExampleSampler {
     config: TrainConfig,
     bos: Option<u32>,
+    chunker: Box<dyn Chunker + Send + Sync>,
     corpus: Option<TextCorpus>,
     generator: Option<RetrievalGenerator>,
 }
@@ -529,11 +78,20 @@ impl ExampleSampler {
             }
         }
         Ok(Self {
+            chunker: Box::new(FixedStrideChunker),
             config,
             bos,
             corpus,
             generator,
         })
+    }
+
+    /// Plans every example with `chunker` instead of the reference's fixed stride: train with the
+    /// chunker the engine will read with. (Prose haystacks are built of blocks of the configured
+    /// chunk sizes; another chunker may cut them elsewhere, which costs pool hits, not correctness.)
+    pub fn with_chunker(mut self, chunker: impl Chunker + Send + Sync + 'static) -> Self {
+        self.chunker = Box::new(chunker);
+        self
     }
 
     /// The run's config.
@@ -617,7 +175,7 @@ impl ExampleSampler {
         } else {
             index * span / (blocks - 1)
         };
-        &corpus.tokens[start..start + chunk_size]
+        &corpus.tokens()[start..start + chunk_size]
     }
 
     /// A retrieval sample whose haystack is prose from the corpus: about `n` tokens of pool blocks,
@@ -681,7 +239,7 @@ impl ExampleSampler {
             .with_local_window(local_window)
             .with_chunk_size(chunk_size)
             .with_prompt_cap(self.config.prompt_cap);
-        FixedStrideChunker.plan(ids, &config, self.bos)
+        self.chunker.plan(ids, &config, self.bos)
     }
 
     fn continuation(
@@ -780,6 +338,8 @@ fn mix_seed(seed: u64, step: u64, micro: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StepMode;
+    use crate::train::corpus::TextEncoder;
 
     /// One token per byte: enough to check the layouts.
     struct Bytes;
@@ -943,6 +503,35 @@ mod tests {
             tasks.contains(&TaskKind::Retrieval)
                 && tasks.len() > tasks.iter().filter(|t| **t == TaskKind::Retrieval).count()
         );
+    }
+
+    /// Halves the chunk size the sampler asks for, and counts its calls.
+    struct HalfStride(std::sync::atomic::AtomicUsize);
+    impl Chunker for HalfStride {
+        fn plan(&self, ids: &[u32], config: &FocusConfig, bos: Option<u32>) -> Result<ChunkPlan> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let half = config.clone().with_chunk_size(config.chunk_size / 2);
+            FixedStrideChunker.plan(ids, &half, bos)
+        }
+    }
+
+    #[test]
+    fn examples_are_planned_by_the_sampler_s_chunker() {
+        let config = TrainConfig {
+            chunk_sizes: vec![128],
+            ..TrainConfig::default()
+        };
+        let s = sampler(config, true).with_chunker(HalfStride(Default::default()));
+        for step in 0..3 {
+            for ex in s.micro_batch(step, 0).unwrap() {
+                assert!(
+                    ex.plan.chunks.iter().all(|r| r.len() <= 64),
+                    "{:?}",
+                    ex.plan.chunks
+                );
+                assert!(ex.plan.chunks.iter().any(|r| r.len() == 64));
+            }
+        }
     }
 
     #[test]
