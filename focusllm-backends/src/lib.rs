@@ -11,6 +11,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The CPU backend (burn `flex`, f32).
 #[cfg(feature = "cpu")]
@@ -59,17 +61,37 @@ pub enum BackendError {
     },
 }
 
+/// Probes in flight: while any runs, panic messages are not printed.
+static PROBES: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs, once per process, a panic hook that stays silent while a probe runs and otherwise
+/// hands the panic to the hook that was installed before. Installed once and never swapped back,
+/// so concurrent probes cannot leave the process with the wrong hook.
+fn install_quiet_hook() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if PROBES.load(Ordering::SeqCst) == 0 {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Checks that backend `B` can run a tensor operation on `device`.
 ///
 /// GPU runtimes report a missing driver or device by panicking on first use (cudarc cannot load
-/// `libcuda`, wgpu finds no adapter); this turns that into [`BackendError::Unavailable`] with the
-/// runtime's message, without printing the panic.
+/// `libcuda`, wgpu finds no adapter, sometimes on a worker thread); this turns that into
+/// [`BackendError::Unavailable`] with the runtime's message. Panic messages of every thread are
+/// silenced while a probe runs (through a hook installed once, which otherwise defers to the hook
+/// installed before the first probe); safe to call from several threads.
 pub fn probe<B: burn::tensor::backend::Backend>(
     kind: BackendKind,
     device: &B::Device,
 ) -> Result<(), BackendError> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    install_quiet_hook();
+    PROBES.fetch_add(1, Ordering::SeqCst);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let t = burn::tensor::Tensor::<B, 1>::ones([4], device);
         t.sum()
@@ -77,7 +99,7 @@ pub fn probe<B: burn::tensor::backend::Backend>(
             .to_vec::<f32>()
             .map(|v| v.first().copied())
     }));
-    std::panic::set_hook(previous);
+    PROBES.fetch_sub(1, Ordering::SeqCst);
     match result {
         Ok(Ok(Some(sum))) if (sum - 4.0).abs() < 1e-3 => Ok(()),
         Ok(Ok(other)) => Err(BackendError::Unavailable {
@@ -191,5 +213,28 @@ mod tests {
             let err = BackendKind::Cuda.ensure_compiled().unwrap_err();
             assert!(err.to_string().contains("--features cuda"), "{err}");
         }
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn concurrent_probes_leave_the_previous_panic_hook_in_charge() {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+        }));
+        let probes: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| probe::<Cpu>(BackendKind::Cpu, &Default::default())))
+            .collect();
+        for p in probes {
+            p.join()
+                .expect("probe thread")
+                .expect("the CPU backend works");
+        }
+        let _ = std::panic::catch_unwind(|| panic!("after the probes"));
+        assert_eq!(
+            SEEN.load(Ordering::SeqCst),
+            1,
+            "the user's hook saw the later panic"
+        );
     }
 }
