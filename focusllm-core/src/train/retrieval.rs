@@ -173,7 +173,7 @@ impl RetrievalGenerator {
     }
 
     /// Draws a key and a phrasing; `kinds` weighs numbers, word pairs and codes (see
-    /// [`TrainConfig::key_kinds`]).
+    /// [`TrainConfig::key_kinds`](crate::train::TrainConfig::key_kinds)).
     pub fn fact(&self, kinds: [f64; 3], rng: &mut StdRng) -> Result<Fact> {
         let template = TEMPLATES.choose(rng).expect("templates are not empty");
         let total: f64 = kinds.iter().sum();
