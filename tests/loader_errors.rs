@@ -1037,3 +1037,135 @@ fn gguf_missing_metadata_key_is_named() {
     assert!(matches!(err, ModelError::Gguf { .. }), "got {err:?}");
     assert_mentions(&err, &["general.architecture", &shown(&file)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. Values that parse but make no sense are refused by field
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn config_nonsense_values_are_config_errors_naming_the_field() {
+    let path = Path::new("model/config.json");
+    type Edit = Box<dyn Fn(&mut serde_json::Map<String, Value>)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "hidden_act",
+            Box::new(|c| {
+                c.insert("hidden_act".into(), "gelu".into());
+            }),
+        ),
+        (
+            "rope_theta",
+            Box::new(|c| {
+                c.insert("rope_theta".into(), 0.0.into());
+            }),
+        ),
+        (
+            "rope_theta",
+            Box::new(|c| {
+                c.insert("rope_theta".into(), (-10000.0).into());
+            }),
+        ),
+        (
+            "rms_norm_eps",
+            Box::new(|c| {
+                c.insert("rms_norm_eps".into(), 0.0.into());
+            }),
+        ),
+        (
+            "bos_token_id",
+            Box::new(|c| {
+                c.insert("bos_token_id".into(), 100000.into());
+            }),
+        ),
+        (
+            "eos_token_id",
+            Box::new(|c| {
+                c.insert("eos_token_id".into(), serde_json::json!([2, 512]));
+            }),
+        ),
+        (
+            "num_attention_heads",
+            Box::new(|c| {
+                c.remove("head_dim");
+                c.insert("num_attention_heads".into(), 7.into());
+                c.insert("num_key_value_heads".into(), 7.into());
+            }),
+        ),
+        (
+            "rope_scaling.factor",
+            Box::new(|c| {
+                c.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "linear", "factor": -2.0}),
+                );
+            }),
+        ),
+    ];
+    for (field, edit) in cases {
+        let text = edited_config(|c| edit(c));
+        match LlamaConfig::from_json_str(&text, path) {
+            Err(err @ ModelError::Config { .. }) => {
+                assert_mentions(&err, &[field, "model/config.json"])
+            }
+            other => panic!("{field}: expected ModelError::Config, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_huge_layer_count_is_refused_before_anything_is_allocated() {
+    let scratch = Scratch::new("huge_layers");
+    let config = edited_config(|c| {
+        c.insert("num_hidden_layers".into(), (1u64 << 40).into());
+    });
+    write_model(scratch.path(), &config, model_c_weights().to_bytes());
+    let err = load_err(scratch.path());
+    assert!(
+        matches!(err, ModelError::MissingTensor { .. }),
+        "got {err:?}"
+    );
+    assert_mentions(&err, &["model.layers.1099511627775"]);
+}
+
+#[test]
+fn gguf_mistyped_or_oversized_keys_are_errors_not_defaults() {
+    let scratch = Scratch::new("gguf_mistyped");
+    let base = || {
+        vec![
+            ("general.architecture", GgufKv::Str("llama")),
+            ("llama.block_count", GgufKv::U32(2)),
+            ("llama.attention.head_count", GgufKv::U32(6)),
+            ("llama.attention.head_count_kv", GgufKv::U32(2)),
+            ("llama.vocab_size", GgufKv::U32(512)),
+            ("llama.embedding_length", GgufKv::U32(96)),
+            ("llama.feed_forward_length", GgufKv::U32(160)),
+            ("llama.context_length", GgufKv::U32(8192)),
+            ("llama.attention.layer_norm_rms_epsilon", GgufKv::F32(1e-5)),
+        ]
+    };
+    for (key, value) in [
+        ("llama.vocab_size", GgufKv::Str("512")),
+        ("llama.attention.head_count_kv", GgufKv::F32(2.0)),
+        ("llama.rope.dimension_count", GgufKv::Str("16")),
+        ("llama.rope.freq_base", GgufKv::Str("10000")),
+        ("llama.rope.freq_base", GgufKv::F32(0.0)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufKv::F32(f32::NAN),
+        ),
+        ("tokenizer.ggml.bos_token_id", GgufKv::U32(100_000)),
+    ] {
+        let mut kvs: Vec<(&str, GgufKv)> = base().into_iter().filter(|(k, _)| *k != key).collect();
+        kvs.push((key, value));
+        let file = scratch.path().join("mistyped.gguf");
+        write(&file, gguf_bytes(&kvs));
+        let err = load_err(&file);
+        assert!(
+            matches!(err, ModelError::Gguf { .. } | ModelError::Config { .. }),
+            "{key}: got {err:?}"
+        );
+        let field = key.rsplit('.').next().unwrap();
+        let named = err.to_string().contains(key) || err.to_string().contains(field);
+        assert!(named, "{key}: the error does not name it: {err}");
+    }
+}

@@ -41,6 +41,9 @@ fn default_original_context() -> usize {
 fn default_theta() -> f64 {
     10000.0
 }
+fn default_act() -> String {
+    "silu".into()
+}
 fn default_eps() -> f64 {
     1e-6
 }
@@ -100,6 +103,9 @@ pub struct LlamaConfig {
     /// FocusLLM: which projections have candidate copies (`q k v o`, `mlp`); informational.
     #[serde(default)]
     pub beacon_param: Option<Vec<String>>,
+    /// The MLP activation (`hidden_act`); only SiLU (SwiGLU) is implemented.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
 }
 
 impl LlamaConfig {
@@ -180,19 +186,91 @@ impl LlamaConfig {
                 self.kv_heads()
             ));
         }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return fail(format!(
+                "`hidden_size` ({}) is not a multiple of `num_attention_heads` ({}) and no \
+                 `head_dim` is given",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
         if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return fail(format!(
                 "head_dim ({}) must be even and positive",
                 self.head_dim()
             ));
         }
-        if let Some(s) = &self.rope_scaling
-            && !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default")
-        {
+        if !matches!(self.hidden_act.as_str(), "silu" | "swish") {
             return fail(format!(
-                "rope_scaling type `{}` is not supported (linear, llama3)",
-                s.rope_type
+                "`hidden_act` `{}` is not supported (silu)",
+                self.hidden_act
             ));
+        }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                fail(format!("`{name}` ({v}) must be a finite positive number"))
+            }
+        };
+        positive("rope_theta", self.rope_theta)?;
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        if let Some(s) = &self.rope_scaling {
+            if !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default") {
+                return fail(format!(
+                    "rope_scaling type `{}` is not supported (linear, llama3)",
+                    s.rope_type
+                ));
+            }
+            positive("rope_scaling.factor", s.factor)?;
+            positive("rope_scaling.low_freq_factor", s.low_freq_factor)?;
+            positive("rope_scaling.high_freq_factor", s.high_freq_factor)?;
+            if s.original_max_position_embeddings == 0 {
+                return fail(
+                    "`rope_scaling.original_max_position_embeddings` must be positive".into(),
+                );
+            }
+        }
+        for (name, id) in [("bos_token_id", self.bos_token_id)].into_iter().chain(
+            self.eos_ids()
+                .into_iter()
+                .map(|id| ("eos_token_id", Some(id))),
+        ) {
+            if let Some(id) = id
+                && id as usize >= self.vocab_size
+            {
+                return fail(format!(
+                    "`{name}` ({id}) is outside the vocabulary of {} tokens",
+                    self.vocab_size
+                ));
+            }
+        }
+        // The largest weights must have a size this machine can count (no wrapped arithmetic).
+        let hidden = self.hidden_size;
+        for (name, dims) in [
+            (
+                "embeddings (vocab_size x hidden_size)",
+                [self.vocab_size, hidden],
+            ),
+            (
+                "q_proj (num_attention_heads x head_dim x hidden_size)",
+                [
+                    self.num_attention_heads.saturating_mul(self.head_dim()),
+                    hidden,
+                ],
+            ),
+            (
+                "mlp (intermediate_size x hidden_size)",
+                [self.intermediate_size, hidden],
+            ),
+        ] {
+            if dims[0]
+                .checked_mul(dims[1])
+                .and_then(|n| n.checked_mul(4))
+                .is_none()
+                || dims[0] == usize::MAX
+            {
+                return fail(format!("{name} is too large to hold: {dims:?}"));
+            }
         }
         Ok(())
     }
@@ -253,6 +331,7 @@ impl LlamaConfig {
             bos_token_id: None,
             eos: None,
             beacon_param: None,
+            hidden_act: default_act(),
         }
     }
 }

@@ -101,10 +101,45 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> {
             supported: SUPPORTED_ARCHITECTURES,
         });
     }
-    let int = |key: &str| gguf.get_u64(&format!("llama.{key}")).map(|v| v as usize);
+    // Sizes from the file: counts beyond usize are refused, not wrapped.
+    let size = |key: &str, v: u64| {
+        usize::try_from(v).map_err(|_| ModelError::Gguf {
+            path: gguf.path().into(),
+            reason: format!("metadata key `{key}` ({v}) does not fit this machine's usize"),
+        })
+    };
+    let int = |key: &str| {
+        let key = format!("llama.{key}");
+        size(&key, gguf.get_u64(&key)?)
+    };
+    let opt_int = |key: &str| -> Result<Option<usize>, ModelError> {
+        let key = format!("llama.{key}");
+        gguf.get_opt_u64(&key)?.map(|v| size(&key, v)).transpose()
+    };
+    let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
+        gguf.get_opt_u64(key)?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| ModelError::Gguf {
+                    path: gguf.path().into(),
+                    reason: format!("metadata key `{key}` ({v}) is not a token id"),
+                })
+            })
+            .transpose()
+    };
+    // Named by their GGUF keys here; `validate` would name the config fields.
+    let positive = |key: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(ModelError::Gguf {
+                path: gguf.path().into(),
+                reason: format!("metadata key `{key}` ({v}) must be a finite positive number"),
+            })
+        }
+    };
     let heads = int("attention.head_count")?;
-    let vocab = match gguf.get("llama.vocab_size").and_then(|v| v.as_u64()) {
-        Some(v) => v as usize,
+    let vocab = match opt_int("vocab_size")? {
+        Some(v) => v,
         None => gguf
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
@@ -120,28 +155,21 @@ pub fn config_from_gguf(gguf: &GgufFile) -> Result<LlamaConfig, ModelError> {
         int("feed_forward_length")?,
         int("block_count")?,
         heads,
-        int("attention.head_count_kv").unwrap_or(heads),
-        gguf.get("llama.rope.freq_base")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10000.0),
-        gguf.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+        opt_int("attention.head_count_kv")?.unwrap_or(heads),
+        positive(
+            "llama.rope.freq_base",
+            gguf.get_opt_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
+        )?,
+        positive(
+            "llama.attention.layer_norm_rms_epsilon",
+            gguf.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+        )?,
         int("context_length")?,
     );
-    if let Some(dim) = gguf
-        .get("llama.rope.dimension_count")
-        .and_then(|v| v.as_u64())
-    {
-        config.head_dim = Some(dim as usize);
-    }
+    config.head_dim = opt_int("rope.dimension_count")?;
     config.tie_word_embeddings = gguf.tensor_info("output.weight").is_none();
-    config.bos_token_id = gguf
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
-    let eos = gguf
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(|v| v.as_u64())
-        .map(|v| v as u32);
+    config.bos_token_id = token_id("tokenizer.ggml.bos_token_id")?;
+    let eos = token_id("tokenizer.ggml.eos_token_id")?;
     config.set_eos_ids(eos.into_iter().collect());
     config.validate(gguf.path())?;
     Ok(config)

@@ -268,6 +268,30 @@ impl GgufFile {
             .ok_or_else(|| self.wrong_type(key, v, "a number"))
     }
 
+    /// The metadata value of `key` as an unsigned integer if present (`None` when absent); an
+    /// error naming the key if it has another type (a mistyped key is not silently defaulted).
+    pub fn get_opt_u64(&self, key: &str) -> Result<Option<u64>, ModelError> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(key, v, "a non-negative integer")),
+        }
+    }
+
+    /// The metadata value of `key` as a float if present (`None` when absent); an error naming the
+    /// key if it is not a number.
+    pub fn get_opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(key, v, "a number")),
+        }
+    }
+
     /// The metadata value of `key` as a string; an error naming the key if it is missing or not
     /// a string.
     pub fn get_str(&self, key: &str) -> Result<&str, ModelError> {

@@ -120,13 +120,31 @@ impl<B: Backend> LlamaModel<B> {
         device: &B::Device,
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        config.validate(source.location())?;
         let w = Weights::<B>::new(source, device);
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let trained =
             options.trained_candidates && w.has("model.layers.0.self_attn.beacon_q_proj.weight");
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&w.pp(&format!("model.layers.{i}")), &config, trained))
-            .collect::<Result<Vec<_>, _>>()?;
+        // The layer count comes from the file: it is checked against the tensors that exist before
+        // anything is allocated for it.
+        let last = format!(
+            "model.layers.{}.input_layernorm.weight",
+            config.num_hidden_layers - 1
+        );
+        if !w.has(&last) {
+            return Err(ModelError::MissingTensor {
+                path: source.location().into(),
+                tensor: last,
+            });
+        }
+        let mut layers = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            layers.push(DecoderLayer::load(
+                &w.pp(&format!("model.layers.{i}")),
+                &config,
+                trained,
+            )?);
+        }
         let embed = w.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let norm = w.vector("model.norm.weight", hidden)?;
         let lm_head = if config.tie_word_embeddings && !w.has("lm_head.weight") {
