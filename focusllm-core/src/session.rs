@@ -78,7 +78,7 @@ pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
 pub struct Session<'e, B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>, C, A> {
     pub(crate) engine: &'e FocusEngine<'e, B, L, M, C, A>,
     pub(crate) state: State<B, L, M>,
-    pub(crate) observer: Option<Box<dyn FnMut(Progress) + 'e>>,
+    pub(crate) observer: Option<Box<dyn FnMut(Progress) + Send + 'e>>,
     pub(crate) cancel: CancelToken,
 }
 
@@ -90,8 +90,9 @@ where
     C: Chunker,
     A: CandidateAggregator<B>,
 {
-    /// Calls `observer` with progress reports during long work.
-    pub fn on_progress(&mut self, observer: impl FnMut(Progress) + 'e) {
+    /// Calls `observer` with progress reports during long work. (It must be `Send`, so that a
+    /// session can move to another thread.)
+    pub fn on_progress(&mut self, observer: impl FnMut(Progress) + Send + 'e) {
         self.observer = Some(Box::new(observer));
     }
 
