@@ -50,7 +50,7 @@ fn four_threads_read_four_prompts_as_one_thread_does() {
     for (i, t) in edited.iter_mut().enumerate().skip(100).step_by(37) {
         *t = 3 + (i as u32 * 7) % 500;
     }
-    let prompts = vec![
+    let prompts = [
         long.clone(),
         long[..long.len() - 300].to_vec(),
         edited,
