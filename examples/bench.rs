@@ -188,7 +188,7 @@ fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    common::app::report(run())
+    common::app::run_main(run)
 }
 
 fn run() -> Result<(), AppError> {

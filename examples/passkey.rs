@@ -187,7 +187,7 @@ impl BackendRunner for &Args {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    common::app::report(run())
+    common::app::run_main(run)
 }
 
 fn run() -> Result<(), AppError> {

@@ -354,10 +354,10 @@ impl BackendRunner for &Args {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    common::app::report(
+    common::app::run_main(|| {
+        let args = Args::parse();
         run_on(args.backend, args.device, &args)
             .map_err(AppError::from)
-            .and_then(|r| r),
-    )
+            .and_then(|r| r)
+    })
 }

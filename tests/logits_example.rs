@@ -109,3 +109,42 @@ fn logits_example_perplexity() {
         );
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_program_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = fixtures().join("official").join("C");
+    let inputs = json(&dir.join("inputs.json"));
+    let ids_file =
+        std::env::temp_dir().join(format!("focusllm-logits-pipe-{}.json", std::process::id()));
+    std::fs::write(&ids_file, inputs["long_ids"].to_string()).unwrap();
+    let mut child = Command::new(logits_binary())
+        .arg("--model")
+        .arg(&dir)
+        .arg("--ids")
+        .arg(&ids_file)
+        .arg("--quiet")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run logits example");
+    // The reader goes away before the program writes its answer.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    std::fs::remove_file(&ids_file).ok();
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.success() || status.signal() == Some(13),
+        "ended by {status:?}; stderr: {stderr}"
+    );
+}

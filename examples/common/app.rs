@@ -296,6 +296,19 @@ fn parse_dtype(name: &str) -> Option<burn::tensor::DType> {
     }
 }
 
+/// Runs an example's `run` and turns its result into the exit status, printing the error (and its
+/// causes) readably. A closed stdout (`... | head`) ends the program quietly: SIGPIPE gets its
+/// default action back (Rust ignores it, which turns the write into a panic in `println!`).
+pub fn run_main(run: impl FnOnce() -> Result<(), AppError>) -> std::process::ExitCode {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists; restoring a signal's
+    // default disposition has no other effect on the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    report(run())
+}
+
 /// Turns a program's result into its exit status, printing the error (and its causes) readably.
 pub fn report(result: Result<(), AppError>) -> std::process::ExitCode {
     match result {
