@@ -51,6 +51,10 @@ struct Args {
     /// Text the answer must contain: prints one JSON line with the verdict instead of the stream.
     #[arg(long)]
     expect: Option<String>,
+    /// How many source passages to print after the answer: the chunks the main decoder attended
+    /// to most while answering (its focus map, summed over the answer's tokens).
+    #[arg(long, default_value_t = 3)]
+    sources: usize,
     /// Instead of answering: the perplexity of the document's last 128 tokens (the reference
     /// protocol; the document is cut to `--tokens` and no question is asked), as one JSON line.
     #[arg(long, conflicts_with_all = ["expect", "insert"])]
@@ -117,6 +121,30 @@ impl BackendRunner for &Args {
         let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
         let mode = streamed.mode;
         eprintln!("[{} tokens read with {mode}]", ids.len());
+        if let (Some(focus), Some(plan)) = (&streamed.focus, engine.plan(&ids)?) {
+            let tokens = streamed.generation.tokens.len().max(1) as f32;
+            let mut ranked: Vec<(usize, f32)> = focus.iter().copied().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (rank, (chunk, share)) in ranked.into_iter().take(self.sources).enumerate() {
+                let range = plan.chunks[chunk].clone();
+                let text = tokenizer.decode(&ids[range.clone()])?;
+                // Where the passage sits in the file (found by its text; the tokenizer keeps none
+                // of the character offsets).
+                let snippet: String = text.trim().chars().take(60).collect();
+                let at = document
+                    .find(&snippet)
+                    .map_or("?".to_string(), |i| i.to_string());
+                let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                let shown: String = shown.chars().take(160).collect();
+                eprintln!(
+                    "[source {}] chunk {chunk} (tokens {}..{}, character {at}), attention {:.3}: \"{shown}…\"",
+                    rank + 1,
+                    range.start,
+                    range.end,
+                    share / tokens
+                );
+            }
+        }
         Ok(())
     }
 }

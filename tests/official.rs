@@ -31,6 +31,7 @@ fn short_forward(name: &str) {
             left_pad: None,
             candidates: Candidates::None,
             logits_last: 3,
+            focus_keys: 0,
         });
         let logits = out.logits.unwrap().into_data().to_vec::<f32>().unwrap();
         let vocab = model.config().vocab_size;

@@ -112,25 +112,45 @@ fn focus_passkey_matches_official() {
 }
 
 /// Mean NLL of the key's tokens after 3K-token passkey prompts (teacher-forced), in the config's
-/// step mode.
-fn key_nll(model: &focusllm::models::LlamaModel<B>, config: &FocusConfig, seeds: &[u64]) -> f64 {
+/// step mode, and the share of those predictions whose focus map ranks the key's chunk first.
+fn key_nll(
+    model: &focusllm::models::LlamaModel<B>,
+    config: &FocusConfig,
+    seeds: &[u64],
+) -> (f64, f64) {
     let tokenizer = smollm2().unwrap().tokenizer.as_ref().unwrap();
     let engine = FocusEngine::new(model, config.clone()).unwrap();
     let mut total = 0.0;
     let mut count = 0;
+    let (mut focused, mut looked) = (0, 0);
     for &seed in seeds {
         let prompt = passkey::passkey_prompt(tokenizer, 3072, seed).unwrap();
         let answer = tokenizer.encode(&format!(" {}", prompt.key)).unwrap();
+        let plan = engine.plan(&prompt.ids).unwrap().unwrap();
+        // The chunk holding the key's first digits (after the sentence's opening words).
+        let key_at = prompt.needle_at + tokenizer.encode("\nThe pass key is").unwrap().len();
+        // (`None` when the key lies in the local window, read by the main decoder in full.)
+        let key_chunk = plan.chunks.iter().position(|r| r.contains(&key_at));
         let mut session = engine.session();
         let mut logits = session.prefill(&prompt.ids).unwrap();
         assert!(session.mode().chunks() >= 4);
         for &t in &answer {
             total += nll(&logits, t).unwrap();
             count += 1;
+            let focus = session
+                .focus()
+                .expect("the Llama main pass measures its focus");
+            assert!(focus.chunks.iter().all(|s| (0.0..=1.0).contains(s)));
+            assert!(focus.total() > 0.0 && focus.total() <= 1.0 + 1e-4);
+            if let Some(key_chunk) = key_chunk {
+                focused += usize::from(focus.top(1)[0].0 == key_chunk);
+                looked += 1;
+            }
             logits = session.step(t).unwrap();
         }
     }
-    total / count as f64
+    assert!(looked > 0, "no seed hides the key in memory");
+    (total / count as f64, focused as f64 / looked as f64)
 }
 
 #[test]
@@ -151,11 +171,19 @@ fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
     let trained = adapter.apply(loaded.model.clone()).unwrap();
     // Seeds the adapter never saw (it was trained on generated keys, not on these prompts).
     let seeds = [1001, 1002];
-    let with_adapter = key_nll(&trained, &config, &seeds);
-    let untrained = key_nll(&loaded.model, &config, &seeds);
-    eprintln!("key NLL in exact mode: adapter {with_adapter:.3}, untrained {untrained:.3}");
+    let (with_adapter, focus_hits) = key_nll(&trained, &config, &seeds);
+    let (untrained, untrained_hits) = key_nll(&loaded.model, &config, &seeds);
+    eprintln!(
+        "key NLL in exact mode: adapter {with_adapter:.3}, untrained {untrained:.3}; focus on the \
+         key's chunk: adapter {focus_hits:.2}, untrained {untrained_hits:.2}"
+    );
     assert!(
         with_adapter < 0.5 * untrained,
         "adapter {with_adapter:.3} vs untrained {untrained:.3}"
+    );
+    // The focus map points at the key: the key's chunk draws the most attention of all chunks.
+    assert!(
+        focus_hits >= 0.75,
+        "focus on the key's chunk {focus_hits:.2}"
     );
 }

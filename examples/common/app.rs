@@ -348,6 +348,8 @@ pub struct Streamed {
     pub total_s: f64,
     /// How the prompt was read.
     pub mode: focusllm_core::Mode,
+    /// Per chunk, its focus share summed over the generated tokens (`None` in plain mode).
+    pub focus: Option<Vec<f32>>,
 }
 
 /// Generates from `ids` and prints the text to stdout as it comes (stop tokens not printed);
@@ -370,10 +372,15 @@ where
     let start = std::time::Instant::now();
     let mut first_token = None;
     let mut stdout = std::io::stdout();
+    let mut focus: Option<Vec<f32>> = None;
     let generation = session.generate(ids, options, Some(tokenizer), |t| {
         if first_token.is_none() {
             view.finish();
             first_token = Some(start.elapsed().as_secs_f64());
+        }
+        if let Some(map) = &t.focus {
+            let sum = focus.get_or_insert_with(|| vec![0.0; map.chunks.len()]);
+            sum.iter_mut().zip(&map.chunks).for_each(|(s, x)| *s += x);
         }
         if !options
             .stop_tokens
@@ -392,5 +399,6 @@ where
         first_token_s: first_token.unwrap_or(total_s),
         total_s,
         mode: session.mode(),
+        focus,
     })
 }

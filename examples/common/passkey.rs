@@ -17,6 +17,8 @@ pub struct PasskeyPrompt {
     pub key: String,
     /// Where the key sentence sits, as a fraction of the filler.
     pub depth: f64,
+    /// The token index where the key sentence starts.
+    pub needle_at: usize,
 }
 
 /// Builds a prompt of exactly `total_tokens` tokens; `seed` draws the key and its depth.
@@ -46,7 +48,12 @@ pub fn passkey_prompt(
     ids.extend_from_slice(&needle);
     ids.extend_from_slice(&filler[..budget - before]);
     ids.extend_from_slice(&question);
-    Ok(PasskeyPrompt { ids, key, depth })
+    Ok(PasskeyPrompt {
+        ids,
+        key,
+        depth,
+        needle_at: bos.len() + before,
+    })
 }
 
 /// The first run of digits in `answer`.

@@ -12,7 +12,7 @@ use crate::local::LocalDecoder;
 use crate::main_decoder::MainDecoder;
 use crate::model::Detokenizer;
 use crate::sampler::{Sampler, SamplingConfig, nll};
-use crate::session::Session;
+use crate::session::{FocusMap, Session};
 
 /// One generated token, as streamed by [`Session::generate`].
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +24,9 @@ pub struct GeneratedToken {
     pub text: String,
     /// The logits it was chosen from.
     pub logits: Vec<f32>,
+    /// Where those logits drew on the memory (see [`Session::focus`]); `None` in plain mode or when
+    /// the model does not measure it.
+    pub focus: Option<FocusMap>,
 }
 
 /// Options of [`Session::generate`].
@@ -136,6 +139,7 @@ where
                 id,
                 text: piece,
                 logits,
+                focus: self.focus(),
             };
             if on_token(&event).is_break() {
                 return Ok(Generation {

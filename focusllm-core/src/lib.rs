@@ -63,4 +63,4 @@ pub use local::{ChunkSequence, LocalDecoder};
 pub use main_decoder::MainDecoder;
 pub use model::{Detokenizer, Model, ModelSpec};
 pub use sampler::{Sampler, SamplingConfig, argmax, nll};
-pub use session::{Mode, Session};
+pub use session::{FocusMap, Mode, Session};

@@ -21,4 +21,12 @@ pub trait MainDecoder<B: Backend> {
     /// Appends `tokens` (at the next positions) and returns the next-token logits at the last one.
     /// On an error (empty `tokens`, an id outside the vocabulary), `state` is unchanged.
     fn feed(&self, state: &mut Self::MainState, tokens: &[u32]) -> Result<Vec<f32>>;
+
+    /// The focus map of the last [`MainDecoder::feed`]: the share of its last position's attention
+    /// (averaged over heads and layers) that went to each candidate of the past, in the past's
+    /// order; `None` when there is no past or the decoder does not measure it (the default).
+    fn focus(&self, state: &Self::MainState) -> Option<Vec<f32>> {
+        let _ = state;
+        None
+    }
 }

@@ -57,10 +57,11 @@ pub(crate) struct ChunkBatch<B: Backend, L: LocalDecoder<B>> {
 pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
     Empty,
     /// One running main state, fed a token per step: plain decoding (`chunks == 0`) or FocusLLM
-    /// with the prefill's candidates held fixed.
+    /// with the prefill's candidates held fixed (`past`: the chunk of each candidate).
     Running {
         main: M::MainState,
         chunks: usize,
+        past: Vec<usize>,
     },
     /// Exact FocusLLM: every chunk is extended by `[prev, new]` at each token and the main pass
     /// runs afresh over the refreshed candidates.
@@ -71,7 +72,35 @@ pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
         /// The current candidate token of every chunk.
         prev: u32,
         chunks: usize,
+        /// The chunk of each candidate of the last main pass, and that pass's focus.
+        past: Vec<usize>,
+        focus: Option<Vec<f32>>,
     },
+}
+
+/// Where a prediction drew on the memory: the share of the main decoder's attention (from the
+/// position that predicts the next token, averaged over heads and layers) that went to each
+/// chunk's candidate. The rest went to the local context and the generated tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FocusMap {
+    /// Per chunk of the plan (index = chunk id), the share its candidate received (0 for a chunk
+    /// the aggregator left out).
+    pub chunks: Vec<f32>,
+}
+
+impl FocusMap {
+    /// The `k` chunks with the largest shares, largest first, as `(chunk id, share)`.
+    pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut ranked: Vec<(usize, f32)> = self.chunks.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(k);
+        ranked
+    }
+
+    /// The share of attention that went to the memory in all.
+    pub fn total(&self) -> f32 {
+        self.chunks.iter().sum()
+    }
 }
 
 /// One prompt being read and continued. Holds the chunk states and candidates between steps.
@@ -160,7 +189,11 @@ where
                 .main
                 .feed(&mut main, &with_bos(ids, engine.spec.bos_id))?;
             self.report(Stage::PlainPrefill, 1, 1)?;
-            self.state = State::Running { main, chunks: 0 };
+            self.state = State::Running {
+                main,
+                chunks: 0,
+                past: Vec::new(),
+            };
             return Ok(logits);
         };
         let batches = self.decode_chunks(ids, &plan)?;
@@ -172,14 +205,17 @@ where
         let logits = engine.main.feed(&mut main, &plan.local)?;
         self.report(Stage::Main, 1, 1)?;
         let chunks = plan.chunks.len();
+        let past = past.chunk_ids().to_vec();
         self.state = match engine.config.step_mode {
             // The chunk states are dropped here: only the candidates, now in the main state, stay.
-            StepMode::FrozenCandidates => State::Running { main, chunks },
+            StepMode::FrozenCandidates => State::Running { main, chunks, past },
             StepMode::Exact => State::Exact {
                 batches,
                 main_input: plan.local,
                 prev: ids[ids.len() - 1],
                 chunks,
+                past,
+                focus: engine.main.focus(&main),
             },
         };
         Ok(logits)
@@ -223,6 +259,8 @@ where
                 batches,
                 main_input,
                 prev,
+                past: past_chunks,
+                focus,
                 ..
             } => {
                 for batch in batches.iter_mut() {
@@ -235,8 +273,33 @@ where
                     batches.iter().map(|b| b.candidates.clone()).collect();
                 let past = engine.aggregator.aggregate(&candidates)?;
                 let mut main = engine.main.start(Some(&past))?;
-                engine.main.feed(&mut main, main_input)
+                let logits = engine.main.feed(&mut main, main_input)?;
+                *past_chunks = past.chunk_ids().to_vec();
+                *focus = engine.main.focus(&main);
+                Ok(logits)
             }
         }
+    }
+
+    /// The focus map of the last logits (from `prefill` or `step`): which chunks the main decoder
+    /// attended to. `None` in plain mode, before a prefill, or when the model does not measure it.
+    pub fn focus(&self) -> Option<FocusMap> {
+        let (shares, past, chunks) = match &self.state {
+            State::Empty => return None,
+            State::Running { main, chunks, past } => (self.engine.main.focus(main)?, past, *chunks),
+            State::Exact {
+                focus,
+                past,
+                chunks,
+                ..
+            } => (focus.clone()?, past, *chunks),
+        };
+        let mut map = vec![0.0; chunks];
+        for (&chunk, share) in past.iter().zip(shares) {
+            if let Some(slot) = map.get_mut(chunk) {
+                *slot += share;
+            }
+        }
+        Some(FocusMap { chunks: map })
     }
 }

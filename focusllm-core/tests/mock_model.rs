@@ -98,10 +98,12 @@ impl LocalDecoder<B> for BagOfTokens {
     }
 }
 
-/// The bag decoder's main state: the weighted sum of the candidates' histograms and the tokens fed.
+/// The bag decoder's main state: the weighted sum of the candidates' histograms, the tokens fed,
+/// and the number of candidates (its "attention" gives candidate `j` a share of `(j + 1) / 100`).
 struct MainBag {
     memory: Vec<f32>,
     tokens: Vec<u32>,
+    candidates: usize,
 }
 
 impl MainDecoder<B> for BagOfTokens {
@@ -109,6 +111,7 @@ impl MainDecoder<B> for BagOfTokens {
 
     fn start(&self, past: Option<&CandidateSet<B>>) -> Result<MainBag> {
         let mut memory = vec![0.0; VOCAB];
+        let candidates = past.map_or(0, |p| p.len());
         if let Some(past) = past.filter(|p| !p.is_empty()) {
             let values: Vec<f32> = past.layers()[0].v.clone().into_data().to_vec().unwrap();
             for (j, h) in values.chunks(VOCAB).enumerate() {
@@ -120,6 +123,7 @@ impl MainDecoder<B> for BagOfTokens {
         Ok(MainBag {
             memory,
             tokens: Vec::new(),
+            candidates,
         })
     }
 
@@ -136,6 +140,14 @@ impl MainDecoder<B> for BagOfTokens {
             .zip(bag)
             .map(|(m, b)| m + 100.0 * b)
             .collect())
+    }
+
+    fn focus(&self, state: &MainBag) -> Option<Vec<f32>> {
+        (state.candidates > 0).then(|| {
+            (0..state.candidates)
+                .map(|j| (j + 1) as f32 / 100.0)
+                .collect()
+        })
     }
 }
 
@@ -295,6 +307,55 @@ fn a_user_aggregator_plugs_in_without_touching_the_engine() {
         expected(&forward, &plan.local),
         session.prefill(&ids).unwrap()
     );
+    // The focus map is per chunk whatever the order of the candidates: position j (share
+    // (j + 1) / 100) holds chunk 4 - j.
+    let focus = session.focus().expect("the mock measures its focus");
+    assert_eq!(focus.chunks, vec![0.05, 0.04, 0.03, 0.02, 0.01]);
+    assert_eq!(focus.top(2), vec![(0, 0.05), (1, 0.04)]);
+}
+
+#[test]
+fn focus_maps_follow_the_candidates_to_their_chunks() {
+    let model = BagOfTokens::default();
+    let ids = input();
+    // All chunks in order: chunk j at position j.
+    let engine = FocusEngine::new(&model, config()).unwrap();
+    let mut session = engine.session();
+    assert!(session.focus().is_none(), "nothing read yet");
+    session.prefill(&ids).unwrap();
+    assert_eq!(
+        session.focus().unwrap().chunks,
+        vec![0.01, 0.02, 0.03, 0.04, 0.05]
+    );
+    session.step(3).unwrap();
+    assert_eq!(
+        session.focus().unwrap().chunks,
+        vec![0.01, 0.02, 0.03, 0.04, 0.05]
+    );
+    // The two nearest chunks only: the others get nothing.
+    let nearest = FocusEngine::new(&model, config())
+        .unwrap()
+        .with_aggregator(NearestChunks { keep: 2 });
+    let mut session = nearest.session();
+    let options = focusllm_core::GenerateOptions {
+        max_tokens: 2,
+        stop_tokens: Some(Vec::new()),
+        ..Default::default()
+    };
+    let mut maps = Vec::new();
+    session
+        .generate(&ids, &options, None, |t| {
+            maps.push(t.focus.clone());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(maps.len(), 2);
+    for map in maps {
+        assert_eq!(map.unwrap().chunks, vec![0.0, 0.0, 0.0, 0.01, 0.02]);
+    }
+    // Plain decoding has no memory to focus on.
+    session.prefill(&ids[..10]).unwrap();
+    assert!(session.focus().is_none());
 }
 
 #[test]

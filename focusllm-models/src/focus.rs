@@ -101,6 +101,10 @@ impl<B: Backend> LlamaChunks<B> {
 #[derive(Debug, Clone, Default)]
 pub struct LlamaKvCache<B: Backend> {
     layers: Vec<LayerKv<B>>,
+    /// How many of the first positions are candidates.
+    candidates: usize,
+    /// The last fed position's attention share over the candidates (see [`MainDecoder::focus`]).
+    focus: Option<Vec<f32>>,
 }
 
 impl<B: Backend> LlamaKvCache<B> {
@@ -200,6 +204,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             left_pad: Some(&left_pad),
             candidates: Candidates::Last,
             logits_last: 0,
+            focus_keys: 0,
         });
         let mut raw = Vec::with_capacity(out.kv.len());
         let mut candidates = Vec::with_capacity(out.kv.len());
@@ -266,6 +271,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             left_pad: Some(&batch.left_pad),
             candidates: Candidates::Last,
             logits_last: 0,
+            focus_keys: 0,
         });
         let mut candidates = Vec::with_capacity(out.kv.len());
         for (layer, kv) in out.kv.into_iter().enumerate() {
@@ -309,6 +315,8 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
         }
         let positions = vec![main_positions(0, past.len())];
         Ok(LlamaKvCache {
+            candidates: past.len(),
+            focus: None,
             layers: past
                 .layers()
                 .iter()
@@ -333,7 +341,17 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             left_pad: None,
             candidates: Candidates::None,
             logits_last: 1,
+            focus_keys: cache.candidates,
         });
+        cache.focus = match out.focus {
+            Some(f) => Some(
+                f.into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .map_err(|e| FocusError::Decoder(format!("reading the focus: {e:?}")))?,
+            ),
+            None => None,
+        };
         let new_layers = out.kv.into_iter().map(|kv| LayerKv {
             k: kv.k_rotated,
             v: kv.v,
@@ -352,5 +370,9 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
                 .collect()
         };
         logits_to_vec(out.logits)
+    }
+
+    fn focus(&self, cache: &LlamaKvCache<B>) -> Option<Vec<f32>> {
+        cache.focus.clone()
     }
 }

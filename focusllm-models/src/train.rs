@@ -228,6 +228,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
                 left_pad: Some(&left_pad),
                 candidates: Candidates::None,
                 logits_last: 0,
+                focus_keys: 0,
             });
             let device = self.inner.device();
             for (row, &i) in missing.iter().enumerate() {
@@ -286,6 +287,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
             left_pad,
             candidates: Candidates::None,
             logits_last: 0,
+            focus_keys: 0,
         });
         past.into_iter()
             .zip(out.kv)
@@ -508,6 +510,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
                 Candidates::Each
             },
             logits_last: 0,
+            focus_keys: 0,
         });
         // Per step, every chunk's candidate (from its distinct row) as the main decoder's past.
         let device = self.model.device();
@@ -531,6 +534,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
             left_pad: None,
             candidates: Candidates::None,
             logits_last: t,
+            focus_keys: 0,
         });
         let logits = out
             .logits

@@ -70,7 +70,7 @@ impl<B: Backend> Attention<B> {
         past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
         plan: &AttentionPlan<B>,
         candidates: Candidates,
-    ) -> (Tensor<B, 3>, super::NewKv<B>) {
+    ) -> (Tensor<B, 3>, super::NewKv<B>, Option<Tensor<B, 2>>) {
         let [b, s, _] = x.dims();
         let cand = self.candidate.as_ref();
         // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
@@ -108,7 +108,7 @@ impl<B: Backend> Attention<B> {
             }
             None => (k_rotated.clone(), v.clone()),
         };
-        let out = plan.attend(q, keys, values);
+        let (out, focus) = plan.attend(q, keys, values);
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
@@ -120,6 +120,7 @@ impl<B: Backend> Attention<B> {
                 k_rotated,
                 v,
             },
+            focus,
         )
     }
 }

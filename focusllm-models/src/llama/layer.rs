@@ -26,7 +26,8 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// Runs the layer over `x`; returns the new hidden states and the new tokens' keys and values.
+    /// Runs the layer over `x`; returns the new hidden states, the new tokens' keys and values, and
+    /// the attention share the plan measures (see `AttentionPlan::with_focus`).
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -35,12 +36,12 @@ impl<B: Backend> DecoderLayer<B> {
         plan: &AttentionPlan<B>,
         candidates: Candidates,
         eps: f64,
-    ) -> (Tensor<B, 3>, NewKv<B>) {
+    ) -> (Tensor<B, 3>, NewKv<B>, Option<Tensor<B, 2>>) {
         let h = rms_norm(x.clone(), &self.input_norm, eps);
-        let (attn, kv) = self.attn.forward(h, rope, past, plan, candidates);
+        let (attn, kv, focus) = self.attn.forward(h, rope, past, plan, candidates);
         let x = x + attn;
         let h = rms_norm(x.clone(), &self.post_attn_norm, eps);
-        (x + self.mlp.forward(h, candidates), kv)
+        (x + self.mlp.forward(h, candidates), kv, focus)
     }
 
     /// Loads layer `w` (`model.layers.{i}`): `input_layernorm`, `self_attn`,

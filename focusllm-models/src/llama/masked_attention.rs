@@ -43,6 +43,8 @@ struct QueryBlock<B: Backend> {
 pub(crate) struct AttentionPlan<B: Backend> {
     blocks: Vec<QueryBlock<B>>,
     groups: usize,
+    /// Measure how much of the last query's attention goes to the first this many keys.
+    focus: Option<usize>,
 }
 
 /// Which keys are padding: per batch element, the number of leading padded key positions.
@@ -151,12 +153,29 @@ impl<B: Backend> AttentionPlan<B> {
             });
             start = end;
         }
-        Self { blocks, groups }
+        Self {
+            blocks,
+            groups,
+            focus: None,
+        }
+    }
+
+    /// The same plan, also measuring the share of the last query's attention (mean over heads)
+    /// that goes to each of the first `keys` keys (the main pass's candidates: the focus map).
+    pub(crate) fn with_focus(mut self, keys: usize) -> Self {
+        self.focus = (keys > 0).then_some(keys);
+        self
     }
 
     /// `q` `[b, heads, seq, d]` (RoPE applied), `k`/`v` `[b, kv_heads, past + seq, d]` →
-    /// `[b, heads, seq, d]`.
-    pub(crate) fn attend(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `[b, heads, seq, d]`, and with [`AttentionPlan::with_focus`] the last query's attention
+    /// share over the first keys, `[b, keys]` (f32).
+    pub(crate) fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
         let [b, heads, seq, d] = q.dims();
         let kv_heads = k.dims()[1];
         let g = self.groups;
@@ -165,10 +184,13 @@ impl<B: Backend> AttentionPlan<B> {
         let q = q.reshape([b, kv_heads, g, seq, d]);
         let k_t = k.swap_dims(2, 3);
         let total_keys = k_t.dims()[3];
+        let mut focus = None;
+        let last_block = self.blocks.len().saturating_sub(1);
         let outputs: Vec<Tensor<B, 5>> = self
             .blocks
             .iter()
-            .map(|block| {
+            .enumerate()
+            .map(|(index, block)| {
                 let rows = block.end - block.start;
                 let q_block = if self.blocks.len() == 1 {
                     q.clone()
@@ -210,8 +232,22 @@ impl<B: Backend> AttentionPlan<B> {
                 };
                 // Softmax in f32 whatever the compute dtype.
                 let dtype = scores.dtype();
-                let probs = from_f32(softmax(to_f32(scores), 3), dtype);
-                probs.matmul(v_block).reshape([b, kv_heads, g, rows, d])
+                let probs = softmax(to_f32(scores), 3);
+                if let Some(n) = self.focus.filter(|_| index == last_block) {
+                    let n = n.min(keys);
+                    let last = probs
+                        .clone()
+                        .reshape([b, kv_heads, g, rows, keys])
+                        .narrow(3, rows - 1, 1)
+                        .narrow(4, 0, n)
+                        .reshape([b, kv_heads * g, n])
+                        .mean_dim(1)
+                        .reshape([b, n]);
+                    focus = Some(last);
+                }
+                from_f32(probs, dtype)
+                    .matmul(v_block)
+                    .reshape([b, kv_heads, g, rows, d])
             })
             .collect();
         let out = if outputs.len() == 1 {
@@ -219,6 +255,6 @@ impl<B: Backend> AttentionPlan<B> {
         } else {
             Tensor::cat(outputs, 3)
         };
-        out.reshape([b, heads, seq, d])
+        (out.reshape([b, heads, seq, d]), focus)
     }
 }

@@ -99,6 +99,9 @@ pub struct ForwardInput<'a, B: Backend> {
     pub candidates: Candidates,
     /// For how many of the last positions to compute next-token logits (0: none, skips the LM head).
     pub logits_last: usize,
+    /// Measure the last position's attention share over the first `focus_keys` past positions
+    /// (the candidates of a main pass; 0: nothing measured). See [`ForwardOutput::focus`].
+    pub focus_keys: usize,
 }
 
 /// What [`LlamaModel::forward`] returns.
@@ -107,6 +110,10 @@ pub struct ForwardOutput<B: Backend> {
     pub logits: Option<Tensor<B, 3>>,
     /// The new tokens' keys and values per layer.
     pub kv: Vec<NewKv<B>>,
+    /// With `focus_keys`, the share of the last position's attention that went to each of the
+    /// first `focus_keys` past positions, averaged over heads and layers, `[batch, focus_keys]`
+    /// (f32; the rest went to the other positions).
+    pub focus: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -290,18 +297,26 @@ impl<B: Backend> LlamaModel<B> {
             input.left_pad,
             input.candidates,
             &device,
-        );
+        )
+        .with_focus(input.focus_keys.min(past_len));
         let mut x = embedding(self.embed.val(), input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
+        let mut focus: Option<Tensor<B, 2>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let past = input
                 .past
                 .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
-            let (out, new_kv) = layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
+            let (out, new_kv, layer_focus) =
+                layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
             x = out;
             kv.push(new_kv);
+            focus = match (focus, layer_focus) {
+                (Some(sum), Some(f)) => Some(sum + f),
+                (sum, f) => sum.or(f),
+            };
         }
+        let focus = focus.map(|sum| sum / self.layers.len() as f64);
         let logits = (input.logits_last > 0).then(|| {
             let s = x.dims()[1];
             let k = input.logits_last.min(s);
@@ -312,6 +327,6 @@ impl<B: Backend> LlamaModel<B> {
             };
             last.matmul(head.unsqueeze::<3>())
         });
-        ForwardOutput { logits, kv }
+        ForwardOutput { logits, kv, focus }
     }
 }
