@@ -58,6 +58,9 @@ struct Row {
     digits: f64,
     trials: usize,
     chunks: usize,
+    /// Share of the trials with the key in memory whose focus map, at the first answer token,
+    /// ranks the key's chunk first (`None` without chunks).
+    focus: Option<f64>,
     mean_seconds: f64,
     answers: Vec<String>,
     keys: Vec<String>,
@@ -132,12 +135,15 @@ impl BackendRunner for &Args {
                     digits: 0.0,
                     trials: 0,
                     chunks: 0,
+                    focus: None,
                     mean_seconds: 0.0,
                     answers: Vec::new(),
                     keys: Vec::new(),
                 };
                 let mut correct = 0;
                 let mut seconds = 0.0;
+                let (mut focused, mut in_memory) = (0usize, 0usize);
+                let key_offset = tokenizer.encode("\nThe pass key is")?.len();
                 for seed in self.first_seed..self.first_seed + self.seeds {
                     let prompt = passkey_prompt(tokenizer, length, seed)?;
                     let view =
@@ -149,10 +155,23 @@ impl BackendRunner for &Args {
                         ..Default::default()
                     };
                     let start = Instant::now();
+                    let mut first_focus = None;
                     let generation =
-                        session.generate(&prompt.ids, &options, Some(tokenizer), |_| {
+                        session.generate(&prompt.ids, &options, Some(tokenizer), |t| {
+                            if first_focus.is_none() {
+                                first_focus = Some(t.focus.clone());
+                            }
                             ControlFlow::Continue(())
                         })?;
+                    // Where the main decoder looked for the first answer token.
+                    let key_chunk = engine.plan(&prompt.ids)?.and_then(|plan| {
+                        let at = prompt.needle_at + key_offset;
+                        plan.chunks.iter().position(|r| r.contains(&at))
+                    });
+                    if let (Some(key_chunk), Some(Some(map))) = (key_chunk, &first_focus) {
+                        in_memory += 1;
+                        focused += usize::from(map.top(1).first().map(|t| t.0) == Some(key_chunk));
+                    }
                     seconds += start.elapsed().as_secs_f64();
                     row.chunks = session.mode().chunks();
                     drop(session);
@@ -176,6 +195,7 @@ impl BackendRunner for &Args {
                 row.accuracy = correct as f64 / row.trials.max(1) as f64;
                 row.digits /= row.trials.max(1) as f64;
                 row.mean_seconds = seconds / row.trials.max(1) as f64;
+                row.focus = (in_memory > 0).then(|| focused as f64 / in_memory as f64);
                 rows.push(row);
             }
         }
@@ -196,16 +216,19 @@ fn run() -> Result<(), AppError> {
     if args.json {
         let rows: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"method": r.method, "tokens": r.tokens, "accuracy": r.accuracy, "digits": r.digits, "trials": r.trials}))
+            .map(|r| serde_json::json!({"method": r.method, "tokens": r.tokens, "accuracy": r.accuracy, "digits": r.digits, "focus": r.focus, "trials": r.trials}))
             .collect();
         println!("{}", serde_json::json!({ "rows": rows }));
         return Ok(());
     }
-    println!("| method | tokens | chunks | accuracy | digits | trials | s / trial |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| method | tokens | chunks | accuracy | digits | focus on key | trials | s / trial |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
+        let focus = r.focus.map_or("–".to_string(), |f| format!("{f:.2}"));
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {focus} | {} | {:.1} |",
             r.method, r.tokens, r.chunks, r.accuracy, r.digits, r.trials, r.mean_seconds
         );
     }
