@@ -306,7 +306,31 @@ pub fn run_main(run: impl FnOnce() -> Result<(), AppError>) -> std::process::Exi
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    init_logging();
     report(run())
+}
+
+/// Sends the library's `tracing` events to stderr, filtered by `FOCUSLLM_LOG` (the `RUST_LOG`
+/// syntax, e.g. `FOCUSLLM_LOG=focusllm_core=debug`; warnings only by default).
+/// `FOCUSLLM_TRAIN_PROFILE=1` adds the training passes' timings (`focusllm_models::train=debug`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let mut filter =
+        EnvFilter::try_from_env("FOCUSLLM_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    if std::env::var_os("FOCUSLLM_TRAIN_PROFILE").is_some() {
+        filter = filter.add_directive(
+            "focusllm_models::train=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 /// Turns a program's result into its exit status, printing the error (and its causes) readably.

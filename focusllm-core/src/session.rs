@@ -196,6 +196,13 @@ where
             };
             return Ok(logits);
         };
+        tracing::debug!(
+            tokens = ids.len(),
+            chunks = plan.chunks.len(),
+            local = plan.local.len(),
+            prompt = plan.prompt.len(),
+            "prefill with FocusLLM"
+        );
         let batches = self.decode_chunks(ids, &plan)?;
         self.report(Stage::Main, 0, 1)?;
         let candidates: Vec<CandidateSet<B>> =

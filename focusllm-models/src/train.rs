@@ -328,8 +328,9 @@ fn cache_bytes<B: Backend>(kv: &[LayerKv<B>]) -> usize {
         .sum()
 }
 
-/// Wall time of the passes of one example, printed to stderr when `FOCUSLLM_TRAIN_PROFILE` is set
-/// (how the time of a training step splits; the backward pass is timed by the trainer's step).
+/// Wall time of the passes of one example, logged at debug level (target `focusllm_models::train`)
+/// when a `tracing` subscriber wants it: how the time of a training step splits (the backward pass
+/// is timed by the trainer's step).
 struct PhaseTimer {
     enabled: bool,
     last: std::time::Instant,
@@ -339,7 +340,7 @@ struct PhaseTimer {
 impl PhaseTimer {
     fn new() -> Self {
         Self {
-            enabled: std::env::var_os("FOCUSLLM_TRAIN_PROFILE").is_some(),
+            enabled: tracing::enabled!(tracing::Level::DEBUG),
             last: std::time::Instant::now(),
             laps: Vec::new(),
         }
@@ -360,10 +361,7 @@ impl PhaseTimer {
                 .iter()
                 .map(|(n, s)| format!("{n} {s:.2}s"))
                 .collect();
-            eprintln!(
-                "example: {chunks} chunks, {distinct} distinct; {}",
-                laps.join(", ")
-            );
+            tracing::debug!(chunks, distinct, "example: {}", laps.join(", "));
         }
     }
 }
