@@ -29,8 +29,15 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Loads an HF `tokenizer.json` (and the chat template of a sibling `tokenizer_config.json`).
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let bad =
+            |e: &dyn std::fmt::Display| ModelError::Tokenizer(format!("{}: {e}", path.display()));
+        // Parsed to a JSON value first: `tokenizers` 0.23 panics (an `expect` in its decoder
+        // deserializer) instead of failing on malformed JSON, which the value parser reports.
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+        let inner: tokenizers::Tokenizer = guarded(&path.display().to_string(), || {
+            serde_json::from_value(json).map_err(|e| bad(&e))
+        })?;
         let config_path = path.with_file_name("tokenizer_config.json");
         let config: serde_json::Value = std::fs::read_to_string(&config_path)
             .ok()
@@ -65,11 +72,13 @@ impl Tokenizer {
 
     /// Encodes text; no special tokens are added (the engine applies the BOS rule).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        guarded("encode", || {
+            let encoding = self
+                .inner
+                .encode(text, false)
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            Ok(encoding.get_ids().to_vec())
+        })
     }
 
     /// Decodes ids to text, special tokens kept. Ids outside the vocabulary are an error.
@@ -78,9 +87,11 @@ impl Tokenizer {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::TokenOutOfVocab { id, vocab });
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        guarded("decode", || {
+            self.inner
+                .decode(ids, false)
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        })
     }
 
     /// Vocabulary size, added tokens included.
@@ -130,6 +141,24 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Runs a call into the `tokenizers` crate, turning a panic into [`ModelError::Tokenizer`]
+/// (`what` says which call). `tokenizers` 0.23 panics, rather than failing, on some crafted
+/// `tokenizer.json` files: an invalid `Precompiled` normalizer or BPE merges while loading; a
+/// `Strip` decoder, a truncation stride or a `Precompiled` char map while encoding or decoding.
+/// The panic message is still printed by the panic hook; with `panic = "abort"` nothing is caught.
+fn guarded<T>(what: &str, call: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(ModelError::Tokenizer(format!(
+            "{what}: the tokenizer is inconsistent (the tokenizers library panicked: {message})"
+        )))
+    })
 }
 
 impl Detokenizer for Tokenizer {

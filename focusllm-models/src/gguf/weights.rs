@@ -83,9 +83,14 @@ impl WeightSource for GgufWeights {
         if heads == 0 {
             return Ok((shape, data));
         }
-        let rows = shape[0];
-        let cols = shape.get(1).copied().unwrap_or(1);
-        if rows % (2 * heads) != 0 {
+        // Only a vector or a matrix has rows to un-permute. Any other shape (no dimension, or more
+        // than two) is returned as stored: the caller's shape check rejects it by name.
+        let (rows, cols) = match shape[..] {
+            [rows] => (rows, 1),
+            [rows, cols] => (rows, cols),
+            _ => return Ok((shape, data)),
+        };
+        if !rows.is_multiple_of(heads.saturating_mul(2)) {
             return Err(ModelError::ShapeMismatch {
                 tensor: gguf,
                 expected: vec![heads * (rows / heads.max(1)), cols],
