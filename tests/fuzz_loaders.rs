@@ -1791,33 +1791,10 @@ fn seed_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     (tokens, types, merges)
 }
 
-/// llama.cpp's name of an HF tensor of model C, and the head count of its Q/K row permutation
-/// (0: none). `None` for tensors GGUF has no name for (the candidate projections).
+/// The GGUF name of an HF tensor of model C (6 query heads, 2 key/value heads) and the heads
+/// whose Q/K rows are permuted: the loader's own map (`focusllm_models::gguf::gguf_name`).
 fn gguf_tensor_name(hf: &str) -> Option<(String, usize)> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some((name.into(), 0));
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (name, heads) = match tail {
-        "self_attn.q_proj.weight" => ("attn_q.weight", 6),
-        "self_attn.k_proj.weight" => ("attn_k.weight", 2),
-        "self_attn.v_proj.weight" => ("attn_v.weight", 0),
-        "self_attn.o_proj.weight" => ("attn_output.weight", 0),
-        "mlp.gate_proj.weight" => ("ffn_gate.weight", 0),
-        "mlp.up_proj.weight" => ("ffn_up.weight", 0),
-        "mlp.down_proj.weight" => ("ffn_down.weight", 0),
-        "input_layernorm.weight" => ("attn_norm.weight", 0),
-        "post_attention_layernorm.weight" => ("ffn_norm.weight", 0),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{name}"), heads))
+    focusllm::models::gguf::gguf_name(hf, 6, 2)
 }
 
 /// `convert_hf_to_gguf.py`'s permutation of Q/K rows (the loader undoes it): GGUF row

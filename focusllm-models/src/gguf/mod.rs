@@ -24,7 +24,7 @@ use memmap2::Mmap;
 use crate::ModelError;
 
 pub use tokenizer::{GgufTokenizer, tokenizer_from_gguf};
-pub use weights::{GgufWeights, unpermute_qk_rows};
+pub use weights::{GgufWeights, gguf_name, unpermute_qk_rows};
 
 /// The four bytes every GGUF file starts with.
 const MAGIC: [u8; 4] = *b"GGUF";

@@ -33,33 +33,7 @@ impl GgufWeights {
     /// The GGUF tensor name of an HF tensor name, and the head count whose Q/K permutation must be
     /// undone (0: none).
     fn gguf_name(&self, hf: &str) -> Option<(String, usize)> {
-        let fixed = match hf {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            _ => None,
-        };
-        if let Some(name) = fixed {
-            return Some((name.to_string(), 0));
-        }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (layer, tail) = rest.split_once('.')?;
-        let (gguf, heads) = match tail {
-            "self_attn.q_proj.weight" => ("attn_q.weight", self.heads),
-            "self_attn.k_proj.weight" => ("attn_k.weight", self.kv_heads),
-            "self_attn.q_proj.bias" => ("attn_q.bias", self.heads),
-            "self_attn.k_proj.bias" => ("attn_k.bias", self.kv_heads),
-            "self_attn.v_proj.weight" => ("attn_v.weight", 0),
-            "self_attn.v_proj.bias" => ("attn_v.bias", 0),
-            "self_attn.o_proj.weight" => ("attn_output.weight", 0),
-            "mlp.gate_proj.weight" => ("ffn_gate.weight", 0),
-            "mlp.up_proj.weight" => ("ffn_up.weight", 0),
-            "mlp.down_proj.weight" => ("ffn_down.weight", 0),
-            "input_layernorm.weight" => ("attn_norm.weight", 0),
-            "post_attention_layernorm.weight" => ("ffn_norm.weight", 0),
-            _ => return None,
-        };
-        Some((format!("blk.{layer}.{gguf}"), heads))
+        gguf_name(hf, self.heads, self.kv_heads)
     }
 }
 
@@ -137,4 +111,37 @@ pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize)
         }
     }
     out
+}
+
+/// The llama.cpp (GGUF) name of an HF tensor name of a model with `heads` query and `kv_heads`
+/// key/value heads, and the head count whose Q/K row permutation `convert_hf_to_gguf.py` applied
+/// (0: none). `None` for tensors GGUF has no name for. The one name map of the format.
+pub fn gguf_name(hf: &str, heads: usize, kv_heads: usize) -> Option<(String, usize)> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some((name.to_string(), 0));
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (gguf, heads) = match tail {
+        "self_attn.q_proj.weight" => ("attn_q.weight", heads),
+        "self_attn.k_proj.weight" => ("attn_k.weight", kv_heads),
+        "self_attn.q_proj.bias" => ("attn_q.bias", heads),
+        "self_attn.k_proj.bias" => ("attn_k.bias", kv_heads),
+        "self_attn.v_proj.weight" => ("attn_v.weight", 0),
+        "self_attn.v_proj.bias" => ("attn_v.bias", 0),
+        "self_attn.o_proj.weight" => ("attn_output.weight", 0),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", 0),
+        "mlp.up_proj.weight" => ("ffn_up.weight", 0),
+        "mlp.down_proj.weight" => ("ffn_down.weight", 0),
+        "input_layernorm.weight" => ("attn_norm.weight", 0),
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", 0),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gguf}"), heads))
 }
