@@ -143,7 +143,6 @@ impl BackendRunner for &Args {
                 let mut correct = 0;
                 let mut seconds = 0.0;
                 let (mut focused, mut in_memory) = (0usize, 0usize);
-                let key_offset = tokenizer.encode("\nThe pass key is")?.len();
                 for seed in self.first_seed..self.first_seed + self.seeds {
                     let prompt = passkey_prompt(tokenizer, length, seed)?;
                     let view =
@@ -165,8 +164,7 @@ impl BackendRunner for &Args {
                         })?;
                     // Where the main decoder looked for the first answer token.
                     let key_chunk = engine.plan(&prompt.ids)?.and_then(|plan| {
-                        let at = prompt.needle_at + key_offset;
-                        plan.chunks.iter().position(|r| r.contains(&at))
+                        plan.chunks.iter().position(|r| r.contains(&prompt.key_at))
                     });
                     if let (Some(key_chunk), Some(Some(map))) = (key_chunk, &first_focus) {
                         in_memory += 1;

@@ -128,9 +128,8 @@ fn key_nll(
         let answer = tokenizer.encode(&format!(" {}", prompt.key)).unwrap();
         let plan = engine.plan(&prompt.ids).unwrap().unwrap();
         // The chunk holding the key's first digits (after the sentence's opening words).
-        let key_at = prompt.needle_at + tokenizer.encode("\nThe pass key is").unwrap().len();
         // (`None` when the key lies in the local window, read by the main decoder in full.)
-        let key_chunk = plan.chunks.iter().position(|r| r.contains(&key_at));
+        let key_chunk = plan.chunks.iter().position(|r| r.contains(&prompt.key_at));
         let mut session = engine.session();
         let mut logits = session.prefill(&prompt.ids).unwrap();
         assert!(session.mode().chunks() >= 4);

@@ -17,8 +17,8 @@ pub struct PasskeyPrompt {
     pub key: String,
     /// Where the key sentence sits, as a fraction of the filler.
     pub depth: f64,
-    /// The token index where the key sentence starts.
-    pub needle_at: usize,
+    /// The token index of the key's first digits (inside the key sentence).
+    pub key_at: usize,
 }
 
 /// Builds a prompt of exactly `total_tokens` tokens; `seed` draws the key and its depth.
@@ -31,6 +31,10 @@ pub fn passkey_prompt(
     let key = rng.random_range(10000..100000u32).to_string();
     let depth: f64 = rng.random();
     let needle = tokenizer.encode(&NEEDLE.replace("{key}", &key))?;
+    // The sentence's words before the key, as tokens (the key follows them).
+    let key_offset = tokenizer
+        .encode(NEEDLE.split("{key}").next().unwrap_or(""))?
+        .len();
     let question = tokenizer.encode(QUESTION)?;
     let bos: Vec<u32> = tokenizer.bos_id().into_iter().collect();
     let fixed = bos.len() + needle.len() + question.len();
@@ -52,7 +56,7 @@ pub fn passkey_prompt(
         ids,
         key,
         depth,
-        needle_at: bos.len() + before,
+        key_at: bos.len() + before + key_offset,
     })
 }
 

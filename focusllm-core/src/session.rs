@@ -53,6 +53,15 @@ pub(crate) struct ChunkBatch<B: Backend, L: LocalDecoder<B>> {
     candidates: CandidateSet<B>,
 }
 
+/// The main decoder's past: the aggregation of every batch's current candidates.
+fn aggregate<B: Backend, L: LocalDecoder<B>>(
+    aggregator: &impl CandidateAggregator<B>,
+    batches: &[ChunkBatch<B, L>],
+) -> Result<CandidateSet<B>> {
+    let candidates: Vec<CandidateSet<B>> = batches.iter().map(|b| b.candidates.clone()).collect();
+    aggregator.aggregate(&candidates)
+}
+
 /// The decoding strategy of the current prompt, chosen by the prefill.
 pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
     Empty,
@@ -205,9 +214,7 @@ where
         );
         let batches = self.decode_chunks(ids, &plan)?;
         self.report(Stage::Main, 0, 1)?;
-        let candidates: Vec<CandidateSet<B>> =
-            batches.iter().map(|b| b.candidates.clone()).collect();
-        let past = engine.aggregator.aggregate(&candidates)?;
+        let past = aggregate(&engine.aggregator, &batches)?;
         let mut main = engine.main.start(Some(&past))?;
         let logits = engine.main.feed(&mut main, &plan.local)?;
         self.report(Stage::Main, 1, 1)?;
@@ -276,9 +283,7 @@ where
                 }
                 *prev = token;
                 main_input.push(token);
-                let candidates: Vec<CandidateSet<B>> =
-                    batches.iter().map(|b| b.candidates.clone()).collect();
-                let past = engine.aggregator.aggregate(&candidates)?;
+                let past = aggregate(&engine.aggregator, batches)?;
                 let mut main = engine.main.start(Some(&past))?;
                 let logits = engine.main.feed(&mut main, main_input)?;
                 *past_chunks = past.chunk_ids().to_vec();
