@@ -374,6 +374,8 @@ pub struct Streamed {
     pub mode: focusllm_core::Mode,
     /// Per chunk, its focus share summed over the generated tokens (`None` in plain mode).
     pub focus: Option<Vec<f32>>,
+    /// Per generated token, its text and focus map (empty in plain mode).
+    pub token_focus: Vec<(String, Vec<f32>)>,
 }
 
 /// Generates from `ids` and prints the text to stdout as it comes (stop tokens not printed);
@@ -397,6 +399,7 @@ where
     let mut first_token = None;
     let mut stdout = std::io::stdout();
     let mut focus: Option<Vec<f32>> = None;
+    let mut token_focus = Vec::new();
     let generation = session.generate(ids, options, Some(tokenizer), |t| {
         if first_token.is_none() {
             view.finish();
@@ -405,6 +408,7 @@ where
         if let Some(map) = &t.focus {
             let sum = focus.get_or_insert_with(|| vec![0.0; map.chunks.len()]);
             sum.iter_mut().zip(&map.chunks).for_each(|(s, x)| *s += x);
+            token_focus.push((t.text.clone(), map.chunks.clone()));
         }
         if !options
             .stop_tokens
@@ -424,5 +428,6 @@ where
         total_s,
         mode: session.mode(),
         focus,
+        token_focus,
     })
 }

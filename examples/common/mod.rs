@@ -9,5 +9,6 @@
 
 pub mod app;
 pub mod fetch;
+pub mod focus_strip;
 pub mod memory;
 pub mod passkey;
