@@ -28,6 +28,7 @@ use focusllm::core::{CancelToken, StepMode};
 use focusllm::models::train::LlamaTrainer;
 use focusllm::models::{AdapterInfo, CandidateAdapter, LoadOptions, load_model_with};
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train FocusLLM candidate parameters (low-rank or full) on a frozen model")]
@@ -222,12 +223,8 @@ impl BackendRunner for &Args {
         if self.clip < 0.0 {
             return Err(format!("--clip {} must be >= 0 (0 turns clipping off)", self.clip).into());
         }
-        if self.init.is_some() && self.run_dir.join("latest").exists() {
-            return Err(format!(
-                "{} already holds a run: --init starts a new one, give it a fresh --run-dir",
-                self.run_dir.display()
-            )
-            .into());
+        if let Some(init) = &self.init {
+            record_init(init, &self.run_dir)?;
         }
         let config = self.config();
         config.validate()?;
@@ -360,4 +357,44 @@ fn main() -> std::process::ExitCode {
             .map_err(AppError::from)
             .and_then(|r| r)
     })
+}
+
+/// The file in a run directory that records which adapter the run started from (`--init`), as
+/// its sha256: running the same command again then resumes, and another `--init` is refused.
+const INIT_RECORD: &str = "init.sha256";
+
+/// Checks `--init` against the run directory: a fresh directory records the adapter's digest; a
+/// directory holding a run resumes only if that run started from the same adapter (the checkpoint
+/// already holds the continued parameters, so the file is not read again for training).
+fn record_init(init: &std::path::Path, run_dir: &std::path::Path) -> Result<(), AppError> {
+    let bytes = std::fs::read(init).map_err(|e| format!("--init {}: {e}", init.display()))?;
+    let digest = format!("{:x}", Sha256::digest(&bytes));
+    let record = run_dir.join(INIT_RECORD);
+    if !run_dir.join("latest").exists() {
+        std::fs::create_dir_all(run_dir)
+            .and_then(|()| std::fs::write(&record, format!("{digest}\n")))
+            .map_err(|e| format!("{}: {e}", record.display()))?;
+        return Ok(());
+    }
+    let recorded = std::fs::read_to_string(&record).unwrap_or_default();
+    if recorded.trim() == digest {
+        eprintln!(
+            "{} holds a run started from {}: resuming it",
+            run_dir.display(),
+            init.display()
+        );
+        return Ok(());
+    }
+    let started = if recorded.is_empty() {
+        format!("has no {INIT_RECORD}, so its start is unknown")
+    } else {
+        format!("started from an adapter with sha256 {}", recorded.trim())
+    };
+    Err(format!(
+        "{} holds a run that {started}; --init {} (sha256 {digest}) would start another: \
+         give a fresh --run-dir, or drop --init to resume the run there",
+        run_dir.display(),
+        init.display()
+    )
+    .into())
 }
