@@ -1,115 +1,20 @@
-//! Text generation with streaming output, FocusLLM for long prompts and plain decoding for short
-//! ones. Uses the model's chat template for instruct models unless `--raw`.
+//! Streaming generation: the `focusllm generate` job as an example program.
+//! The code is `src/cli/jobs/generate.rs`, shared with the installable command (`focusllm generate`).
 //!
 //! ```text
 //! cargo run --release --example generate -- "What is the capital of France?"
 //! cargo run --release --example generate -- --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
 //! ```
 
-#[allow(dead_code)] // each example uses part of it
-mod common;
+#[path = "../src/cli/mod.rs"]
+#[allow(dead_code)] // each example runs one of the command's jobs
+mod cli;
 
-use std::path::PathBuf;
-
-use burn::tensor::backend::Backend;
 use clap::Parser;
-use common::app::{
-    AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
-};
-use focusllm::core::{FocusEngine, GenerateOptions, SamplingConfig};
-
-#[derive(Parser, Debug)]
-#[command(about = "Generate text with FocusLLM (streams tokens to stdout)")]
-struct Args {
-    /// The prompt (or use --file).
-    prompt: Option<String>,
-    /// Read the prompt from a file.
-    #[arg(long, conflicts_with = "prompt")]
-    file: Option<PathBuf>,
-    /// Do not wrap the prompt in the model's chat template.
-    #[arg(long)]
-    raw: bool,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Nucleus sampling threshold.
-    #[arg(long)]
-    top_p: Option<f32>,
-    /// Keep only the k most likely tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Random seed for sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[command(flatten)]
-    engine: EngineArgs,
-}
-
-impl BackendRunner for &Args {
-    type Output = Result<(), AppError>;
-
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let text = match (&self.prompt, &self.file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(f)) => {
-                std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?
-            }
-            (None, None) => return Err("give a prompt or --file".into()),
-        };
-        let loaded = self.engine.load::<B>(&device)?;
-        let tokenizer = loaded
-            .tokenizer
-            .as_ref()
-            .ok_or("the model has no tokenizer")?;
-        let prompt = if self.raw {
-            text
-        } else {
-            tokenizer.chat_prompt(&text)
-        };
-        let ids = tokenizer.encode(&prompt)?;
-        let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
-        let adapted = self.engine.adapter_for(&loaded, true)?;
-        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
-        let engine = FocusEngine::new(model, config)?;
-        let view = ProgressView::new("prompt", self.engine.quiet);
-        let mut session = engine.session();
-        session.on_progress(|p| view.update(p));
-        let options = GenerateOptions {
-            max_tokens: self.max_tokens,
-            stop_tokens: Some(stops),
-            sampling: SamplingConfig {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                seed: self.seed,
-            },
-        };
-        let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
-        let mode = streamed.mode;
-        let n = streamed.generation.tokens.len();
-        let rate =
-            n.saturating_sub(1) as f64 / (streamed.total_s - streamed.first_token_s).max(1e-9);
-        eprintln!(
-            "[{} prompt tokens, {mode}; prefill {:.1} s; {n} tokens at {rate:.2} tokens/s; stop: {:?}]",
-            ids.len(),
-            streamed.first_token_s,
-            streamed.generation.stop
-        );
-        Ok(())
-    }
-}
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    common::app::run_main(run)
-}
-
-fn run() -> Result<(), AppError> {
-    let args = Args::parse();
-    run_on(args.engine.backend, args.engine.device, &args)?
+    cli::app::run_main(|| cli::jobs::generate::run(cli::jobs::generate::Args::parse()))
 }

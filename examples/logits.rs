@@ -6,15 +6,16 @@
 //!     --local-window 512 --chunk-size 700 --threshold 4096 --steps 5
 //! ```
 
-#[allow(dead_code)] // each example uses part of it
-mod common;
+#[path = "../src/cli/mod.rs"]
+#[allow(dead_code)] // the example uses the command's plumbing only
+mod cli;
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use common::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
 use focusllm::core::{FocusEngine, GenerateOptions};
 use serde_json::json;
 
@@ -81,7 +82,7 @@ impl BackendRunner for Args {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    common::app::run_main(run)
+    cli::app::run_main(run)
 }
 
 fn run() -> Result<(), AppError> {

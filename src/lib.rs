@@ -8,7 +8,7 @@
 //! - [`models`] (`focusllm-models`): Llama-family decoders, safetensors/GGUF loaders, tokenizers;
 //! - [`backends`] (`focusllm-backends`): the burn backends behind cargo features.
 //!
-//! The examples' plumbing (flags, progress bars, the model fetch) lives in `examples/common/`, not
+//! The command's and examples' plumbing (flags, progress bars, the model fetch) lives in `src/cli/`, not
 //! here: the library never shells out or prints.
 //!
 //! ## Reading a long input

@@ -1,7 +1,7 @@
 //! The focus strip (`longdoc --focus-svg`): one rectangle per chunk and row, over the chunk's
 //! token range, coloured relative to the row's largest share; bad rows are refused.
 
-#[path = "../examples/common/focus_strip.rs"]
+#[path = "../src/cli/focus_strip.rs"]
 mod focus_strip;
 
 use focus_strip::{FocusRow, write_svg};

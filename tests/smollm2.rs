@@ -4,7 +4,7 @@
 
 mod common;
 /// The examples' passkey prompts (their unit tests run here).
-#[path = "../examples/common/passkey.rs"]
+#[path = "../src/cli/passkey.rs"]
 mod passkey;
 
 use std::ops::ControlFlow;

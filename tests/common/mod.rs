@@ -10,7 +10,7 @@ use serde_json::Value;
 pub type B = focusllm::backends::Cpu;
 
 /// The examples' model fetch and bundled adapter (not part of the published library).
-#[path = "../../examples/common/fetch.rs"]
+#[path = "../../src/cli/fetch.rs"]
 pub mod fetch;
 
 #[global_allocator]

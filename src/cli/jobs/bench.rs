@@ -1,0 +1,245 @@
+//! Prefill and decoding speed and memory, FocusLLM against plain full attention in the same library,
+//! side by side in one process (ratios are what to read on a noisy machine).
+//!
+//! ```text
+//! cargo run --release --example bench -- --lengths 4096,8192,16384,32768 --json
+//! ```
+
+use std::time::Instant;
+
+use crate::cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use crate::cli::memory::{peak_rss_mb, reset_peak_rss, rss_mb};
+use crate::cli::passkey::passkey_prompt;
+use burn::tensor::backend::Backend;
+use clap::Parser;
+use focusllm::core::{FocusEngine, argmax};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "FocusLLM vs plain attention: prefill time, time per token, peak memory")]
+pub struct Args {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Input lengths in tokens, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4096,8192,16384,32768,65536,131072"
+    )]
+    lengths: Vec<usize>,
+    /// Methods: focus, plain.
+    #[arg(long, value_delimiter = ',', default_value = "focus,plain")]
+    methods: Vec<String>,
+    /// Plain attention is skipped above this length (quadratic time).
+    #[arg(long, default_value_t = 32768)]
+    plain_max: usize,
+    /// Generated tokens timed per row (after the prefill).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Also compare chunk batch 1 with `--batch` at this length (0: skip).
+    #[arg(long, default_value_t = 16384)]
+    batch_compare: usize,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Row {
+    method: String,
+    tokens: usize,
+    prefill_s: f64,
+    tokens_per_s: f64,
+    step_s: f64,
+    peak_rss_mb: Option<f64>,
+    chunk_batch: usize,
+    chunk_cache_mb: f64,
+}
+
+struct Measured {
+    row: Row,
+    logits: Vec<Vec<f32>>,
+}
+
+impl Args {
+    fn measure<B: Backend>(
+        &self,
+        model: &focusllm::models::LlamaModel<B>,
+        config: &focusllm::core::FocusConfig,
+        ids: &[u32],
+        method: &str,
+        batch: usize,
+    ) -> Result<Measured, AppError> {
+        // Focus rows always chunk (threshold 1) so that short inputs are measured too.
+        let threshold = if method == "plain" { usize::MAX } else { 1 };
+        let config = config
+            .clone()
+            .with_plain_threshold(Some(threshold))
+            .with_chunk_batch_size(batch);
+        let engine = FocusEngine::new(model, config)?;
+        let view = ProgressView::new(&format!("{method} {}", ids.len()), self.engine.quiet);
+        let mut session = engine.session();
+        session.on_progress(|p| view.update(p));
+        reset_peak_rss();
+        let start = Instant::now();
+        let mut logits = vec![session.prefill(ids)?];
+        let prefill_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..self.steps {
+            let token = argmax(logits.last().expect("prefill logits"))?;
+            logits.push(session.step(token)?);
+        }
+        let step_s = start.elapsed().as_secs_f64() / self.steps.max(1) as f64;
+        let chunk_cache_mb = session.chunk_cache_bytes() as f64 / (1024.0 * 1024.0);
+        let peak = peak_rss_mb();
+        drop(session);
+        view.finish();
+        let row = Row {
+            method: method.to_string(),
+            tokens: ids.len(),
+            prefill_s,
+            tokens_per_s: ids.len() as f64 / prefill_s,
+            step_s,
+            peak_rss_mb: peak,
+            chunk_batch: batch,
+            chunk_cache_mb,
+        };
+        if !self.json {
+            eprintln!("{row:?}");
+        }
+        Ok(Measured { row, logits })
+    }
+}
+
+impl BackendRunner for &Args {
+    type Output = Result<(Vec<Row>, Option<(Row, Row, f32)>), AppError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let loaded = self.engine.load::<B>(&device)?;
+        let tokenizer = loaded
+            .tokenizer
+            .as_ref()
+            .ok_or("the model has no tokenizer")?;
+        eprintln!("model loaded; resident {:.0} MiB", rss_mb().unwrap_or(0.0));
+        // Speed does not depend on the candidate weights: only `--adapter` is applied (its sizes
+        // and step mode are then the defaults), never the bundled one.
+        let adapted = self.engine.adapter_for(&loaded, false)?;
+        let (model, config) = self.engine.model_and_config(&loaded, &adapted);
+        let mut rows = Vec::new();
+        for &length in &self.lengths {
+            let ids = passkey_prompt(tokenizer, length, 0)?.ids;
+            for method in &self.methods {
+                if method == "plain" && length > self.plain_max {
+                    eprintln!(
+                        "plain at {length} skipped (above --plain-max {})",
+                        self.plain_max
+                    );
+                    continue;
+                }
+                rows.push(
+                    self.measure(model, &config, &ids, method, self.engine.batch)?
+                        .row,
+                );
+            }
+        }
+        let batches = if self.batch_compare > 0 {
+            let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
+            let one = self.measure(model, &config, &ids, "focus", 1)?;
+            let many = self.measure(model, &config, &ids, "focus", self.engine.batch)?;
+            let diff = one
+                .logits
+                .iter()
+                .zip(&many.logits)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                .fold(0.0f32, f32::max);
+            Some((one.row, many.row, diff))
+        } else {
+            None
+        };
+        Ok((rows, batches))
+    }
+}
+
+/// Least-squares slope of ln(prefill time) against ln(length), over rows of `method` with at least
+/// `from` tokens.
+fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.method == method && r.tokens >= from)
+        .map(|r| ((r.tokens as f64).ln(), r.prefill_s.ln()))
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    Some(sxy / sxx)
+}
+
+/// Runs the job.
+pub fn run(args: Args) -> Result<(), AppError> {
+    let (rows, batches) = run_on(args.engine.backend, args.engine.device, &args)??;
+    let focus_fit = loglog_exponent(&rows, "focus", 8192);
+    let plain_fit = loglog_exponent(&rows, "plain", 8192);
+    if args.json {
+        let batch = batches.as_ref().map(|(one, many, diff)| {
+            serde_json::json!({"one_by_one": one, "batched": many, "max_abs_logit_diff": diff})
+        });
+        let out = serde_json::json!({
+            "rows": rows,
+            "batch_comparison": batch,
+            "loglog_exponent": {"focus": focus_fit, "plain": plain_fit},
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "| method | tokens | prefill s | tokens/s | s / token | peak RSS MiB | chunk caches MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let peak = r
+            .peak_rss_mb
+            .map_or("n/a".to_string(), |m| format!("{m:.0}"));
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {} | {:.0} |",
+            r.method, r.tokens, r.prefill_s, r.tokens_per_s, r.step_s, peak, r.chunk_cache_mb
+        );
+    }
+    println!();
+    for r in rows.iter().filter(|r| r.method == "plain") {
+        if let Some(f) = rows
+            .iter()
+            .find(|f| f.method == "focus" && f.tokens == r.tokens)
+        {
+            println!(
+                "{} tokens: FocusLLM prefill {:.2}x faster than plain; time per token {:.2}x",
+                r.tokens,
+                r.prefill_s / f.prefill_s,
+                r.step_s / f.step_s
+            );
+        }
+    }
+    if let Some(e) = focus_fit {
+        println!("log-log exponent of prefill time vs length (>= 8K): focus {e:.3}");
+    }
+    if let Some(e) = plain_fit {
+        println!("log-log exponent of prefill time vs length (>= 8K): plain {e:.3}");
+    }
+    if let Some((one, many, diff)) = batches {
+        println!(
+            "chunk batch 1 vs {} at {} tokens: prefill {:.1} s vs {:.1} s ({:.2}x), max |logit diff| {diff:.2e}",
+            many.chunk_batch,
+            one.tokens,
+            one.prefill_s,
+            many.prefill_s,
+            one.prefill_s / many.prefill_s
+        );
+    }
+    Ok(())
+}
