@@ -146,8 +146,8 @@ pub struct EngineArgs {
     /// has trained ones, and apply no adapter.
     #[arg(long)]
     pub untrained: bool,
-    /// Candidate adapter (safetensors, from `examples/train.rs`) to apply; its recorded sizes and
-    /// step mode become the defaults. `passkey`, `longdoc` and `generate` apply the bundled SmolLM2
+    /// Candidate adapter (safetensors, from `focusllm train`) to apply; its recorded sizes and
+    /// step mode become the defaults. `passkey`, `ask` and `generate` apply the bundled SmolLM2
     /// adapter by default when they run the default model; `logits` and `bench` only this one.
     #[arg(long, conflicts_with = "untrained")]
     pub adapter: Option<PathBuf>,

@@ -2,7 +2,7 @@
 //! the question sits in the local context.
 //!
 //! ```text
-//! cargo run --release --example longdoc -- --file book.txt --question "Who is the narrator?"
+//! focusllm ask --file book.txt --question "Who is the narrator?"
 //! ```
 //!
 //! For retrieval evaluations, `--insert` hides a sentence at `--depth` of the document, `--tokens`

@@ -2,7 +2,7 @@
 //! side by side in one process (ratios are what to read on a noisy machine).
 //!
 //! ```text
-//! cargo run --release --example bench -- --lengths 4096,8192,16384,32768 --json
+//! focusllm bench --lengths 4096,8192,16384,32768 --json
 //! ```
 
 use std::time::Instant;

@@ -2,8 +2,8 @@
 //! ones. Uses the model's chat template for instruct models unless `--raw`.
 //!
 //! ```text
-//! cargo run --release --example generate -- "What is the capital of France?"
-//! cargo run --release --example generate -- --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
+//! focusllm generate "What is the capital of France?"
+//! focusllm generate --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
 //! ```
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! seeds, on the SmolLM2 GGUF by default (fetched when absent).
 //!
 //! ```text
-//! cargo run --release --example passkey -- --lengths 8192,16384,32768 --seeds 2
+//! focusllm passkey --lengths 8192,16384,32768 --seeds 2
 //! ```
 
 use std::ops::ControlFlow;

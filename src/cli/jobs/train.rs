@@ -5,7 +5,7 @@
 //! Ctrl-C stops after writing a checkpoint.
 //!
 //! ```text
-//! cargo run --release --example train -- --out adapter.safetensors
+//! focusllm train --out adapter.safetensors
 //! ```
 
 use std::path::PathBuf;
