@@ -90,6 +90,47 @@ pub enum ModelError {
         /// The vocabulary size.
         vocab: usize,
     },
+    /// A Hugging Face model id (`org/name[@revision][:file.gguf]`) is malformed.
+    #[error("invalid model id `{id}`: {reason}")]
+    InvalidModelId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of a Hugging Face Hub repository is neither in the local cache nor downloadable.
+    #[error("{repo}@{revision}: `{file}`: {message}")]
+    Hub {
+        /// The repository (`org/name`).
+        repo: String,
+        /// The revision asked for (`main` unless the id named one).
+        revision: String,
+        /// The file of the repository at fault.
+        file: String,
+        /// What kind of failure it is.
+        kind: HubErrorKind,
+        /// What happened, and what to do about it.
+        message: String,
+    },
+}
+
+/// The kinds of [`ModelError::Hub`] failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubErrorKind {
+    /// The file is not in the cache and offline mode (`HF_HUB_OFFLINE`) forbids downloading it.
+    Offline,
+    /// The Hub has no such file at that revision (HTTP 404), or no such repository or revision, or
+    /// the repository holds neither `model.safetensors` nor `model.safetensors.index.json`.
+    NotFound,
+    /// The Hub refused access (HTTP 401/403): the repository does not exist, is private, or is gated.
+    Unauthorized,
+    /// The download failed (network, HTTP error, or writing into the cache).
+    Download,
+    /// The cache cannot be located or read.
+    Cache,
+    /// The repository's files are unusable (e.g. a shard index naming a path outside the snapshot).
+    InvalidRepo,
 }
 
 impl ModelError {
