@@ -186,7 +186,13 @@ impl Args {
         let (head, tail) = if self.raw {
             (String::new(), format!("{question}\n{}", self.answer_start))
         } else {
-            let wrapped = tokenizer.chat_prompt("\u{0}");
+            let wrapped = match tokenizer.chat_prompt("\u{0}") {
+                Err(focusllm::models::ModelError::NoChatTemplate { .. }) => {
+                    eprintln!("[the model has no chat template: the question is given raw]");
+                    "\u{0}".to_string()
+                }
+                wrapped => wrapped?,
+            };
             let (head, tail) = wrapped.split_once('\u{0}').ok_or("chat template")?;
             (head.to_string(), format!("{question}{tail}"))
         };

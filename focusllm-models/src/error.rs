@@ -82,6 +82,28 @@ pub enum ModelError {
     /// The tokenizer could not be built, or failed to encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A chat template failed to compile or to render, or rejected the conversation itself
+    /// (`raise_exception`, e.g. roles that do not alternate).
+    #[error("{origin}: {message}")]
+    ChatTemplate {
+        /// Where the template came from: `chat_template.jinja` or `tokenizer_config.json` (with
+        /// its path), the GGUF metadata key, or `chat template` for one given directly.
+        origin: String,
+        /// What failed.
+        failure: ChatTemplateFailure,
+        /// The template line at fault (1-based), when known.
+        line: Option<usize>,
+        /// What went wrong, with the line and its text; for [`ChatTemplateFailure::Raised`], the
+        /// template's own message.
+        message: String,
+    },
+    /// The checkpoint has no usable chat template: the caller decides whether to use the prompt
+    /// raw (e.g. for a base model) or to supply a template.
+    #[error("the checkpoint has no chat template: {reason}")]
+    NoChatTemplate {
+        /// Where the template was looked for.
+        reason: String,
+    },
     /// A token id is not in the model's vocabulary.
     #[error("token id {id} is out of the vocabulary (size {vocab})")]
     TokenOutOfVocab {
@@ -139,5 +161,26 @@ impl ModelError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// What failed in a [`ModelError::ChatTemplate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatTemplateFailure {
+    /// The template is not valid Jinja (or uses a tag this renderer lacks).
+    Compile,
+    /// Rendering failed: an undefined attribute, an unsupported operation or filter, ...
+    Render,
+    /// The template called `raise_exception`: it rejects the conversation it was given.
+    Raised,
+}
+
+impl std::fmt::Display for ChatTemplateFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Compile => "syntax error",
+            Self::Render => "render error",
+            Self::Raised => "the template raised an error",
+        })
     }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod chat;
 pub mod config;
 pub mod error;
 mod focus;
@@ -23,6 +24,7 @@ pub mod train;
 pub mod weights;
 
 pub use adapter::{AdapterInfo, AdapterKind, CandidateAdapter};
+pub use chat::{ChatMessage, ChatRole, ChatTemplate, ChatTemplateFailure};
 pub use config::LlamaConfig;
 pub use error::{HubErrorKind, ModelError};
 pub use focus::{LlamaChunks, LlamaKvCache};
