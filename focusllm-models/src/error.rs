@@ -82,6 +82,28 @@ pub enum ModelError {
     /// The tokenizer could not be built, or failed to encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A chat template failed to compile or to render, or rejected the conversation itself
+    /// (`raise_exception`, e.g. roles that do not alternate).
+    #[error("{origin}: {message}")]
+    ChatTemplate {
+        /// Where the template came from: `chat_template.jinja` or `tokenizer_config.json` (with
+        /// its path), the GGUF metadata key, or `chat template` for one given directly.
+        origin: String,
+        /// What failed.
+        failure: ChatTemplateFailure,
+        /// The template line at fault (1-based), when known.
+        line: Option<usize>,
+        /// What went wrong, with the line and its text; for [`ChatTemplateFailure::Raised`], the
+        /// template's own message.
+        message: String,
+    },
+    /// The checkpoint has no usable chat template: the caller decides whether to use the prompt
+    /// raw (e.g. for a base model) or to supply a template.
+    #[error("the checkpoint has no chat template: {reason}")]
+    NoChatTemplate {
+        /// Where the template was looked for.
+        reason: String,
+    },
     /// A token id is not in the model's vocabulary.
     #[error("token id {id} is out of the vocabulary (size {vocab})")]
     TokenOutOfVocab {
@@ -90,6 +112,47 @@ pub enum ModelError {
         /// The vocabulary size.
         vocab: usize,
     },
+    /// A Hugging Face model id (`org/name[@revision][:file.gguf]`) is malformed.
+    #[error("invalid model id `{id}`: {reason}")]
+    InvalidModelId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of a Hugging Face Hub repository is neither in the local cache nor downloadable.
+    #[error("{repo}@{revision}: `{file}`: {message}")]
+    Hub {
+        /// The repository (`org/name`).
+        repo: String,
+        /// The revision asked for (`main` unless the id named one).
+        revision: String,
+        /// The file of the repository at fault.
+        file: String,
+        /// What kind of failure it is.
+        kind: HubErrorKind,
+        /// What happened, and what to do about it.
+        message: String,
+    },
+}
+
+/// The kinds of [`ModelError::Hub`] failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubErrorKind {
+    /// The file is not in the cache and offline mode (`HF_HUB_OFFLINE`) forbids downloading it.
+    Offline,
+    /// The Hub has no such file at that revision (HTTP 404), or no such repository or revision, or
+    /// the repository holds neither `model.safetensors` nor `model.safetensors.index.json`.
+    NotFound,
+    /// The Hub refused access (HTTP 401/403): the repository does not exist, is private, or is gated.
+    Unauthorized,
+    /// The download failed (network, HTTP error, or writing into the cache).
+    Download,
+    /// The cache cannot be located or read.
+    Cache,
+    /// The repository's files are unusable (e.g. a shard index naming a path outside the snapshot).
+    InvalidRepo,
 }
 
 impl ModelError {
@@ -98,5 +161,26 @@ impl ModelError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// What failed in a [`ModelError::ChatTemplate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatTemplateFailure {
+    /// The template is not valid Jinja (or uses a tag this renderer lacks).
+    Compile,
+    /// Rendering failed: an undefined attribute, an unsupported operation or filter, ...
+    Render,
+    /// The template called `raise_exception`: it rejects the conversation it was given.
+    Raised,
+}
+
+impl std::fmt::Display for ChatTemplateFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Compile => "syntax error",
+            Self::Render => "render error",
+            Self::Raised => "the template raised an error",
+        })
     }
 }

@@ -8,10 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod chat;
 pub mod config;
 pub mod error;
 mod focus;
 pub mod gguf;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod llama;
 pub mod loader;
 pub mod rope;
@@ -21,10 +24,13 @@ pub mod train;
 pub mod weights;
 
 pub use adapter::{AdapterInfo, AdapterKind, CandidateAdapter};
+pub use chat::{ChatMessage, ChatRole, ChatTemplate, ChatTemplateFailure};
 pub use config::LlamaConfig;
-pub use error::ModelError;
+pub use error::{HubErrorKind, ModelError};
 pub use focus::{LlamaChunks, LlamaKvCache};
 pub use gguf::GgufWeights;
+#[cfg(feature = "hub")]
+pub use hub::{HubOptions, ModelId, ModelSource};
 pub use llama::{CandidateSource, LlamaModel};
 pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,

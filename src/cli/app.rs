@@ -53,13 +53,18 @@ pub fn run_on<R: BackendRunner>(
     }
 }
 
-/// The model to load: `--model` when given, else `$FOCUSLLM_MODEL`, else the default SmolLM2 GGUF
-/// (fetched into the cache on first use).
+/// The model to load: `--model` when given (an existing path, else a Hugging Face id
+/// `org/name[@revision][:file.gguf]` fetched through the standard HF cache), else
+/// `$FOCUSLLM_MODEL`, else the default SmolLM2 GGUF (fetched into the cache on first use).
 pub fn resolve_model(arg: Option<PathBuf>) -> Result<PathBuf, AppError> {
-    let path = match arg {
-        Some(p) => p,
-        None => super::fetch::default_model()?,
+    let Some(arg) = arg else {
+        return Ok(super::fetch::default_model()?);
     };
+    let source = match arg.to_str() {
+        Some(text) => focusllm_models::ModelSource::parse(text)?,
+        None => focusllm_models::ModelSource::Local(arg),
+    };
+    let path = source.resolve(&focusllm_models::HubOptions::from_env())?;
     if !path.exists() {
         return Err(format!("model not found: {}", path.display()).into());
     }
@@ -117,8 +122,9 @@ impl ProgressView {
 /// Command-line flags shared by the examples: the model, the backend and the FocusLLM sizes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// HF model directory or GGUF file (default: $FOCUSLLM_MODEL, else the SmolLM2-135M-Instruct
-    /// GGUF, fetched into the cache on first use).
+    /// GGUF file, HF model directory, or Hugging Face id `org/name[@revision][:file.gguf]` (through
+    /// the HF cache; HF_HOME, HF_HUB_OFFLINE) (default: $FOCUSLLM_MODEL, else the
+    /// SmolLM2-135M-Instruct GGUF, fetched into the cache on first use).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Backend: cpu, wgpu or cuda (the latter two need the cargo feature of the same name).

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use crate::cli::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
 };
+use crate::cli::focus_strip::{FocusRow, write_svg};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::core::{FocusEngine, GenerateOptions};
@@ -52,6 +53,10 @@ pub struct Args {
     /// to most while answering (its focus map, summed over the answer's tokens).
     #[arg(long, default_value_t = 3)]
     sources: usize,
+    /// Draw the focus map as an SVG heat strip over the document: one row per answer token (and
+    /// one for the whole answer), each chunk coloured by the attention its candidate received.
+    #[arg(long)]
+    focus_svg: Option<PathBuf>,
     /// Instead of answering: the perplexity of the document's last 128 tokens (the reference
     /// protocol; the document is cut to `--tokens` and no question is asked), as one JSON line.
     #[arg(long, conflicts_with_all = ["expect", "insert"])]
@@ -119,6 +124,19 @@ impl BackendRunner for &Args {
         let mode = streamed.mode;
         eprintln!("[{} tokens read with {mode}]", ids.len());
         if let (Some(focus), Some(plan)) = (&streamed.focus, engine.plan(&ids)?) {
+            if let Some(path) = &self.focus_svg {
+                let mut rows = vec![FocusRow {
+                    label: "whole answer".into(),
+                    shares: focus.clone(),
+                }];
+                rows.extend(streamed.token_focus.iter().map(|(text, shares)| FocusRow {
+                    label: format!("{text:?}"),
+                    shares: shares.clone(),
+                }));
+                let title = format!("{}: where each answer token drew on", self.file.display());
+                write_svg(path, &title, &plan.chunks, &rows)?;
+                eprintln!("[focus strip written to {}]", path.display());
+            }
             let tokens = streamed.generation.tokens.len().max(1) as f32;
             let mut ranked: Vec<(usize, f32)> = focus.iter().copied().enumerate().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -183,7 +201,13 @@ impl Args {
         let (head, tail) = if self.raw {
             (String::new(), format!("{question}\n{}", self.answer_start))
         } else {
-            let wrapped = tokenizer.chat_prompt("\u{0}");
+            let wrapped = match tokenizer.chat_prompt("\u{0}") {
+                Err(focusllm::models::ModelError::NoChatTemplate { .. }) => {
+                    eprintln!("[the model has no chat template: the question is given raw]");
+                    "\u{0}".to_string()
+                }
+                wrapped => wrapped?,
+            };
             let (head, tail) = wrapped.split_once('\u{0}').ok_or("chat template")?;
             (head.to_string(), format!("{question}{tail}"))
         };

@@ -64,7 +64,13 @@ impl BackendRunner for &Args {
         let prompt = if self.raw {
             text
         } else {
-            tokenizer.chat_prompt(&text)
+            match tokenizer.chat_prompt(&text) {
+                Err(focusllm::models::ModelError::NoChatTemplate { .. }) => {
+                    eprintln!("[the model has no chat template: the prompt is used raw]");
+                    text
+                }
+                wrapped => wrapped?,
+            }
         };
         let ids = tokenizer.encode(&prompt)?;
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);

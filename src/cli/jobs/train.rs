@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 #[derive(Parser, Debug)]
 #[command(about = "Train FocusLLM candidate parameters (low-rank or full) on a frozen model")]
 pub struct Args {
-    /// HF model directory or GGUF file (default: the SmolLM2-135M-Instruct GGUF).
+    /// GGUF file, HF model directory or Hugging Face id `org/name[@revision][:file.gguf]`
+    /// (default: the SmolLM2-135M-Instruct GGUF).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Backend: cpu, wgpu or cuda.
