@@ -13,25 +13,58 @@
 //!
 //! ## Reading a long input
 //!
-//! ```no_run
+//! The model below is `tests/fixtures/official/C`, a tiny random Llama (3 layers, a vocabulary of
+//! 512) with trained candidate projections, and the input is the one the official FocusLLM code
+//! read in its reference run: 5000 token ids. That checkpoint has no tokenizer; with a real one,
+//! the tokenizer that comes with it turns text into ids and streams text back (the commented
+//! lines; the README's example does that).
+//!
+//! ```
 //! use std::ops::ControlFlow;
+//! use std::path::Path;
+//!
 //! use focusllm::backends::Cpu;
-//! use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions};
+//! use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions, Mode};
 //! use focusllm::models::load_model;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let loaded = load_model::<Cpu>("model.gguf".as_ref(), &Default::default())?;
-//! let tokenizer = loaded.tokenizer.as_ref().expect("GGUF files carry a tokenizer");
-//! let ids = tokenizer.encode(&std::fs::read_to_string("book.txt")?)?;
-//! let engine = FocusEngine::new(&loaded.model, FocusConfig::default())?;
+//! // An HF directory (config.json and safetensors, tokenizer.json if any) or a GGUF file.
+//! let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/official/C"));
+//! let loaded = load_model::<Cpu>(dir, &Default::default())?;
+//! // let tokenizer = loaded.tokenizer.as_ref().expect("GGUF files carry a tokenizer");
+//! // let ids = tokenizer.encode(&std::fs::read_to_string("book.txt")?)?;
+//! let inputs: serde_json::Value =
+//!     serde_json::from_str(&std::fs::read_to_string(dir.join("inputs.json"))?)?;
+//! let ids: Vec<u32> = serde_json::from_value(inputs["long_ids"].clone())?;
+//!
+//! // The reference's sizes for this model: a local window of 512 tokens, memory chunks of 700,
+//! // plain decoding below 4096 tokens (`FocusConfig::default()` suits real models).
+//! let config = FocusConfig::default()
+//!     .with_local_window(512)
+//!     .with_chunk_size(700)
+//!     .with_plain_threshold(Some(4096));
+//! let engine = FocusEngine::new(&loaded.model, config)?;
 //! let mut session = engine.session();
 //! session.on_progress(|p| eprintln!("{:?} {}/{}", p.stage, p.done, p.total));
-//! let options = GenerateOptions { max_tokens: 64, ..Default::default() };
-//! let answer = session.generate(&ids, &options, Some(tokenizer), |token| {
-//!     print!("{}", token.text);
+//! // Five tokens whatever they are (no stop token).
+//! let options = GenerateOptions {
+//!     max_tokens: 5,
+//!     stop_tokens: Some(vec![]),
+//!     ..Default::default()
+//! };
+//! let answer = session.generate(&ids, &options, None, |token| {
+//!     // (`None` above: with `Some(tokenizer)`, `token.text` streams the text.)
+//!     // Where the prediction drew on the memory: the main decoder's attention per chunk.
+//!     let focus = token.focus.as_ref().expect("a chunked read measures its focus");
+//!     let (chunk, share) = focus.top(1)[0];
+//!     println!("token {}: most attention on chunk {chunk} ({share:.3})", token.id);
+//!     assert!(focus.total() > 0.0 && focus.total() <= 1.0);
 //!     ControlFlow::Continue(())
 //! })?;
-//! println!("\n{} tokens", answer.tokens.len());
+//! // 4488 tokens of memory in chunks of 700: 7 chunks, each read in parallel to one candidate.
+//! assert_eq!(session.mode(), Mode::Focus { chunks: 7 });
+//! // What the official FocusLLM implementation generates from this input (greedy decoding).
+//! assert_eq!(answer.tokens, [247, 192, 196, 419, 370]);
 //! # Ok(())
 //! # }
 //! ```
@@ -41,3 +74,9 @@
 pub use focusllm_backends as backends;
 pub use focusllm_core as core;
 pub use focusllm_models as models;
+
+// The README's code blocks, compiled by `cargo test --doc` (only `rust` blocks are: `sh` ones
+// are not Rust). Its library example is `no_run`: it needs a real model and a text file.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -15,6 +15,17 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The CPU backend (burn `flex`, f32).
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use focusllm_backends::{BackendKind, Cpu, probe};
+///
+/// let device = Default::default();
+/// probe::<Cpu>(BackendKind::Cpu, &device)?; // a self-test (GPU backends may fail it)
+/// let x = Tensor::<Cpu, 1>::from_floats([1.0, 2.0, 3.0], &device);
+/// assert_eq!(x.sum().into_data().to_vec::<f32>().unwrap(), [6.0]);
+/// # Ok::<(), focusllm_backends::BackendError>(())
+/// ```
 #[cfg(feature = "cpu")]
 pub type Cpu = burn::backend::Flex;
 
@@ -27,6 +38,21 @@ pub type Wgpu = burn::backend::Wgpu;
 pub type Cuda = burn::backend::Cuda;
 
 /// A backend named at run time (e.g. by `--backend`).
+///
+/// ```
+/// use focusllm_backends::{BackendError, BackendKind};
+///
+/// // `cpu` (or `flex`), `wgpu` (or `vulkan`, `metal`), `cuda`, in any case.
+/// let kind: BackendKind = "CPU".parse()?;
+/// assert_eq!(kind, BackendKind::Cpu);
+/// assert!(matches!("tpu".parse::<BackendKind>(), Err(BackendError::Unknown(_))));
+/// // A backend this build left out says which cargo feature brings it in.
+/// if !BackendKind::Cuda.is_compiled() {
+///     let err = BackendKind::Cuda.ensure_compiled().unwrap_err();
+///     assert!(err.to_string().ends_with("rebuild with `--features cuda`"));
+/// }
+/// # Ok::<(), BackendError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     /// burn `flex` on the CPU.

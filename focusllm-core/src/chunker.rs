@@ -37,6 +37,43 @@ impl ChunkPlan {
 /// [`FixedStrideChunker`]; other policies (for instance cutting at paragraph boundaries) implement
 /// the same trait. The engine only calls it for inputs longer than the local window, so the memory
 /// part `ids[..ids.len() - local_window]` is never empty.
+///
+/// ```
+/// use focusllm_core::{ChunkPlan, Chunker, FixedStrideChunker, FocusConfig, Result};
+///
+/// /// Ends a memory chunk after every `sep` token (a paragraph break, say) rather than every
+/// /// `chunk_size` tokens; local context and dynamic prompt as the reference's.
+/// struct AtSeparator {
+///     sep: u32,
+/// }
+///
+/// impl Chunker for AtSeparator {
+///     fn plan(&self, ids: &[u32], config: &FocusConfig, bos: Option<u32>) -> Result<ChunkPlan> {
+///         let mut plan = FixedStrideChunker.plan(ids, config, bos)?;
+///         let memory = plan.local_range.start;
+///         plan.chunks.clear();
+///         let mut start = 0;
+///         for (i, &id) in ids[..memory].iter().enumerate() {
+///             if id == self.sep || i + 1 == memory {
+///                 plan.chunks.push(start..i + 1);
+///                 start = i + 1;
+///             }
+///         }
+///         Ok(plan)
+///     }
+/// }
+///
+/// let ids = [1, 10, 11, 0, 12, 0, 13, 14, 15, 16, 17, 18];
+/// let config = FocusConfig::default().with_local_window(4).with_chunk_size(4);
+/// let plan = AtSeparator { sep: 0 }.plan(&ids, &config, Some(1))?;
+/// assert_eq!(plan.chunks, [0..4, 4..6, 6..8]);
+/// assert_eq!(plan.local, [1, 15, 16, 17, 18]); // the last 4 tokens, BOS prepended
+/// assert_eq!(plan.chunk_sequence(&ids, 1), [12, 0, 1, 15, 16, 17, 18]); // chunk ++ prompt
+/// // The reference cuts every 4 tokens.
+/// assert_eq!(FixedStrideChunker.plan(&ids, &config, Some(1))?.chunks, [0..4, 4..8]);
+/// // An engine reads with it after `FocusEngine::with_chunker(AtSeparator { sep: 0 })`.
+/// # Ok::<(), focusllm_core::FocusError>(())
+/// ```
 pub trait Chunker {
     /// Plans the reading of `ids`; `bos` is the model's BOS id, if it has one.
     fn plan(&self, ids: &[u32], config: &FocusConfig, bos: Option<u32>) -> Result<ChunkPlan>;

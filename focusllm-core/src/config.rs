@@ -23,6 +23,21 @@ pub enum StepMode {
 /// Defaults are the reference implementation's inference values: local window 2048, chunk size 2048,
 /// dynamic-prompt cap 512, chunk batch 4; the plain-decoding threshold defaults to the model's native
 /// context (the reference hard-codes 4096, Llama-2's context).
+///
+/// ```
+/// use focusllm_core::{FocusConfig, FocusError, StepMode};
+///
+/// let config = FocusConfig::default()
+///     .with_local_window(4096)
+///     .with_chunk_size(1024)
+///     .with_step_mode(StepMode::FrozenCandidates);
+/// assert!(config.validate().is_ok());
+/// assert_eq!(config.prompt_len(), 512); // min(prompt cap, chunk size, local window)
+///
+/// // Sizes that cannot work are refused by name (`FocusEngine::new` validates too).
+/// let err = FocusConfig::default().with_chunk_size(0).validate().unwrap_err();
+/// assert!(matches!(err, FocusError::InvalidConfig { field: "chunk_size", .. }));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FocusConfig {
     /// `L`: tokens of the local context that the main decoder reads in full.

@@ -29,6 +29,41 @@ pub struct Progress {
 
 /// A cloneable flag that stops long work at the next batch boundary with
 /// [`crate::FocusError::Cancelled`].
+///
+/// ```
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+/// # fn main() -> focusllm_core::Result<()> {
+/// use focusllm_core::{CancelToken, FocusConfig, FocusEngine, FocusError, Stage};
+///
+/// // `Counter`: the toy model family of `LocalDecoder`'s example; 40 tokens make 4 chunks,
+/// // decoded one per batch here.
+/// let config = FocusConfig::default()
+///     .with_local_window(8)
+///     .with_chunk_size(8)
+///     .with_chunk_batch_size(1);
+/// let engine = FocusEngine::new(&Counter, config)?;
+/// let mut session = engine.session();
+/// let ids: Vec<u32> = (0..40).collect();
+///
+/// let token = CancelToken::new();
+/// session.set_cancel_token(token.clone());
+/// // Any clone cancels: from another thread (a Ctrl-C handler, a UI), or from the progress
+/// // callback, as here after two chunks.
+/// let clone = token.clone();
+/// session.on_progress(move |p| {
+///     if p.stage == Stage::Chunks && p.done == 2 {
+///         clone.cancel();
+///     }
+/// });
+/// assert!(matches!(session.prefill(&ids), Err(FocusError::Cancelled)));
+/// assert!(token.is_cancelled());
+///
+/// token.reset(); // the token can be reused
+/// session.on_progress(|_| {});
+/// assert_eq!(session.prefill(&ids)?.len(), 64); // the next-token logits
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 

@@ -19,16 +19,30 @@ use crate::session::{Session, State};
 /// starts a prompt.
 ///
 /// ```
-/// # fn demo<B, M>(model: &M) -> focusllm_core::Result<()>
-/// # where B: burn::tensor::backend::Backend,
-/// #       M: focusllm_core::LocalDecoder<B> + focusllm_core::MainDecoder<B> + focusllm_core::Model {
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+/// # fn main() -> focusllm_core::Result<()> {
 /// use focusllm_core::{FocusConfig, FocusEngine, NearestChunks};
-/// // One model in both roles, the reference policies.
-/// let engine = FocusEngine::new(model, FocusConfig::default())?;
-/// // The same, its main decoder reading only the 16 chunks nearest the local context.
-/// let nearest = FocusEngine::new(model, FocusConfig::default())?
-///     .with_aggregator(NearestChunks { keep: 16 });
-/// # let _ = (engine, nearest);
+///
+/// // `Counter` is the toy model family of `LocalDecoder`'s example; any model works the same.
+/// let config = FocusConfig::default().with_local_window(8).with_chunk_size(8);
+/// // One model in both roles, the reference policies: fixed-stride chunks, every candidate.
+/// let engine = FocusEngine::new(&Counter, config.clone())?;
+/// // The same, its main decoder reading only the 2 chunks nearest the local context.
+/// let nearest = FocusEngine::new(&Counter, config)?.with_aggregator(NearestChunks { keep: 2 });
+///
+/// // 40 tokens: 32 of memory in 4 chunks of 8, then the local window.
+/// let ids: Vec<u32> = (0..40).collect();
+/// let plan = engine.plan(&ids)?.expect("longer than the plain threshold");
+/// assert_eq!(plan.chunks, [0..8, 8..16, 16..24, 24..32]);
+/// assert_eq!(plan.local_range, 32..40);
+///
+/// // The toy spreads half of its attention evenly over the candidates it reads.
+/// let mut session = engine.session();
+/// session.prefill(&ids)?;
+/// assert_eq!(session.focus().unwrap().chunks, [0.125; 4]);
+/// let mut session = nearest.session();
+/// session.prefill(&ids)?;
+/// assert_eq!(session.focus().unwrap().chunks, [0.0, 0.0, 0.25, 0.25]);
 /// # Ok(())
 /// # }
 /// ```

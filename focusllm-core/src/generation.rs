@@ -30,6 +30,34 @@ pub struct GeneratedToken {
 }
 
 /// Options of [`Session::generate`].
+///
+/// ```
+/// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+/// # fn main() -> focusllm_core::Result<()> {
+/// use std::ops::ControlFlow;
+///
+/// use focusllm_core::{FocusConfig, FocusEngine, GenerateOptions, SamplingConfig};
+///
+/// // Up to 128 tokens, stopping at the model's EOS ids, greedy.
+/// let greedy = GenerateOptions { max_tokens: 128, ..Default::default() };
+/// assert_eq!(greedy.sampling, SamplingConfig::greedy());
+/// // Exactly 16 tokens (no stop token), sampled at temperature 0.7 with top-p 0.9, seeded.
+/// let sampled = GenerateOptions {
+///     max_tokens: 16,
+///     stop_tokens: Some(vec![]),
+///     sampling: SamplingConfig::sampled(0.7, Some(0.9), 42),
+/// };
+///
+/// // `Counter`: the toy model family of `LocalDecoder`'s example.
+/// let engine = FocusEngine::new(&Counter, FocusConfig::default())?;
+/// let mut session = engine.session();
+/// let first = session.generate(&[1, 2, 3], &sampled, None, |_| ControlFlow::Continue(()))?;
+/// let again = session.generate(&[1, 2, 3], &sampled, None, |_| ControlFlow::Continue(()))?;
+/// assert_eq!(first.tokens.len(), 16);
+/// assert_eq!(first.tokens, again.tokens); // same seed, same tokens
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
     /// Most tokens to generate.
@@ -96,6 +124,46 @@ where
 {
     /// Reads `ids` and generates up to `options.max_tokens` tokens, calling `on_token` as each one
     /// comes (return `ControlFlow::Break(())` to stop early). With a `detokenizer`, text is streamed too.
+    ///
+    /// ```
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+    /// # fn main() -> focusllm_core::Result<()> {
+    /// use std::ops::ControlFlow;
+    ///
+    /// use focusllm_core::{FocusConfig, FocusEngine, GenerateOptions, Mode, StopReason};
+    ///
+    /// // `Counter`: the toy model family of `LocalDecoder`'s example, which counts up.
+    /// let config = FocusConfig::default().with_local_window(8).with_chunk_size(8);
+    /// let engine = FocusEngine::new(&Counter, config)?;
+    /// let mut session = engine.session();
+    /// let ids: Vec<u32> = (0..40).collect();
+    ///
+    /// let options = GenerateOptions {
+    ///     max_tokens: 10,
+    ///     stop_tokens: Some(vec![45]),
+    ///     ..Default::default()
+    /// };
+    /// let mut streamed = Vec::new();
+    /// let out = session.generate(&ids, &options, None, |token| {
+    ///     streamed.push(token.id);
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(out.tokens, [40, 41, 42, 43, 44, 45]); // the stop token included
+    /// assert_eq!(out.stop, StopReason::StopToken);
+    /// assert_eq!(streamed, out.tokens);
+    /// assert_eq!(session.mode(), Mode::Focus { chunks: 4 });
+    ///
+    /// // A new prompt on the same session; the callback stops it.
+    /// let out = session.generate(&[7], &options, None, |token| match token.id {
+    ///     9 => ControlFlow::Break(()),
+    ///     _ => ControlFlow::Continue(()),
+    /// })?;
+    /// assert_eq!(out.tokens, [8, 9]);
+    /// assert_eq!(out.stop, StopReason::Callback);
+    /// assert_eq!(session.mode(), Mode::Plain); // one token: no memory to chunk
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn generate(
         &mut self,
         ids: &[u32],
@@ -169,6 +237,26 @@ where
 
     /// The reference perplexity protocol: prefill `ids[..n - scored]`, then score the last `scored`
     /// tokens by teacher forcing (each predicted after feeding the true previous token).
+    ///
+    /// ```
+    /// # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+    /// # fn main() -> focusllm_core::Result<()> {
+    /// use focusllm_core::{FocusConfig, FocusEngine};
+    ///
+    /// // `Counter`: the toy model family of `LocalDecoder`'s example. Its logits are 1 for the
+    /// // next number and 0 for the 63 other tokens.
+    /// let config = FocusConfig::default().with_local_window(8).with_chunk_size(8);
+    /// let engine = FocusEngine::new(&Counter, config)?;
+    /// let ids: Vec<u32> = (0..40).collect();
+    /// let report = engine.session().perplexity(&ids, 4)?;
+    /// assert_eq!(report.chunks, 4); // the prefill of 36 tokens: 28 of memory in chunks of 8
+    /// assert_eq!(report.nll.len(), 4);
+    /// let nll = (1f64.exp() + 63.0).ln() - 1.0; // -ln(e / (e + 63)), for each scored token
+    /// assert!((report.loss - nll).abs() < 1e-6);
+    /// assert!((report.perplexity - nll.exp()).abs() < 1e-4);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn perplexity(&mut self, ids: &[u32], scored: usize) -> Result<PerplexityReport> {
         if scored == 0 || ids.len() <= scored {
             return Err(FocusError::InvalidConfig {

@@ -19,18 +19,40 @@
 //! model family (see the `focusllm-models` crate) implements [`Model`], [`LocalDecoder`] and
 //! [`MainDecoder`]; what each decoder keeps between tokens is its own associated type.
 //!
+//! Any model family runs the same code:
+//!
 //! ```
-//! # fn demo<B, M>(model: &M, ids: &[u32]) -> focusllm_core::Result<()>
-//! # where B: burn::tensor::backend::Backend,
-//! #       M: focusllm_core::LocalDecoder<B> + focusllm_core::MainDecoder<B> + focusllm_core::Model {
-//! use focusllm_core::{FocusConfig, FocusEngine, GenerateOptions};
-//! let engine = FocusEngine::new(model, FocusConfig::default())?;
-//! let mut session = engine.session();
-//! let out = session.generate(ids, &GenerateOptions::default(), None, |_| std::ops::ControlFlow::Continue(()))?;
-//! println!("{:?} ({})", out.tokens, session.mode());
+//! # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/counter.rs"));
+//! # fn main() -> focusllm_core::Result<()> {
+//! use std::ops::ControlFlow;
+//!
+//! use burn::tensor::backend::Backend;
+//! use focusllm_core::{
+//!     FocusConfig, FocusEngine, GenerateOptions, LocalDecoder, MainDecoder, Model,
+//! };
+//!
+//! /// Continues `ids` with up to 8 tokens, greedily.
+//! fn continue_ids<B, M>(model: &M, ids: &[u32]) -> focusllm_core::Result<Vec<u32>>
+//! where
+//!     B: Backend,
+//!     M: LocalDecoder<B> + MainDecoder<B> + Model,
+//! {
+//!     let engine = FocusEngine::new(model, FocusConfig::default())?;
+//!     let mut session = engine.session();
+//!     let options = GenerateOptions { max_tokens: 8, ..Default::default() };
+//!     let out = session.generate(ids, &options, None, |_| ControlFlow::Continue(()))?;
+//!     println!("{:?} ({})", out.tokens, session.mode());
+//!     Ok(out.tokens)
+//! }
+//!
+//! // `Counter`: the toy model family of `LocalDecoder`'s example, which counts up.
+//! assert_eq!(continue_ids(&Counter, &[5, 6, 7])?, [8, 9, 10, 11, 12, 13, 14, 15]);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! `focusllm-models` has the real model family (Llama 2/3, Mistral, Qwen2, SmolLM2); the
+//! `focusllm` crate's documentation runs this on a model file.
 
 #![warn(missing_docs)]
 

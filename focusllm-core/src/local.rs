@@ -19,6 +19,29 @@ pub struct ChunkSequence {
 ///
 /// What it keeps between steps (the Llama decoder: each chunk's keys and values) is its own
 /// business, an opaque [`LocalDecoder::ChunkState`] the engine only holds and hands back.
+///
+/// A model family implements this trait, [`crate::MainDecoder`] and [`crate::Model`]; the engine
+/// then reads long inputs with it. A toy family whose candidates hold no tensors (the other
+/// examples of this crate use it too):
+///
+/// ```
+#[doc = include_str!("../doc/counter.rs")]
+///
+/// # fn main() -> focusllm_core::Result<()> {
+/// use focusllm_core::{FocusConfig, FocusEngine, GenerateOptions, Mode};
+///
+/// // 40 tokens, local window 8, chunks of 8: four chunks of memory, read in parallel.
+/// let config = FocusConfig::default().with_local_window(8).with_chunk_size(8);
+/// let engine = FocusEngine::new(&Counter, config)?;
+/// let mut session = engine.session();
+/// let ids: Vec<u32> = (0..40).collect();
+/// let options = GenerateOptions { max_tokens: 3, ..Default::default() };
+/// let out = session.generate(&ids, &options, None, |_| std::ops::ControlFlow::Continue(()))?;
+/// assert_eq!(out.tokens, [40, 41, 42]);
+/// assert_eq!(session.mode(), Mode::Focus { chunks: 4 });
+/// # Ok(())
+/// # }
+/// ```
 pub trait LocalDecoder<B: Backend> {
     /// What the decoder keeps for one batch of chunks between generated tokens.
     type ChunkState;

@@ -10,6 +10,8 @@ use crate::error::Result;
 /// Two operations make every decoding strategy of the engine: exact FocusLLM steps start afresh
 /// over new candidates at every token; frozen candidates and plain decoding start once and feed one
 /// token at a time. [`MainDecoder::MainState`] (the Llama decoder: a KV cache) is the decoder's own.
+///
+/// [`crate::LocalDecoder`]'s example implements it for a toy model family.
 pub trait MainDecoder<B: Backend> {
     /// What the decoder keeps between calls to [`MainDecoder::feed`].
     type MainState;

@@ -16,7 +16,7 @@ pub struct ModelSpec {
 }
 
 /// A model the engine can read with: it describes itself. The passes are
-/// [`crate::LocalDecoder`] and [`crate::MainDecoder`].
+/// [`crate::LocalDecoder`] and [`crate::MainDecoder`] (the former's example implements all three).
 pub trait Model {
     /// The model's vocabulary, special tokens and native context.
     fn spec(&self) -> ModelSpec;

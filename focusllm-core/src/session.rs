@@ -90,6 +90,15 @@ pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
 /// Where a prediction drew on the memory: the share of the main decoder's attention (from the
 /// position that predicts the next token, averaged over heads and layers) that went to each
 /// chunk's candidate. The rest went to the local context and the generated tokens.
+///
+/// ```
+/// use focusllm_core::FocusMap;
+///
+/// // As `Session::focus` or `GeneratedToken::focus` report it, for a plan of four chunks.
+/// let map = FocusMap { chunks: vec![0.05, 0.4, 0.0, 0.15] };
+/// assert_eq!(map.top(2), [(1, 0.4), (3, 0.15)]); // the chunks to quote as sources
+/// assert!((map.total() - 0.6).abs() < 1e-6); // 40% went to the local context
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct FocusMap {
     /// Per chunk of the plan (index = chunk id), the share its candidate received (0 for a chunk

@@ -309,6 +309,38 @@ impl<B: Backend> CandidateAdapter<B> {
 
     /// Reads an adapter written by [`CandidateAdapter::save`] (or any safetensors file with the
     /// official `beacon_{q,k,v,o}_proj` weights of every layer) for `model`.
+    ///
+    /// ```
+    /// use std::path::Path;
+    ///
+    /// use burn::backend::Flex;
+    /// use focusllm_models::{
+    ///     AdapterInfo, AdapterKind, CandidateAdapter, CandidateSource, load_model,
+    /// };
+    ///
+    /// // The tiny test model C of the focusllm workspace (this crate's directory is in it): an HF
+    /// // directory with `config.json` and `model.safetensors`, and no tokenizer.
+    /// let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/official/C"));
+    /// let model = load_model::<Flex>(dir, &Default::default())?.model;
+    /// // A rank-4 adapter as training starts it (it changes nothing yet), saved with the sizes to
+    /// // run it with. The bundled SmolLM2 adapters (`adapters/`) load the same way.
+    /// let info = AdapterInfo {
+    ///     step_mode: Some("exact".into()),
+    ///     chunk_size: Some(512),
+    ///     ..Default::default()
+    /// };
+    /// # let name = format!("focusllm-doc-adapter-{}.safetensors", std::process::id());
+    /// # let path = std::env::temp_dir().join(name);
+    /// CandidateAdapter::low_rank(&model, 4, 7)?.save(&path, &info)?;
+    ///
+    /// let (adapter, read) = CandidateAdapter::load(&path, &model)?;
+    /// assert_eq!(adapter.kind(), AdapterKind::LowRank { rank: 4 });
+    /// assert_eq!(read, info);
+    /// let model = adapter.apply(model)?; // merged once: inference costs what it cost before
+    /// assert_eq!(model.candidate_source(), CandidateSource::Adapter);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(path: &Path, model: &LlamaModel<B>) -> Result<(Self, AdapterInfo), ModelError> {
         let weights = SafetensorsWeights::open_files(path, &[path.to_path_buf()])?;
         let info = read_info(path)?;

@@ -308,6 +308,21 @@ impl ModelSource {
     /// Reads a `--model` argument: an existing path is [`ModelSource::Local`] whatever its shape;
     /// otherwise a string that [`looks_like_hub_id`] is parsed as a [`ModelId`] (a malformed one
     /// is an error that also says no such path exists), and anything else is a local path.
+    ///
+    /// ```
+    /// use focusllm_models::hub::{ModelId, ModelSource};
+    ///
+    /// // An existing path is local whatever its shape (this crate's directory, say).
+    /// let here = env!("CARGO_MANIFEST_DIR");
+    /// assert_eq!(ModelSource::parse(here)?, ModelSource::Local(here.into()));
+    /// // Otherwise `org/name[@revision][:file.gguf]` is a Hub id, anything else a local path.
+    /// let id = "HuggingFaceTB/SmolLM2-135M-Instruct";
+    /// assert_eq!(ModelSource::parse(id)?, ModelSource::Hub(ModelId::parse(id)?));
+    /// assert_eq!(ModelSource::parse("model.gguf")?, ModelSource::Local("model.gguf".into()));
+    /// // A malformed id is an error (here: the file is not a GGUF file).
+    /// assert!(ModelSource::parse("org/name:model.bin").is_err());
+    /// # Ok::<(), focusllm_models::ModelError>(())
+    /// ```
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         if s.trim().is_empty() {
             return Err(ModelError::InvalidModelId {

@@ -23,6 +23,24 @@ pub struct LoadedModel<B: Backend> {
 }
 
 /// Choices made while loading.
+///
+/// ```
+/// use std::path::Path;
+///
+/// use burn::backend::Flex;
+/// use burn::tensor::DType;
+/// use focusllm_models::{CandidateSource, LoadOptions, load_model_with};
+///
+/// // The tiny test model C of the focusllm workspace (this crate's directory is in it): an HF
+/// // directory with `config.json` and `model.safetensors`, and no tokenizer.
+/// let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/official/C"));
+/// // The model as an untrained FocusLLM: the candidate uses the ordinary projections.
+/// let options = LoadOptions { trained_candidates: false, ..Default::default() };
+/// let model = load_model_with::<Flex>(dir, &Default::default(), &options)?.model;
+/// assert_eq!(model.candidate_source(), CandidateSource::CopiedFromBase);
+/// assert_eq!(model.compute_dtype(), DType::F32); // the default dtype
+/// # Ok::<(), focusllm_models::ModelError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Load trained candidate projections when the checkpoint has them (`false`: the candidate
@@ -44,6 +62,23 @@ impl Default for LoadOptions {
 
 /// Loads an HF model directory (`config.json`, safetensors, optional `tokenizer.json`) or a GGUF
 /// file, on `device`.
+///
+/// ```
+/// use std::path::Path;
+///
+/// use burn::backend::Flex;
+/// use focusllm_models::{CandidateSource, load_model};
+///
+/// // The tiny test model C of the focusllm workspace (this crate's directory is in it): an HF
+/// // directory with `config.json` and `model.safetensors`, and no tokenizer.
+/// let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/official/C"));
+/// let loaded = load_model::<Flex>(dir, &Default::default())?;
+/// assert_eq!(loaded.model.config().num_hidden_layers, 3);
+/// // It has FocusLLM's trained candidate projections (`beacon_*` tensors).
+/// assert_eq!(loaded.model.candidate_source(), CandidateSource::Trained);
+/// assert!(loaded.tokenizer.is_none());
+/// # Ok::<(), focusllm_models::ModelError>(())
+/// ```
 pub fn load_model<B: Backend>(
     path: &Path,
     device: &B::Device,
@@ -51,7 +86,7 @@ pub fn load_model<B: Backend>(
     load_model_with(path, device, &LoadOptions::default())
 }
 
-/// [`load_model`] with options.
+/// [`load_model`] with options (see [`LoadOptions`]' example).
 pub fn load_model_with<B: Backend>(
     path: &Path,
     device: &B::Device,

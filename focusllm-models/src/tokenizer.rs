@@ -10,6 +10,45 @@ use crate::error::ModelError;
 use crate::gguf::GgufFile;
 
 /// A model's tokenizer with its special tokens and chat template.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("focusllm-doc-tokenizer-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let vocab = ["<unk>", "<s>", "</s>", "hello", "world", "<|user|>", "<|assistant|>"];
+/// # let words: serde_json::Map<_, _> =
+/// #     vocab.iter().enumerate().map(|(id, word)| (word.to_string(), id.into())).collect();
+/// # let special = |id: usize| serde_json::json!({"id": id, "content": vocab[id],
+/// #     "single_word": false, "lstrip": false, "rstrip": false, "normalized": false,
+/// #     "special": true});
+/// # let tokenizer = serde_json::json!({"version": "1.0", "truncation": null, "padding": null,
+/// #     "added_tokens": [special(1), special(2), special(5), special(6)], "normalizer": null,
+/// #     "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+/// #     "model": {"type": "WordLevel", "unk_token": "<unk>", "vocab": words}});
+/// # std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())?;
+/// # let config = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template":
+/// #     "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}\
+/// #     {% if add_generation_prompt %}<|assistant|>{% endif %}"});
+/// # std::fs::write(dir.join("tokenizer_config.json"), config.to_string())?;
+/// use focusllm_models::{ChatMessage, Tokenizer};
+///
+/// // `dir`: a checkpoint's directory. Its `tokenizer.json` here is word-level (`<unk>`, `<s>`,
+/// // `</s>`, `hello`, `world`, `<|user|>`, `<|assistant|>`); its `tokenizer_config.json` names
+/// // BOS and EOS and holds the chat template, which writes `<|role|>content` for each message.
+/// let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+/// let ids = tokenizer.encode("hello world")?; // no BOS: the engine adds it
+/// assert_eq!(ids, [3, 4]);
+/// assert_eq!(tokenizer.decode(&ids)?, "hello world");
+/// assert_eq!((tokenizer.bos_id(), tokenizer.eos_id()), (Some(1), Some(2)));
+///
+/// // A prompt in the model's chat format, as `transformers`' `apply_chat_template` writes it.
+/// let prompt = tokenizer.chat_prompt("hello")?;
+/// assert_eq!(prompt, "<s><|user|>hello<|assistant|>");
+/// assert_eq!(tokenizer.encode(&prompt)?, [1, 5, 3, 6]); // special tokens recognised
+/// let chat = [ChatMessage::user("hello"), ChatMessage::assistant("world")];
+/// assert_eq!(tokenizer.apply_chat_template(&chat, false)?, "<s><|user|>hello<|assistant|>world");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

@@ -121,6 +121,27 @@ impl<B: Backend> LlamaModel<B> {
     /// `model.norm`, `lm_head`; see each module's `load`): a GGUF source maps its own names to
     /// these. The reference's trained candidate projections (`beacon_*`) are loaded when present
     /// and `options.trained_candidates`; the weights are then cast to `options.dtype`.
+    ///
+    /// [`crate::load_model`] does this for HF directories and GGUF files; this takes any
+    /// [`WeightSource`]:
+    ///
+    /// ```
+    /// use std::path::Path;
+    ///
+    /// use burn::backend::Flex;
+    /// use focusllm_models::{LlamaConfig, LlamaModel, LoadOptions, SafetensorsWeights};
+    ///
+    /// // The tiny test model C of the focusllm workspace (this crate's directory is in it): an HF
+    /// // directory with `config.json` and `model.safetensors`, and no tokenizer.
+    /// let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/official/C"));
+    /// let config = LlamaConfig::from_json_file(&dir.join("config.json"))?;
+    /// let weights = SafetensorsWeights::open_dir(dir)?;
+    /// let device = Default::default();
+    /// let model = LlamaModel::<Flex>::load(config, &weights, &device, &LoadOptions::default())?;
+    /// assert_eq!(model.config().vocab_size, 512);
+    /// assert_eq!(model.layers.len(), 3);
+    /// # Ok::<(), focusllm_models::ModelError>(())
+    /// ```
     pub fn load(
         config: LlamaConfig,
         source: &dyn WeightSource,
