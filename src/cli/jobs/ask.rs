@@ -57,6 +57,10 @@ pub struct Args {
     /// one for the whole answer), each chunk coloured by the attention its candidate received.
     #[arg(long)]
     focus_svg: Option<PathBuf>,
+    /// Print one JSON object (the answer, the input's size, the mode and the source passages)
+    /// instead of streaming the answer.
+    #[arg(long)]
+    json: bool,
     /// Instead of answering: the perplexity of the document's last 128 tokens (the reference
     /// protocol; the document is cut to `--tokens` and no question is asked), as one JSON line.
     #[arg(long, conflicts_with_all = ["expect", "insert"])]
@@ -120,16 +124,41 @@ impl BackendRunner for &Args {
             );
             return Ok(());
         }
-        let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
-        let mode = streamed.mode;
-        eprintln!("[{} tokens read with {mode}]", ids.len());
-        if let (Some(focus), Some(plan)) = (&streamed.focus, engine.plan(&ids)?) {
+        let answer = if self.json {
+            // The answer is printed in the JSON object, not streamed.
+            let mut token_focus = Vec::new();
+            let generation = session.generate(&ids, &options, Some(tokenizer), |t| {
+                if let Some(map) = &t.focus {
+                    token_focus.push((t.text.clone(), map.chunks.clone()));
+                }
+                std::ops::ControlFlow::Continue(())
+            })?;
+            let focus = summed(&token_focus);
+            Answer {
+                text: generation.text,
+                tokens: generation.tokens.len(),
+                focus,
+                token_focus,
+            }
+        } else {
+            let streamed = stream_to_stdout(&mut session, &ids, &options, tokenizer, &view)?;
+            eprintln!("[{} tokens read with {}]", ids.len(), streamed.mode);
+            Answer {
+                text: streamed.generation.text,
+                tokens: streamed.generation.tokens.len(),
+                focus: streamed.focus,
+                token_focus: streamed.token_focus,
+            }
+        };
+        let plan = engine.plan(&ids)?;
+        let mut sources = Vec::new();
+        if let (Some(focus), Some(plan)) = (&answer.focus, &plan) {
             if let Some(path) = &self.focus_svg {
                 let mut rows = vec![FocusRow {
                     label: "whole answer".into(),
                     shares: focus.clone(),
                 }];
-                rows.extend(streamed.token_focus.iter().map(|(text, shares)| FocusRow {
+                rows.extend(answer.token_focus.iter().map(|(text, shares)| FocusRow {
                     label: format!("{text:?}"),
                     shares: shares.clone(),
                 }));
@@ -137,31 +166,81 @@ impl BackendRunner for &Args {
                 write_svg(path, &title, &plan.chunks, &rows)?;
                 eprintln!("[focus strip written to {}]", path.display());
             }
-            let tokens = streamed.generation.tokens.len().max(1) as f32;
+            let tokens = answer.tokens.max(1) as f32;
             let mut ranked: Vec<(usize, f32)> = focus.iter().copied().enumerate().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (rank, (chunk, share)) in ranked.into_iter().take(self.sources).enumerate() {
+            for (chunk, share) in ranked.into_iter().take(self.sources) {
                 let range = plan.chunks[chunk].clone();
                 let text = tokenizer.decode(&ids[range.clone()])?;
                 // Where the passage sits in the file (found by its text; the tokenizer keeps none
                 // of the character offsets).
                 let snippet: String = text.trim().chars().take(60).collect();
-                let at = document
-                    .find(&snippet)
-                    .map_or("?".to_string(), |i| i.to_string());
+                let character = document.find(&snippet);
                 let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                let shown: String = shown.chars().take(160).collect();
-                eprintln!(
-                    "[source {}] chunk {chunk} (tokens {}..{}, character {at}), attention {:.3}: \"{shown}…\"",
-                    rank + 1,
-                    range.start,
-                    range.end,
-                    share / tokens
-                );
+                sources.push(Source {
+                    chunk,
+                    tokens: [range.start, range.end],
+                    character,
+                    attention: share / tokens,
+                    text: shown,
+                });
             }
+        }
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "answer": answer.text, "tokens": ids.len(), "mode": session.mode().to_string(),
+                    "sources": sources,
+                })
+            );
+            return Ok(());
+        }
+        for (rank, source) in sources.iter().enumerate() {
+            let at = source.character.map_or("?".to_string(), |i| i.to_string());
+            let shown: String = source.text.chars().take(160).collect();
+            eprintln!(
+                "[source {}] chunk {} (tokens {}..{}, character {at}), attention {:.3}: \"{shown}…\"",
+                rank + 1,
+                source.chunk,
+                source.tokens[0],
+                source.tokens[1],
+                source.attention
+            );
         }
         Ok(())
     }
+}
+
+/// What `ask` generated, with where each token drew on.
+struct Answer {
+    text: String,
+    tokens: usize,
+    /// Per chunk, the focus share summed over the answer's tokens (`None` in plain mode).
+    focus: Option<Vec<f32>>,
+    /// Per answer token, its text and focus map.
+    token_focus: Vec<(String, Vec<f32>)>,
+}
+
+/// A passage the answer drew on: a chunk, its token range, where it starts in the file (when its
+/// text is found there), its mean attention share per answer token, and its text.
+#[derive(serde::Serialize)]
+struct Source {
+    chunk: usize,
+    tokens: [usize; 2],
+    character: Option<usize>,
+    attention: f32,
+    text: String,
+}
+
+/// The per-token focus maps summed per chunk (`None` when there are none: plain mode).
+fn summed(token_focus: &[(String, Vec<f32>)]) -> Option<Vec<f32>> {
+    let (_, first) = token_focus.first()?;
+    let mut sum = vec![0.0; first.len()];
+    for (_, shares) in token_focus {
+        sum.iter_mut().zip(shares).for_each(|(s, x)| *s += x);
+    }
+    Some(sum)
 }
 
 impl Args {
