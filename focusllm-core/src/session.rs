@@ -71,6 +71,9 @@ pub(crate) enum State<B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>> {
         main: M::MainState,
         chunks: usize,
         past: Vec<usize>,
+        /// Tokens the main state has read (counted in plain decoding, for the native-context
+        /// warning; 0 otherwise).
+        read: usize,
     },
     /// Exact FocusLLM: every chunk is extended by `[prev, new]` at each token and the main pass
     /// runs afresh over the refreshed candidates.
@@ -203,14 +206,15 @@ where
         let Some(plan) = engine.plan(ids)? else {
             self.report(Stage::PlainPrefill, 0, 1)?;
             let mut main = engine.main.start(None)?;
-            let logits = engine
-                .main
-                .feed(&mut main, &with_bos(ids, engine.spec.bos_id))?;
+            let input = with_bos(ids, engine.spec.bos_id);
+            warn_beyond_native(input.len(), engine.spec.native_context);
+            let logits = engine.main.feed(&mut main, &input)?;
             self.report(Stage::PlainPrefill, 1, 1)?;
             self.state = State::Running {
                 main,
                 chunks: 0,
                 past: Vec::new(),
+                read: input.len(),
             };
             return Ok(logits);
         };
@@ -231,7 +235,12 @@ where
         let past = past.chunk_ids().to_vec();
         self.state = match engine.config.step_mode {
             // The chunk states are dropped here: only the candidates, now in the main state, stay.
-            StepMode::FrozenCandidates => State::Running { main, chunks, past },
+            StepMode::FrozenCandidates => State::Running {
+                main,
+                chunks,
+                past,
+                read: 0,
+            },
             StepMode::Exact => State::Exact {
                 batches,
                 main_input: plan.local,
@@ -277,7 +286,18 @@ where
         self.check_cancel()?;
         match &mut self.state {
             State::Empty => Err(FocusError::NotPrefilled),
-            State::Running { main, .. } => engine.main.feed(main, &[token]),
+            State::Running {
+                main, chunks, read, ..
+            } => {
+                if *chunks == 0 {
+                    *read += 1;
+                    // Once, as the plain sequence first outgrows the native context.
+                    if *read == engine.spec.native_context + 1 {
+                        warn_beyond_native(*read, engine.spec.native_context);
+                    }
+                }
+                engine.main.feed(main, &[token])
+            }
             State::Exact {
                 batches,
                 main_input,
@@ -307,7 +327,9 @@ where
     pub fn focus(&self) -> Option<FocusMap> {
         let (shares, past, chunks) = match &self.state {
             State::Empty => return None,
-            State::Running { main, chunks, past } => (self.engine.main.focus(main)?, past, *chunks),
+            State::Running {
+                main, chunks, past, ..
+            } => (self.engine.main.focus(main)?, past, *chunks),
             State::Exact {
                 focus,
                 past,
@@ -322,5 +344,19 @@ where
             }
         }
         Some(FocusMap { chunks: map })
+    }
+}
+
+/// Warns (through `tracing`) that plain decoding reads `tokens` tokens, more than the model's
+/// native context: positions it was never trained on, where output degrades. FocusLLM reads such
+/// inputs in chunks when the plain threshold is at most the native context (its default).
+fn warn_beyond_native(tokens: usize, native_context: usize) {
+    if native_context > 0 && tokens > native_context {
+        tracing::warn!(
+            tokens,
+            native_context,
+            "plain decoding beyond the model's native context: expect degraded output \
+             (FocusLLM reads such inputs in chunks below a threshold of at most the native context)"
+        );
     }
 }

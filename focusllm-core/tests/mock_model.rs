@@ -380,3 +380,60 @@ fn candidate_sets_reject_bad_shapes_and_positions() {
         "2 layers vs 1"
     );
 }
+
+/// A `tracing` writer that keeps what it is given (the warnings of one test).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn warnings(&self) -> usize {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.matches("beyond the model's native context").count()
+    }
+}
+
+#[test]
+fn plain_decoding_beyond_the_native_context_warns_once() {
+    // The mock's native context is 24; a threshold of 100 makes these inputs plain.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let model = BagOfTokens::default();
+        let plain = config().with_plain_threshold(Some(100));
+        let engine = FocusEngine::new(&model, plain).unwrap();
+        let ids = input();
+        let mut session = engine.session();
+        // 30 tokens with BOS: beyond 24 from the start.
+        session.prefill(&ids[1..30]).unwrap();
+        assert_eq!(session.mode(), Mode::Plain);
+        assert_eq!(captured.warnings(), 1);
+        // 21 tokens with BOS: inside; the fourth step makes 25, and only that step warns.
+        session.prefill(&ids[1..21]).unwrap();
+        for (step, t) in [2, 3, 4, 5, 6, 7].into_iter().enumerate() {
+            session.step(t).unwrap();
+            let expected = if step < 3 { 1 } else { 2 };
+            assert_eq!(captured.warnings(), expected, "after step {step}");
+        }
+        // FocusLLM reads a long input without the warning.
+        let focus = FocusEngine::new(&model, config()).unwrap();
+        let mut session = focus.session();
+        session.prefill(&ids).unwrap();
+        session.step(3).unwrap();
+        assert_eq!(captured.warnings(), 2);
+    });
+}
