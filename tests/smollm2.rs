@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use common::*;
 use focusllm::core::{FocusConfig, FocusEngine, GenerateOptions, Mode, StepMode, nll};
+use focusllm::models::chat::ChatMessage;
 use focusllm::models::{AdapterKind, CandidateAdapter, CandidateSource, LoadedModel, load_model};
 
 const TOL: f32 = 2e-3;
@@ -185,4 +186,49 @@ fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
         focus_hits >= 0.75,
         "focus on the key's chunk {focus_hits:.2}"
     );
+}
+
+/// The GGUF's own chat template (rendered by `focusllm_models::chat`, tested on its own in
+/// `focusllm-models/tests/chat_templates.rs`) comes out of the file with its special-token strings.
+#[test]
+fn gguf_tokenizer_renders_its_chatml_template() {
+    let Some(model) = smollm2() else { return };
+    let tokenizer = model
+        .tokenizer
+        .as_ref()
+        .expect("the GGUF carries a tokenizer");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "focusllm-models/tests/fixtures/chat_templates/HuggingFaceTB-SmolLM2-135M-Instruct.jinja",
+    );
+    let template = std::fs::read_to_string(&fixture).unwrap();
+    assert_eq!(tokenizer.chat_template(), Some(template.as_str()));
+    assert_eq!(tokenizer.bos_token(), Some("<|im_start|>"));
+    assert_eq!(tokenizer.eos_token(), Some("<|im_end|>"));
+    assert_eq!(
+        tokenizer
+            .chat_prompt("What is the capital of France?")
+            .unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    let conversation = [
+        ChatMessage::system("You are a terse geography tutor."),
+        ChatMessage::user("What is the capital of France?"),
+        ChatMessage::assistant("Paris."),
+        ChatMessage::user("And of Italy?\n"),
+    ];
+    assert_eq!(
+        tokenizer.apply_chat_template(&conversation, true).unwrap(),
+        "<|im_start|>system\nYou are a terse geography tutor.<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\nParis.<|im_end|>\n\
+         <|im_start|>user\nAnd of Italy?\n<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    // The special tokens of the rendered prompt encode as single tokens.
+    let ids = tokenizer
+        .encode(&tokenizer.chat_prompt("hi").unwrap())
+        .unwrap();
+    assert_eq!(ids.first().copied(), tokenizer.bos_id());
 }

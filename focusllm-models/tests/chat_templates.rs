@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use focusllm_models::gguf::GgufFile;
 use focusllm_models::{ChatMessage, ChatTemplate, ChatTemplateFailure, ModelError, Tokenizer};
 
 fn fixture(name: &str) -> String {
@@ -552,72 +551,4 @@ fn malformed_template_fails_when_used_not_when_loaded() {
     let fixed = tokenizer.with_chat_template("<{{ messages[0].content }}>");
     assert_eq!(fixed.chat_prompt("hi").unwrap(), "<hi>");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// The SmolLM2 GGUF the other tests use (skipped when absent, as in `tests/smollm2.rs`).
-
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = match std::env::var_os("FOCUSLLM_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = if let Some(dir) = std::env::var_os("FOCUSLLM_HOME") {
-                PathBuf::from(dir)
-            } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-                PathBuf::from(dir).join("focusllm")
-            } else {
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                home.unwrap_or_else(|| PathBuf::from("."))
-                    .join(".cache")
-                    .join("focusllm")
-            };
-            cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!(
-        "SmolLM2 model not found at {} (run `bash scripts/fetch-model.sh` or set FOCUSLLM_MODEL)",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set and {reason}");
-    }
-    eprintln!("SKIP: {reason}");
-    None
-}
-
-#[test]
-fn smollm2_gguf_tokenizer_renders_chatml() {
-    let Some(path) = smollm2_gguf() else { return };
-    let gguf = GgufFile::open(&path).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
-    assert_eq!(
-        tokenizer.chat_template(),
-        Some(fixture("HuggingFaceTB-SmolLM2-135M-Instruct.jinja").as_str())
-    );
-    assert_eq!(tokenizer.bos_token(), Some("<|im_start|>"));
-    assert_eq!(tokenizer.eos_token(), Some("<|im_end|>"));
-    assert_eq!(
-        tokenizer
-            .chat_prompt("What is the capital of France?")
-            .unwrap(),
-        render(&smollm2(), &single())
-    );
-    assert_eq!(
-        tokenizer
-            .apply_chat_template(&conversation(), true)
-            .unwrap(),
-        "<|im_start|>system\nYou are a terse geography tutor.<|im_end|>\n\
-         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
-         <|im_start|>assistant\nParis.<|im_end|>\n\
-         <|im_start|>user\nAnd of Italy?\n<|im_end|>\n\
-         <|im_start|>assistant\n"
-    );
-    // The special tokens of the rendered prompt encode as single tokens.
-    let ids = tokenizer
-        .encode(&tokenizer.chat_prompt("hi").unwrap())
-        .unwrap();
-    assert_eq!(ids.first().copied(), tokenizer.bos_id());
 }

@@ -404,7 +404,6 @@ where
     let start = std::time::Instant::now();
     let mut first_token = None;
     let mut stdout = std::io::stdout();
-    let mut focus: Option<Vec<f32>> = None;
     let mut token_focus = Vec::new();
     let generation = session.generate(ids, options, Some(tokenizer), |t| {
         if first_token.is_none() {
@@ -412,8 +411,6 @@ where
             first_token = Some(start.elapsed().as_secs_f64());
         }
         if let Some(map) = &t.focus {
-            let sum = focus.get_or_insert_with(|| vec![0.0; map.chunks.len()]);
-            sum.iter_mut().zip(&map.chunks).for_each(|(s, x)| *s += x);
             token_focus.push((t.text.clone(), map.chunks.clone()));
         }
         if !options
@@ -433,7 +430,17 @@ where
         first_token_s: first_token.unwrap_or(total_s),
         total_s,
         mode: session.mode(),
-        focus,
+        focus: summed_focus(&token_focus),
         token_focus,
     })
+}
+
+/// Per-token focus maps summed per chunk (`None` when there are none: plain mode).
+pub fn summed_focus(token_focus: &[(String, Vec<f32>)]) -> Option<Vec<f32>> {
+    let (_, first) = token_focus.first()?;
+    let mut sum = vec![0.0; first.len()];
+    for (_, shares) in token_focus {
+        sum.iter_mut().zip(shares).for_each(|(s, x)| *s += x);
+    }
+    Some(sum)
 }

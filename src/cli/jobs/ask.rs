@@ -13,11 +13,12 @@ use std::path::PathBuf;
 
 use crate::cli::app::{
     AppError, BackendRunner, EngineArgs, ProgressView, chat_stop_tokens, run_on, stream_to_stdout,
+    summed_focus,
 };
 use crate::cli::focus_strip::{FocusRow, write_svg};
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, GenerateOptions};
+use focusllm::core::{FocusEngine, FocusMap, GenerateOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Answer a question about a long text file with FocusLLM")]
@@ -133,7 +134,7 @@ impl BackendRunner for &Args {
                 }
                 std::ops::ControlFlow::Continue(())
             })?;
-            let focus = summed(&token_focus);
+            let focus = summed_focus(&token_focus);
             Answer {
                 text: generation.text,
                 tokens: generation.tokens.len(),
@@ -167,9 +168,10 @@ impl BackendRunner for &Args {
                 eprintln!("[focus strip written to {}]", path.display());
             }
             let tokens = answer.tokens.max(1) as f32;
-            let mut ranked: Vec<(usize, f32)> = focus.iter().copied().enumerate().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (chunk, share) in ranked.into_iter().take(self.sources) {
+            let summed = FocusMap {
+                chunks: focus.clone(),
+            };
+            for (chunk, share) in summed.top(self.sources) {
                 let range = plan.chunks[chunk].clone();
                 let text = tokenizer.decode(&ids[range.clone()])?;
                 // Where the passage sits in the file (found by its text; the tokenizer keeps none
@@ -231,16 +233,6 @@ struct Source {
     character: Option<usize>,
     attention: f32,
     text: String,
-}
-
-/// The per-token focus maps summed per chunk (`None` when there are none: plain mode).
-fn summed(token_focus: &[(String, Vec<f32>)]) -> Option<Vec<f32>> {
-    let (_, first) = token_focus.first()?;
-    let mut sum = vec![0.0; first.len()];
-    for (_, shares) in token_focus {
-        sum.iter_mut().zip(shares).for_each(|(s, x)| *s += x);
-    }
-    Some(sum)
 }
 
 impl Args {
