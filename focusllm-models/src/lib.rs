@@ -10,11 +10,14 @@
 pub mod adapter;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cpu")]
+mod cpu;
 pub mod error;
 mod focus;
 pub mod gguf;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod kernels;
 pub mod llama;
 pub mod loader;
 pub mod rope;
@@ -31,6 +34,7 @@ pub use focus::{LlamaChunks, LlamaKvCache};
 pub use gguf::GgufWeights;
 #[cfg(feature = "hub")]
 pub use hub::{HubOptions, ModelId, ModelSource};
+pub use kernels::Kernels;
 pub use llama::{CandidateSource, LlamaModel};
 pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,

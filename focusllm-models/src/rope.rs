@@ -91,3 +91,19 @@ pub fn apply_rope<B: Backend>(
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     x * cos.clone() + rotated * sin.clone()
 }
+
+/// [`apply_rope`], through the fused CPU kernel when `fused` (see [`crate::kernels::fused`]); the
+/// result is the same bit for bit.
+pub(crate) fn apply_rope_with<B: Backend>(
+    fused: bool,
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if fused {
+        return crate::cpu::apply_rope(x, cos, sin);
+    }
+    let _ = fused;
+    apply_rope(x, cos, sin)
+}

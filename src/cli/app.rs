@@ -168,6 +168,10 @@ pub struct EngineArgs {
     /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub cache_dtype: String,
+    /// Attention and RoPE kernels: `fused` (CPU kernels on the cpu backend with f32 compute,
+    /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
+    #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
+    pub kernels: String,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -273,6 +277,7 @@ impl EngineArgs {
         };
         let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;
         loaded.model.set_cache_dtype(parse_dtype(&self.cache_dtype));
+        loaded.model.set_kernels(parse_kernels(&self.kernels));
         Ok(loaded)
     }
 }
@@ -291,6 +296,14 @@ pub struct AppliedAdapter<B: Backend> {
 fn is_default_model(path: &std::path::Path) -> bool {
     path.file_name()
         .is_some_and(|n| n == super::fetch::DEFAULT_MODEL_FILE)
+}
+
+/// `"burn"` → [`Kernels::Burn`]; anything else (`"fused"`) → the default.
+pub fn parse_kernels(name: &str) -> focusllm_models::Kernels {
+    match name {
+        "burn" => focusllm_models::Kernels::Burn,
+        _ => focusllm_models::Kernels::Fused,
+    }
 }
 
 /// `"f16"` / `"bf16"` → that dtype; anything else (`"f32"`) → `None` (the default).

@@ -9,7 +9,7 @@ use super::ops::project;
 use super::{PastKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::rope::apply_rope;
+use crate::rope::apply_rope_with;
 use crate::weights::Weights;
 
 /// q, k, v, o projections of the candidate token (the reference's `beacon_{q,k,v,o}_proj`).
@@ -90,14 +90,15 @@ impl<B: Backend> Attention<B> {
         )
         .swap_dims(1, 2);
         let (cos, sin) = rope;
-        let q = apply_rope(q, cos, sin).swap_dims(1, 2);
-        let k_rotated = apply_rope(k.clone(), cos, sin).swap_dims(1, 2);
+        let fused = plan.fused();
+        let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
+        let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
         let k = k.swap_dims(1, 2);
         let (keys, values) = match past {
             Some((kv, past_rope)) => {
                 let past_k = match past_rope {
                     Some((pc, ps)) => {
-                        apply_rope(kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2)
+                        apply_rope_with(fused, kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2)
                     }
                     None => kv.k.clone(),
                 };

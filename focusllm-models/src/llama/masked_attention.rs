@@ -42,6 +42,9 @@ struct QueryBlock<B: Backend> {
 #[derive(Debug, Clone)]
 pub(crate) struct AttentionPlan<B: Backend> {
     blocks: Vec<QueryBlock<B>>,
+    /// The fused CPU kernel's description of the same masks (then `blocks` is empty).
+    #[cfg(feature = "cpu")]
+    fused: Option<crate::cpu::Visibility>,
     groups: usize,
     /// Measure how much of the last query's attention goes to the first this many keys.
     focus: Option<usize>,
@@ -90,7 +93,8 @@ impl<B: Backend> AttentionPlan<B> {
     /// aligned), with `groups` query heads per key/value head. `left_pad` hides leading keys per
     /// batch element, except from the padded query at the same index (so no softmax row is empty).
     /// With [`Candidates::Each`], new token `i` sees the past before index `past - seq + 1 + i`
-    /// and itself only (each is the candidate of its own step).
+    /// and itself only (each is the candidate of its own step). With `fused` (see
+    /// [`crate::kernels::fused`]) the fused CPU kernel applies these rules itself.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         batch: usize,
@@ -100,8 +104,28 @@ impl<B: Backend> AttentionPlan<B> {
         groups: usize,
         left_pad: LeftPad<'_>,
         candidates: Candidates,
+        fused: bool,
         device: &B::Device,
     ) -> Self {
+        #[cfg(feature = "cpu")]
+        if fused {
+            let pads = match left_pad {
+                Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
+                _ => Vec::new(),
+            };
+            return Self {
+                blocks: Vec::new(),
+                fused: Some(crate::cpu::Visibility {
+                    past,
+                    seq,
+                    pads,
+                    each: candidates == Candidates::Each,
+                }),
+                groups,
+                focus: None,
+            };
+        }
+        let _ = fused;
         let shape = MaskShape {
             batch,
             kv_heads,
@@ -155,8 +179,22 @@ impl<B: Backend> AttentionPlan<B> {
         }
         Self {
             blocks,
+            #[cfg(feature = "cpu")]
+            fused: None,
             groups,
             focus: None,
+        }
+    }
+
+    /// Whether the plan runs the fused CPU kernels (then RoPE should too).
+    pub(crate) fn fused(&self) -> bool {
+        #[cfg(feature = "cpu")]
+        {
+            self.fused.is_some()
+        }
+        #[cfg(not(feature = "cpu"))]
+        {
+            false
         }
     }
 
@@ -176,6 +214,10 @@ impl<B: Backend> AttentionPlan<B> {
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
+        #[cfg(feature = "cpu")]
+        if let Some(visibility) = &self.fused {
+            return crate::cpu::attention(q, k, v, visibility, self.focus);
+        }
         let [b, heads, seq, d] = q.dims();
         let kv_heads = k.dims()[1];
         let g = self.groups;

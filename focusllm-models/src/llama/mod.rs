@@ -21,8 +21,9 @@ pub use mlp::{CandidateMlp, Mlp};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::kernels::{self, Kernels};
 use crate::loader::LoadOptions;
-use crate::rope::{Rope, apply_rope};
+use crate::rope::{Rope, apply_rope_with};
 use crate::weights::{WeightSource, Weights};
 use masked_attention::AttentionPlan;
 use ops::{CastParams, from_f32, rms_norm};
@@ -57,6 +58,8 @@ pub struct LlamaModel<B: Backend> {
     candidate_source: CandidateSource,
     #[module(skip)]
     cache_dtype: Option<DType>,
+    #[module(skip)]
+    kernels: Kernels,
 }
 
 /// How the keys of a past are stored.
@@ -213,6 +216,7 @@ impl<B: Backend> LlamaModel<B> {
             rope,
             candidate_source,
             cache_dtype: None,
+            kernels: Kernels::default(),
         }
     }
 
@@ -221,6 +225,22 @@ impl<B: Backend> LlamaModel<B> {
     /// values (and a conversion at every generated token). `None` restores the default.
     pub fn set_cache_dtype(&mut self, dtype: Option<DType>) {
         self.cache_dtype = dtype;
+    }
+
+    /// Chooses the attention and RoPE implementation: [`Kernels::Fused`] (the default: fused CPU
+    /// kernels on flex with f32 activations) or [`Kernels::Burn`] (burn's tensor operations).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// The attention and RoPE implementation (see [`LlamaModel::set_kernels`]).
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Whether this model's forwards run the fused CPU kernels.
+    fn fused(&self) -> bool {
+        kernels::fused::<B>(self.kernels, self.compute_dtype())
     }
 
     /// The dtype of the chunks' raw caches (`None`: the compute dtype).
@@ -293,7 +313,7 @@ impl<B: Backend> LlamaModel<B> {
     /// Rotates unrotated keys `[batch, kv_heads, len, d]` to `positions` (one row per batch element).
     pub fn rotate_keys(&self, keys: Tensor<B, 4>, positions: &[Vec<usize>]) -> Tensor<B, 4> {
         let (cos, sin) = self.rope_tables(positions);
-        apply_rope(keys.swap_dims(1, 2), &cos, &sin).swap_dims(1, 2)
+        apply_rope_with(self.fused(), keys.swap_dims(1, 2), &cos, &sin).swap_dims(1, 2)
     }
 
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
@@ -317,6 +337,7 @@ impl<B: Backend> LlamaModel<B> {
             groups,
             input.left_pad,
             input.candidates,
+            self.fused(),
             &device,
         )
         .with_focus(input.focus_keys.min(past_len));

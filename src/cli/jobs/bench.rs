@@ -13,6 +13,7 @@ use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use focusllm::core::{FocusEngine, argmax};
+use focusllm::models::Kernels;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -39,6 +40,9 @@ pub struct Args {
     /// Also compare chunk batch 1 with `--batch` at this length (0: skip).
     #[arg(long, default_value_t = 16384)]
     batch_compare: usize,
+    /// Measure every row with the fused CPU kernels and with burn's operations, side by side.
+    #[arg(long)]
+    compare_kernels: bool,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -47,6 +51,7 @@ pub struct Args {
 #[derive(Serialize, Debug, Clone)]
 pub struct Row {
     method: String,
+    kernels: String,
     tokens: usize,
     prefill_s: f64,
     tokens_per_s: f64,
@@ -96,6 +101,7 @@ impl Args {
         view.finish();
         let row = Row {
             method: method.to_string(),
+            kernels: format!("{:?}", model.kernels()).to_lowercase(),
             tokens: ids.len(),
             prefill_s,
             tokens_per_s: ids.len() as f64 / prefill_s,
@@ -125,6 +131,15 @@ impl BackendRunner for &Args {
         // and step mode are then the defaults), never the bundled one.
         let adapted = self.engine.adapter_for(&loaded, false)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
+        let mut models = vec![model.clone()];
+        if self.compare_kernels {
+            let mut other = model.clone();
+            other.set_kernels(match model.kernels() {
+                Kernels::Fused => Kernels::Burn,
+                Kernels::Burn => Kernels::Fused,
+            });
+            models.push(other);
+        }
         let mut rows = Vec::new();
         for &length in &self.lengths {
             let ids = passkey_prompt(tokenizer, length, 0)?.ids;
@@ -136,10 +151,12 @@ impl BackendRunner for &Args {
                     );
                     continue;
                 }
-                rows.push(
-                    self.measure(model, &config, &ids, method, self.engine.batch)?
-                        .row,
-                );
+                for model in &models {
+                    rows.push(
+                        self.measure(model, &config, &ids, method, self.engine.batch)?
+                            .row,
+                    );
+                }
             }
         }
         let batches = if self.batch_compare > 0 {
@@ -166,6 +183,7 @@ fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
     let points: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.method == method && r.tokens >= from)
+        .filter(|r| rows.first().is_some_and(|first| first.kernels == r.kernels))
         .map(|r| ((r.tokens as f64).ln(), r.prefill_s.ln()))
         .collect();
     if points.len() < 2 {
@@ -199,29 +217,51 @@ pub fn run(args: Args) -> Result<(), AppError> {
         return Ok(());
     }
     println!(
-        "| method | tokens | prefill s | tokens/s | s / token | peak RSS MiB | chunk caches MiB |"
+        "| method | kernels | tokens | prefill s | tokens/s | s / token | peak RSS MiB | chunk caches MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let peak = r
             .peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {} | {:.0} |",
-            r.method, r.tokens, r.prefill_s, r.tokens_per_s, r.step_s, peak, r.chunk_cache_mb
+            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {} | {:.0} |",
+            r.method,
+            r.kernels,
+            r.tokens,
+            r.prefill_s,
+            r.tokens_per_s,
+            r.step_s,
+            peak,
+            r.chunk_cache_mb
         );
     }
     println!();
     for r in rows.iter().filter(|r| r.method == "plain") {
         if let Some(f) = rows
             .iter()
-            .find(|f| f.method == "focus" && f.tokens == r.tokens)
+            .find(|f| f.method == "focus" && f.tokens == r.tokens && f.kernels == r.kernels)
         {
             println!(
-                "{} tokens: FocusLLM prefill {:.2}x faster than plain; time per token {:.2}x",
+                "{} tokens ({} kernels): FocusLLM prefill {:.2}x faster than plain; time per token {:.2}x",
                 r.tokens,
+                r.kernels,
                 r.prefill_s / f.prefill_s,
                 r.step_s / f.step_s
+            );
+        }
+    }
+    for fused in rows.iter().filter(|r| r.kernels == "fused") {
+        if let Some(burn) = rows
+            .iter()
+            .find(|b| b.kernels == "burn" && b.method == fused.method && b.tokens == fused.tokens)
+        {
+            println!(
+                "{} {} tokens: fused kernels {:.2}x faster prefill, {:.2}x faster per token than burn's operations",
+                fused.method,
+                fused.tokens,
+                burn.prefill_s / fused.prefill_s,
+                burn.step_s / fused.step_s
             );
         }
     }

@@ -1,0 +1,530 @@
+//! Fused causal grouped-query attention with an online softmax (flash attention) on f32 data.
+//!
+//! One task is a (batch element, key/value head, block of query rows): the `groups` query heads
+//! that share the key/value head are stacked as rows of one tile, so each key tile is read once
+//! for all of them, in place (no repeated heads, no transposed copies). A task visits only the
+//! key tiles its rows can see, masks where visibility needs it, and keeps a running maximum and
+//! sum per row. Tasks run on rayon's pool; their matrix products are single-threaded `gemm`
+//! calls (the crate behind flex's own matmul).
+
+use burn::tensor::TensorData;
+use burn_flex::FlexTensor;
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use super::exp;
+use super::rope::inner_contiguous;
+
+/// Query rows (positions) per task.
+const ROWS: usize = 32;
+/// Keys per tile: a `groups·ROWS × TILE` score tile stays in L2.
+const TILE: usize = 128;
+
+/// Which keys each new query may see: the rules of `AttentionPlan` (causal after `past` cached
+/// keys, left padding, and FocusLLM's exact-mode candidates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Visibility {
+    /// Cached keys before the new tokens.
+    pub past: usize,
+    /// New tokens (queries).
+    pub seq: usize,
+    /// Per batch element, the leading padded keys (empty: none).
+    pub pads: Vec<usize>,
+    /// Every new position is the candidate of its own step (`Candidates::Each`).
+    pub each: bool,
+}
+
+impl Visibility {
+    fn pad(&self, b: usize) -> usize {
+        self.pads.get(b).copied().unwrap_or(0)
+    }
+
+    /// Whether new query `i` of batch element with `pad` padded keys cannot see key `j`.
+    #[inline(always)]
+    fn hidden(&self, pad: usize, i: usize, j: usize) -> bool {
+        let own = self.past + i;
+        if self.each {
+            let seen = (self.past + 1 + i).saturating_sub(self.seq);
+            j < pad || (j >= seen && j != own)
+        } else {
+            j > own || (j < pad && j != own)
+        }
+    }
+
+    /// The keys rows `i0..i1` may see lie in `lo..hi`.
+    fn key_range(&self, pad: usize, i0: usize, i1: usize) -> (usize, usize) {
+        (pad.min(self.past + i0), self.past + i1)
+    }
+
+    /// Whether some key of `j0..j1` is hidden from some row of `i0..i1`.
+    fn needs_mask(&self, pad: usize, i0: usize, j0: usize, j1: usize) -> bool {
+        self.each || j0 < pad || j1 > self.past + i0 + 1
+    }
+}
+
+/// A 4-d f32 view: storage, start offset and strides (the last one 1).
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    strides: [usize; 3],
+}
+
+impl<'a> View<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let s = t.layout().strides();
+        let stride =
+            |i: usize| usize::try_from(s[i]).expect("attention inputs have positive strides");
+        Self {
+            data: t.storage::<f32>(),
+            start: t.layout().start_offset(),
+            strides: [stride(0), stride(1), stride(2)],
+        }
+    }
+
+    /// The element offset of `[i0, i1, i2, 0]`.
+    fn at(&self, i0: usize, i1: usize, i2: usize) -> usize {
+        self.start + i0 * self.strides[0] + i1 * self.strides[1] + i2 * self.strides[2]
+    }
+}
+
+/// A raw pointer the tasks share to write disjoint parts of the output.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only the rows of its own (batch, head group, query block).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// The fixed sizes of one call.
+struct Dims {
+    heads: usize,
+    groups: usize,
+    seq: usize,
+    dim: usize,
+    keys: usize,
+}
+
+/// `q` `[b, heads, seq, d]`, `k`/`v` `[b, kv_heads, keys, d]` (any positive strides) →
+/// `[b, heads, seq, d]` (a transposed view of contiguous `[b, seq, heads, d]`, which is what the
+/// output projection reads), and the focus map `[b, focus_keys]` when asked.
+pub(super) fn attend(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    vis: &Visibility,
+    focus_keys: Option<usize>,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let (q, k, v) = (
+        inner_contiguous(q),
+        inner_contiguous(k),
+        inner_contiguous(v),
+    );
+    let qs = q.layout().shape().to_vec();
+    let ks = k.layout().shape().to_vec();
+    let (batch, kv_heads) = (qs[0], ks[1]);
+    let dims = Dims {
+        heads: qs[1],
+        groups: qs[1] / kv_heads,
+        seq: qs[2],
+        dim: qs[3],
+        keys: ks[2],
+    };
+    assert_eq!(dims.keys, vis.past + dims.seq, "keys = past + new tokens");
+    let (qv, kv, vv) = (View::new(&q), View::new(&k), View::new(&v));
+    let blocks = dims.seq.div_ceil(ROWS);
+    let mut out = vec![0.0f32; batch * dims.seq * dims.heads * dims.dim];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let focus_keys = focus_keys.map(|n| n.min(dims.keys)).filter(|&n| n > 0);
+    let partial_focus: Vec<(usize, Vec<f32>)> = (0..batch * kv_heads * blocks)
+        .into_par_iter()
+        .filter_map(|task| {
+            let (b, rest) = (task / (kv_heads * blocks), task % (kv_heads * blocks));
+            let (h, block) = (rest / blocks, rest % blocks);
+            let i0 = block * ROWS;
+            let i1 = (i0 + ROWS).min(dims.seq);
+            let focus = focus_keys.filter(|_| i1 == dims.seq);
+            let tile = Task {
+                b,
+                kv_head: h,
+                i0,
+                i1,
+                dims: &dims,
+                vis,
+            };
+            tile.run(&qv, &kv, &vv, ptr, focus).map(|f| (b, f))
+        })
+        .collect();
+    let out = FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, dims.seq, dims.heads, dims.dim],
+    ))
+    .transpose(1, 2);
+    let focus = focus_keys.map(|n| {
+        let mut map = vec![0.0f32; batch * n];
+        for (b, part) in partial_focus {
+            for (m, p) in map[b * n..(b + 1) * n].iter_mut().zip(part) {
+                *m += p;
+            }
+        }
+        FlexTensor::from_data(TensorData::new(map, [batch, n]))
+    });
+    (out, focus)
+}
+
+/// One (batch element, key/value head, query block).
+struct Task<'a> {
+    b: usize,
+    kv_head: usize,
+    i0: usize,
+    i1: usize,
+    dims: &'a Dims,
+    vis: &'a Visibility,
+}
+
+impl Task<'_> {
+    /// Computes the block's output rows into `out`; with `focus` (the block holds the last query),
+    /// returns this head group's share of the focus map (already divided by the head count).
+    fn run(
+        &self,
+        q: &View<'_>,
+        k: &View<'_>,
+        v: &View<'_>,
+        out: OutPtr,
+        focus: Option<usize>,
+    ) -> Option<Vec<f32>> {
+        let Dims {
+            heads, groups, dim, ..
+        } = *self.dims;
+        let rows_per_group = self.i1 - self.i0;
+        let rows = groups * rows_per_group;
+        let scale = 1.0 / (dim as f32).sqrt();
+        // Row r is query position i0 + r / groups of head kv_head·groups + r % groups.
+        let mut qt = vec![0.0f32; rows * dim];
+        for (r, row) in qt.chunks_exact_mut(dim).enumerate() {
+            let (i, g) = (self.i0 + r / groups, r % groups);
+            let src = &q.data[q.at(self.b, self.kv_head * groups + g, i)..][..dim];
+            for (d, s) in row.iter_mut().zip(src) {
+                *d = s * scale;
+            }
+        }
+        let pad = self.vis.pad(self.b);
+        let (lo, hi) = self.vis.key_range(pad, self.i0, self.i1);
+        let mut scores = vec![0.0f32; rows * TILE];
+        let mut acc = vec![0.0f32; rows * dim];
+        let mut max = vec![f32::NEG_INFINITY; rows];
+        let mut sum = vec![0.0f32; rows];
+        let k0 = k.at(self.b, self.kv_head, 0);
+        let v0 = v.at(self.b, self.kv_head, 0);
+        let (k_row, v_row) = (k.strides[2], v.strides[2]);
+        let mut j0 = lo;
+        while j0 < hi {
+            let j1 = (j0 + TILE).min(hi);
+            let n = j1 - j0;
+            // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
+            unsafe {
+                gemm(
+                    rows,
+                    n,
+                    dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    TILE as isize,
+                    false,
+                    qt.as_ptr(),
+                    1,
+                    dim as isize,
+                    k.data.as_ptr().add(k0 + j0 * k_row),
+                    k_row as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            let masked = self.vis.needs_mask(pad, self.i0, j0, j1);
+            for r in 0..rows {
+                let i = self.i0 + r / groups;
+                let row = &mut scores[r * TILE..r * TILE + n];
+                if masked {
+                    for (jj, s) in row.iter_mut().enumerate() {
+                        if self.vis.hidden(pad, i, j0 + jj) {
+                            *s = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = max[r].max(tile_max);
+                if new_max == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let tile_sum = exp::exp_sub_sum(row, new_max);
+                let correction = if max[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp::exp(max[r] - new_max)
+                };
+                if correction != 1.0 {
+                    acc[r * dim..(r + 1) * dim]
+                        .iter_mut()
+                        .for_each(|a| *a *= correction);
+                }
+                sum[r] = sum[r] * correction + tile_sum;
+                max[r] = new_max;
+            }
+            // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
+            unsafe {
+                gemm(
+                    rows,
+                    dim,
+                    n,
+                    acc.as_mut_ptr(),
+                    1,
+                    dim as isize,
+                    true,
+                    scores.as_ptr(),
+                    1,
+                    TILE as isize,
+                    v.data.as_ptr().add(v0 + j0 * v_row),
+                    1,
+                    v_row as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            j0 = j1;
+        }
+        for r in 0..rows {
+            let (i, g) = (self.i0 + r / groups, r % groups);
+            let inv = 1.0 / sum[r];
+            let at = ((self.b * self.dims.seq + i) * heads + self.kv_head * groups + g) * dim;
+            // SAFETY: `at..at + dim` is row (b, i, head) of the output, written by this task only.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), dim) };
+            for (d, a) in dst.iter_mut().zip(&acc[r * dim..(r + 1) * dim]) {
+                *d = a * inv;
+            }
+        }
+        focus.map(|n| self.focus_share(&qt, k, k0, pad, &max, &sum, n))
+    }
+
+    /// The last query's attention over keys `0..n`, summed over this group's heads and divided by
+    /// the head count (the caller adds the groups up: the mean over heads).
+    #[allow(clippy::too_many_arguments)]
+    fn focus_share(
+        &self,
+        qt: &[f32],
+        k: &View<'_>,
+        k0: usize,
+        pad: usize,
+        max: &[f32],
+        sum: &[f32],
+        n: usize,
+    ) -> Vec<f32> {
+        let Dims {
+            heads, groups, dim, ..
+        } = *self.dims;
+        let i = self.i1 - 1;
+        let mut share = vec![0.0f32; n];
+        for g in 0..groups {
+            let r = (i - self.i0) * groups + g;
+            let qrow = &qt[r * dim..(r + 1) * dim];
+            for (j, s) in share.iter_mut().enumerate() {
+                if self.vis.hidden(pad, i, j) {
+                    continue;
+                }
+                let krow = &k.data[k0 + j * k.strides[2]..][..dim];
+                let score: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
+                *s += exp::exp(score - max[r]) / sum[r] / heads as f32;
+            }
+        }
+        share
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, Tensor};
+
+    use crate::llama::Candidates;
+    use crate::llama::masked_attention::AttentionPlan;
+
+    type B = Flex;
+
+    /// One attention call, through burn's operations and through the fused kernel.
+    struct Case {
+        batch: usize,
+        heads: usize,
+        kv_heads: usize,
+        dim: usize,
+        past: usize,
+        seq: usize,
+        pads: Vec<usize>,
+        candidates: Candidates,
+        focus: usize,
+    }
+
+    impl Case {
+        fn check(&self) {
+            let device = Default::default();
+            let Case {
+                batch,
+                heads,
+                kv_heads,
+                dim,
+                past,
+                seq,
+                ..
+            } = *self;
+            let keys = past + seq;
+            // q as the projections lay it out, [b, seq, heads, d], viewed [b, heads, seq, d].
+            let q = Tensor::<B, 4>::random(
+                [batch, seq, heads, dim],
+                Distribution::Normal(0.0, 1.5),
+                &device,
+            )
+            .swap_dims(1, 2);
+            let k = Tensor::<B, 4>::random(
+                [batch, kv_heads, keys, dim],
+                Distribution::Normal(0.0, 1.5),
+                &device,
+            );
+            let v = Tensor::<B, 4>::random(
+                [batch, kv_heads, keys, dim],
+                Distribution::Default,
+                &device,
+            );
+            let pads = (!self.pads.is_empty()).then_some(self.pads.as_slice());
+            let plan = |fused| {
+                AttentionPlan::<B>::new(
+                    batch,
+                    seq,
+                    past,
+                    kv_heads,
+                    heads / kv_heads,
+                    pads,
+                    self.candidates,
+                    fused,
+                    &device,
+                )
+                .with_focus(self.focus)
+            };
+            let (want, want_focus) = plan(false).attend(q.clone(), k.clone(), v.clone());
+            let (got, got_focus) = plan(true).attend(q, k, v);
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 2e-5, "output differs by {diff}");
+            match (want_focus, got_focus) {
+                (Some(w), Some(g)) => {
+                    assert_eq!(g.dims(), w.dims());
+                    let diff = (g - w).abs().max().into_scalar();
+                    assert!(diff < 2e-6, "focus differs by {diff}");
+                }
+                (None, None) => assert_eq!(self.focus, 0),
+                (w, g) => panic!("focus: burn {:?}, fused {:?}", w.is_some(), g.is_some()),
+            }
+        }
+    }
+
+    #[test]
+    fn causal_prefill_over_several_query_blocks_with_grouped_heads() {
+        Case {
+            batch: 2,
+            heads: 6,
+            kv_heads: 2,
+            dim: 16,
+            past: 0,
+            seq: 70,
+            pads: vec![],
+            candidates: Candidates::None,
+            focus: 0,
+        }
+        .check();
+    }
+
+    #[test]
+    fn long_past_over_several_key_tiles_with_left_padding() {
+        Case {
+            batch: 3,
+            heads: 4,
+            kv_heads: 4,
+            dim: 24,
+            past: 300,
+            seq: 45,
+            pads: vec![0, 37, 299],
+            candidates: Candidates::Last,
+            focus: 0,
+        }
+        .check();
+    }
+
+    #[test]
+    fn padded_chunks_without_past_hide_padding_except_from_itself() {
+        Case {
+            batch: 2,
+            heads: 9,
+            kv_heads: 3,
+            dim: 8,
+            past: 0,
+            seq: 33,
+            pads: vec![5, 0],
+            candidates: Candidates::Last,
+            focus: 0,
+        }
+        .check();
+    }
+
+    #[test]
+    fn exact_mode_candidates_see_their_prefix_and_themselves() {
+        Case {
+            batch: 2,
+            heads: 6,
+            kv_heads: 3,
+            dim: 16,
+            past: 150,
+            seq: 5,
+            pads: vec![0, 20],
+            candidates: Candidates::Each,
+            focus: 0,
+        }
+        .check();
+    }
+
+    #[test]
+    fn single_query_step_measures_the_focus_over_the_first_keys() {
+        Case {
+            batch: 1,
+            heads: 9,
+            kv_heads: 3,
+            dim: 64,
+            past: 1000,
+            seq: 1,
+            pads: vec![],
+            candidates: Candidates::None,
+            focus: 7,
+        }
+        .check();
+    }
+
+    #[test]
+    fn main_pass_block_focus_with_odd_sizes() {
+        Case {
+            batch: 2,
+            heads: 3,
+            kv_heads: 1,
+            dim: 12,
+            past: 131,
+            seq: 37,
+            pads: vec![],
+            candidates: Candidates::None,
+            focus: 129,
+        }
+        .check();
+    }
+}

@@ -1,0 +1,83 @@
+//! Fused CPU kernels for burn's flex backend (f32): attention and RoPE.
+//!
+//! The burn-op versions of these passes ([`crate::llama`]'s `masked_attention` and
+//! [`crate::rope::apply_rope`]) stay the reference and serve every other backend and dtype (wgpu
+//! and CUDA keep their own kernels; autodiff training keeps burn's backward). On flex they cost
+//! strided copies (head transposes, the `rotate_half` concatenation), a materialised score matrix
+//! and a mask tensor per forward, single-threaded element-wise passes and a scalar `expf`; the
+//! kernels here read the projections' `[batch, seq, heads, dim]` layout in place, skip the keys a
+//! block cannot see, run an online softmax with a vectorised `exp`, and spread (batch, key/value
+//! head, query block) tasks over rayon's pool.
+//!
+//! Why a type check rather than a backend-extension trait (`trait FocusBackend: Backend`): burn
+//! has no specialisation, so an extension trait would put a new bound on every generic item of
+//! this crate and of our users' code, and every backend (and `Autodiff<B>`) would need an impl.
+//! A `TypeId` comparison selects the flex path at no cost and leaves the generic API as it is.
+
+mod attention;
+mod exp;
+mod rope;
+
+use std::any::{Any, TypeId};
+
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn_flex::{Flex, FlexTensor};
+
+use crate::kernels::Kernels;
+
+pub(crate) use attention::Visibility;
+
+/// Whether the fused kernels serve tensors of backend `B` in `dtype` under `kernels`.
+pub(crate) fn applies<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
+    kernels == Kernels::Fused && dtype == DType::F32 && TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// The flex tensor behind `t` (`B` must be [`Flex`]: check [`applies`] first).
+fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+    let TensorPrimitive::Float(p) = t.into_primitive() else {
+        unreachable!("a float tensor of the flex backend is not quantized")
+    };
+    let any: Box<dyn Any> = Box::new(p);
+    *any.downcast::<FlexTensor>()
+        .expect("the caller checked that the backend is flex")
+}
+
+/// `t` as a tensor of `B` (`B` must be [`Flex`]).
+fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    let any: Box<dyn Any> = Box::new(t);
+    let p = *any
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("the caller checked that the backend is flex");
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// RoPE of `x` `[batch, seq, heads, dim]` with `[batch, seq, 1, dim]` tables (see
+/// [`crate::rope::apply_rope`], which it equals bit for bit), as a contiguous tensor.
+pub(crate) fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let out = rope::apply(&to_flex(x), &to_flex(cos.clone()), &to_flex(sin.clone()));
+    from_flex(out)
+}
+
+/// Attention of `q` `[batch, heads, seq, dim]` over `k`/`v` `[batch, kv_heads, keys, dim]` where
+/// `visibility` allows, and the mean share of the last query's attention over the first
+/// `focus_keys` keys (`[batch, focus_keys]`).
+pub(crate) fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    visibility: &Visibility,
+    focus_keys: Option<usize>,
+) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
+    let (out, focus) = attention::attend(
+        &to_flex(q),
+        &to_flex(k),
+        &to_flex(v),
+        visibility,
+        focus_keys,
+    );
+    (from_flex(out), focus.map(from_flex))
+}
