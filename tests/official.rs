@@ -359,3 +359,42 @@ fn frozen_candidates_mode_equals_main_pass_over_prefill_candidates() {
         assert!(diff < 1e-4, "frozen step {k}: max diff {diff}");
     }
 }
+
+#[test]
+fn fused_cpu_kernels_and_burn_operations_agree() {
+    use focusllm::models::Kernels;
+    for name in ["C", "D"] {
+        let (fused, dir) = official(name);
+        assert_eq!(fused.kernels(), Kernels::Fused);
+        let mut burn = fused.clone();
+        burn.set_kernels(Kernels::Burn);
+        let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+        let options = GenerateOptions {
+            max_tokens: 3,
+            stop_tokens: Some(Vec::new()),
+            ..Default::default()
+        };
+        let run = |model| {
+            let engine = engine(model, official_config(&dir).with_chunk_batch_size(2));
+            let mut steps = Vec::new();
+            engine
+                .session()
+                .generate(&long, &options, None, |t| {
+                    steps.push(t.clone());
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+            steps
+        };
+        let (a, b) = (run(&fused), run(&burn));
+        assert_eq!(a.len(), 3);
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x.id, y.id, "{name}: step {k} token");
+            let diff = max_abs_diff(&x.logits, &y.logits);
+            assert!(diff < 1e-5, "{name}: step {k} logits differ by {diff}");
+            let (fx, fy) = (x.focus.as_ref().unwrap(), y.focus.as_ref().unwrap());
+            let diff = max_abs_diff(&fx.chunks, &fy.chunks);
+            assert!(diff < 1e-6, "{name}: step {k} focus differs by {diff}");
+        }
+    }
+}

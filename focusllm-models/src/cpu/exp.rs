@@ -11,25 +11,31 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Below this, `exp` is under f32's normal range: the kernel rounds it to 0.
 const MIN_ARG: f32 = -87.336_55;
 const MAX_ARG: f32 = 88.376_26;
+/// The polynomial's coefficients, highest degree first (`exp(r) ≈ 1 + r + r²·P(r)`).
+const POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
 
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
     let xc = x.clamp(MIN_ARG, MAX_ARG);
     let n = (xc * LOG2E + 0.5).floor();
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if x < MIN_ARG { 0.0 } else { e * scale }
 }
 
-/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum.
-#[inline(always)]
+/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (portable version).
 fn exp_sub_sum_body(row: &mut [f32], max: f32) -> f32 {
     const LANES: usize = 8;
     let mut acc = [0.0f32; LANES];
@@ -48,17 +54,102 @@ fn exp_sub_sum_body(row: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// Eight lanes of [`exp_approx`]: the same operations in the same order, so both give the same
+/// bits (the compiler does not vectorise the scalar loop: the float-to-int conversion and the
+/// select stop it).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
+fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let splat = _mm256_set1_ps;
+    let (min_arg, max_arg) = (splat(MIN_ARG), splat(MAX_ARG));
+    let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, min_arg);
+    let xc = _mm256_min_ps(_mm256_max_ps(x, min_arg), max_arg);
+    let n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(xc, splat(LOG2E)), splat(0.5)));
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(xc, _mm256_mul_ps(n, splat(LN2_HI))),
+        _mm256_mul_ps(n, splat(LN2_LO)),
+    );
+    let mut poly = splat(POLY[0]);
+    for c in &POLY[1..] {
+        poly = _mm256_add_ps(_mm256_mul_ps(poly, r), splat(*c));
+    }
+    let e = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(poly, r), r), r),
+        splat(1.0),
+    );
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_andnot_ps(under, _mm256_mul_ps(e, _mm256_castsi256_ps(bits)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
 fn exp_sub_sum_avx2(row: &mut [f32], max: f32) -> f32 {
-    exp_sub_sum_body(row, max)
+    use std::arch::x86_64::*;
+    let vmax = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = row.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let p = chunk.as_mut_ptr();
+        // SAFETY: `chunk` holds 8 floats; unaligned loads and stores.
+        let y = exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(p) }, vmax));
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(p, y) };
+        acc = _mm256_add_ps(acc, y);
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum: f32 = lanes.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_approx(*x - max);
+        sum += *x;
+    }
+    sum
+}
+
+/// `silu(g)·u = g·u / (1 + exp(−g))`, element by element, into `gate`.
+fn swiglu_body(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g * *u / (1.0 + exp_approx(-*g));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = gate.len() / 8 * 8;
+    let (head, tail) = gate.split_at_mut(n);
+    for (g, u) in head.chunks_exact_mut(8).zip(up.chunks_exact(8)) {
+        // SAFETY: both chunks hold 8 floats.
+        let (gv, uv) = unsafe { (_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())) };
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        let y = _mm256_div_ps(_mm256_mul_ps(gv, uv), _mm256_add_ps(_mm256_set1_ps(1.0), e));
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(g.as_mut_ptr(), y) };
+    }
+    swiglu_body(tail, &up[n..]);
+}
+
+/// `gate ← silu(gate)·up` (SwiGLU's activation), AVX2 code where the CPU has it.
+pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { swiglu_avx2(gate, up) };
+    }
+    swiglu_body(gate, up)
 }
 
 /// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (AVX2 code where the CPU
 /// has it).
 pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { exp_sub_sum_avx2(row, max) };
     }
@@ -83,6 +174,34 @@ mod tests {
             worst = worst.max(((ours - libm) / libm).abs());
         }
         assert!(worst < 2e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn vector_and_scalar_paths_agree_bit_for_bit() {
+        let row: Vec<f32> = (0..203).map(|i| -95.0 + i as f32 * 0.5).collect();
+        let mut vector = row.clone();
+        exp_sub_sum(&mut vector, 2.0);
+        let mut scalar = row;
+        exp_sub_sum_body(&mut scalar, 2.0);
+        assert_eq!(vector, scalar);
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up() {
+        let gate: Vec<f32> = (0..77).map(|i| -20.0 + i as f32 * 0.53).collect();
+        let up: Vec<f32> = (0..77).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut fused = gate.clone();
+        swiglu(&mut fused, &up);
+        for ((f, g), u) in fused.iter().zip(&gate).zip(&up) {
+            let want = g / (1.0 + (-g).exp()) * u;
+            assert!(
+                (f - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "{f} vs {want} at {g}"
+            );
+        }
+        let mut scalar = gate;
+        swiglu_body(&mut scalar, &up);
+        assert_eq!(fused, scalar);
     }
 
     #[test]

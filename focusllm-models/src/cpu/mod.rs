@@ -81,3 +81,20 @@ pub(crate) fn attention<B: Backend>(
     );
     (from_flex(out), focus.map(from_flex))
 }
+
+/// `silu(gate) · up` (SwiGLU's activation) in one pass.
+pub(crate) fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    use rayon::prelude::*;
+    let (gate, up) = (to_flex(gate).to_contiguous(), to_flex(up).to_contiguous());
+    let shape = gate.layout().shape().clone();
+    let mut out = gate.storage::<f32>().to_vec();
+    let up = up.storage::<f32>();
+    // Pieces of 16K floats: enough work per task, one per core at least for a few tokens.
+    out.par_chunks_mut(1 << 14)
+        .zip(up.par_chunks(1 << 14))
+        .for_each(|(g, u)| exp::swiglu(g, u));
+    from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
+        out,
+        shape.to_vec(),
+    )))
+}

@@ -41,7 +41,7 @@ impl<B: Backend> DecoderLayer<B> {
         let (attn, kv, focus) = self.attn.forward(h, rope, past, plan, candidates);
         let x = x + attn;
         let h = rms_norm(x.clone(), &self.post_attn_norm, eps);
-        (x + self.mlp.forward(h, candidates), kv, focus)
+        (x + self.mlp.forward(h, candidates, plan.fused()), kv, focus)
     }
 
     /// Loads layer `w` (`model.layers.{i}`): `input_layernorm`, `self_attn`,

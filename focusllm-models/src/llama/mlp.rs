@@ -33,17 +33,34 @@ pub struct Mlp<B: Backend> {
     pub candidate: Option<CandidateMlp<B>>,
 }
 
+/// `silu(gate) · up`.
+fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>, fused: bool) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu")]
+    if fused {
+        return crate::cpu::swiglu(gate, up);
+    }
+    let _ = fused;
+    silu(gate) * up
+}
+
 impl<B: Backend> Mlp<B> {
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, candidates: Candidates) -> Tensor<B, 3> {
-        let gate = silu(self.gate.forward(x.clone()));
+    /// `fused`: the activation runs as one fused CPU pass (see [`crate::kernels::fused`]).
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        candidates: Candidates,
+        fused: bool,
+    ) -> Tensor<B, 3> {
+        let gate = self.gate.forward(x.clone());
         let up = project(
             x,
             &self.up,
             self.candidate.as_ref().map(|c| &c.up),
             candidates,
         );
+        let activated = swiglu(gate, up, fused);
         project(
-            gate * up,
+            activated,
             &self.down,
             self.candidate.as_ref().map(|c| &c.down),
             candidates,
