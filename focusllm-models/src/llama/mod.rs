@@ -10,6 +10,7 @@ mod layer;
 pub(crate) mod masked_attention;
 mod mlp;
 pub(crate) mod ops;
+mod work;
 
 use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
@@ -18,6 +19,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 pub use attention::{Attention, CandidateProjections, Candidates};
 pub use layer::DecoderLayer;
 pub use mlp::{CandidateMlp, Mlp};
+pub use work::WorkCounter;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -60,6 +62,8 @@ pub struct LlamaModel<B: Backend> {
     cache_dtype: Option<DType>,
     #[module(skip)]
     kernels: Kernels,
+    #[module(skip)]
+    work: WorkCounter,
 }
 
 /// How the keys of a past are stored.
@@ -217,6 +221,7 @@ impl<B: Backend> LlamaModel<B> {
             candidate_source,
             cache_dtype: None,
             kernels: Kernels::default(),
+            work: WorkCounter::default(),
         }
     }
 
@@ -236,6 +241,12 @@ impl<B: Backend> LlamaModel<B> {
     /// The attention and RoPE implementation (see [`LlamaModel::set_kernels`]).
     pub fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// The analytic FLOPs of every forward of this model and its clones so far (see
+    /// [`WorkCounter`]): divide a difference by the time taken for effective GFLOP/s.
+    pub fn work(&self) -> &WorkCounter {
+        &self.work
     }
 
     /// Whether this model's forwards run the fused CPU kernels.
@@ -341,6 +352,13 @@ impl<B: Backend> LlamaModel<B> {
             &device,
         )
         .with_focus(input.focus_keys.min(past_len));
+        self.work.add(work::forward_flops(
+            &self.config,
+            batch,
+            seq,
+            past_len,
+            input.logits_last.min(seq),
+        ));
         let mut x = embedding(self.embed.val(), input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());

@@ -56,6 +56,12 @@ pub struct Row {
     prefill_s: f64,
     tokens_per_s: f64,
     step_s: f64,
+    /// Generated tokens per second (1 / step_s).
+    generated_per_s: f64,
+    /// Analytic FLOPs of the prefill / prefill time.
+    prefill_gflops: f64,
+    /// Analytic FLOPs of the steps / their time.
+    step_gflops: f64,
     peak_rss_mb: Option<f64>,
     chunk_batch: usize,
     chunk_cache_mb: f64,
@@ -86,15 +92,19 @@ impl Args {
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));
         reset_peak_rss();
-        let start = Instant::now();
+        let work = model.work();
+        let (start, flops) = (Instant::now(), work.get());
         let mut logits = vec![session.prefill(ids)?];
         let prefill_s = start.elapsed().as_secs_f64();
-        let start = Instant::now();
+        let prefill_flops = work.get() - flops;
+        let (start, flops) = (Instant::now(), work.get());
         for _ in 0..self.steps {
             let token = argmax(logits.last().expect("prefill logits"))?;
             logits.push(session.step(token)?);
         }
-        let step_s = start.elapsed().as_secs_f64() / self.steps.max(1) as f64;
+        let steps_s = start.elapsed().as_secs_f64();
+        let step_flops = work.get() - flops;
+        let step_s = steps_s / self.steps.max(1) as f64;
         let chunk_cache_mb = session.chunk_cache_bytes() as f64 / (1024.0 * 1024.0);
         let peak = peak_rss_mb();
         drop(session);
@@ -106,6 +116,9 @@ impl Args {
             prefill_s,
             tokens_per_s: ids.len() as f64 / prefill_s,
             step_s,
+            generated_per_s: 1.0 / step_s,
+            prefill_gflops: prefill_flops as f64 / prefill_s / 1e9,
+            step_gflops: step_flops as f64 / steps_s / 1e9,
             peak_rss_mb: peak,
             chunk_batch: batch,
             chunk_cache_mb,
@@ -117,8 +130,37 @@ impl Args {
     }
 }
 
+/// GFLOP/s of the backend's matmul on the model's MLP shape (`[2048, hidden] × [hidden,
+/// intermediate]`), best of five: the machine's attainable speed in this run, against which the
+/// rows' effective GFLOP/s are read.
+fn calibration_gflops<B: Backend>(
+    config: &focusllm::models::LlamaConfig,
+    device: &B::Device,
+) -> f64 {
+    use burn::tensor::{Distribution, Tensor};
+    let (m, k, n) = (2048, config.hidden_size, config.intermediate_size);
+    let a = Tensor::<B, 2>::random([m, k], Distribution::Default, device);
+    let b = Tensor::<B, 2>::random([k, n], Distribution::Default, device);
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            // Reading the result back makes lazy backends finish the product.
+            let _ = a.clone().matmul(b.clone()).into_data();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// What a bench run measured.
+pub struct Measurements {
+    rows: Vec<Row>,
+    batches: Option<(Row, Row, f32)>,
+    calibration_gflops: f64,
+}
+
 impl BackendRunner for &Args {
-    type Output = Result<(Vec<Row>, Option<(Row, Row, f32)>), AppError>;
+    type Output = Result<Measurements, AppError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let loaded = self.engine.load::<B>(&device)?;
@@ -127,6 +169,8 @@ impl BackendRunner for &Args {
             .as_ref()
             .ok_or("the model has no tokenizer")?;
         eprintln!("model loaded; resident {:.0} MiB", rss_mb().unwrap_or(0.0));
+        let calibration = calibration_gflops::<B>(loaded.model.config(), &device);
+        eprintln!("calibration matmul: {calibration:.1} GFLOP/s");
         // Speed does not depend on the candidate weights: only `--adapter` is applied (its sizes
         // and step mode are then the defaults), never the bundled one.
         let adapted = self.engine.adapter_for(&loaded, false)?;
@@ -173,7 +217,11 @@ impl BackendRunner for &Args {
         } else {
             None
         };
-        Ok((rows, batches))
+        Ok(Measurements {
+            rows,
+            batches,
+            calibration_gflops: calibration,
+        })
     }
 }
 
@@ -201,7 +249,11 @@ fn loglog_exponent(rows: &[Row], method: &str, from: usize) -> Option<f64> {
 
 /// Runs the job.
 pub fn run(args: Args) -> Result<(), AppError> {
-    let (rows, batches) = run_on(args.engine.backend, args.engine.device, &args)??;
+    let Measurements {
+        rows,
+        batches,
+        calibration_gflops,
+    } = run_on(args.engine.backend, args.engine.device, &args)??;
     let focus_fit = loglog_exponent(&rows, "focus", 8192);
     let plain_fit = loglog_exponent(&rows, "plain", 8192);
     if args.json {
@@ -212,26 +264,35 @@ pub fn run(args: Args) -> Result<(), AppError> {
             "rows": rows,
             "batch_comparison": batch,
             "loglog_exponent": {"focus": focus_fit, "plain": plain_fit},
+            "calibration_gflops": calibration_gflops,
         });
         println!("{out}");
         return Ok(());
     }
     println!(
-        "| method | kernels | tokens | prefill s | tokens/s | s / token | peak RSS MiB | chunk caches MiB |"
+        "calibration matmul ([2048, hidden] x [hidden, intermediate]): {calibration_gflops:.1} GFLOP/s\n"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| method | kernels | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let peak = r
             .peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.2} | {} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
             r.method,
             r.kernels,
             r.tokens,
             r.prefill_s,
             r.tokens_per_s,
+            r.prefill_gflops,
+            r.prefill_gflops / calibration_gflops,
             r.step_s,
+            r.generated_per_s,
+            r.step_gflops,
+            r.step_gflops / calibration_gflops,
             peak,
             r.chunk_cache_mb
         );
