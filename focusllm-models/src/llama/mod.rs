@@ -66,6 +66,24 @@ pub struct LlamaModel<B: Backend> {
     work: WorkCounter,
 }
 
+/// Logits `[b, k, vocab]` of `x` `[b, k, hidden]` through tied embeddings `[vocab, hidden]`.
+///
+/// `x · embedᵀ` makes CPU backends copy the transposed table (113 MB for SmolLM2) at every call,
+/// which dominated short-context generation. For the few rows of decoding steps the product is
+/// taken the other way round, `embed · xᵀ`, reading the table as stored; only the small result is
+/// transposed. Many rows (perplexity) keep the direct product, whose copy is then amortised.
+fn tied_head<B: Backend>(x: Tensor<B, 3>, embed: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, k, hidden] = x.dims();
+    if b * k > 64 {
+        return x.matmul(embed.transpose().unsqueeze::<3>());
+    }
+    let vocab = embed.dims()[0];
+    embed
+        .matmul(x.reshape([b * k, hidden]).transpose())
+        .transpose()
+        .reshape([b, k, vocab])
+}
+
 /// How the keys of a past are stored.
 #[derive(Debug, Clone, Copy)]
 pub enum PastKeys<'a> {
@@ -381,11 +399,10 @@ impl<B: Backend> LlamaModel<B> {
             let s = x.dims()[1];
             let k = input.logits_last.min(s);
             let last = rms_norm(x.narrow(1, s - k, k), &self.norm, eps);
-            let head = match &self.lm_head {
-                Some(head) => head.val(),
-                None => self.embed.val().transpose(),
-            };
-            last.matmul(head.unsqueeze::<3>())
+            match &self.lm_head {
+                Some(head) => last.matmul(head.val().unsqueeze::<3>()),
+                None => tied_head(last, self.embed.val()),
+            }
         });
         ForwardOutput { logits, kv, focus }
     }
