@@ -352,23 +352,18 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             ),
             None => None,
         };
-        let new_layers = out.kv.into_iter().map(|kv| LayerKv {
-            k: kv.k_rotated,
-            v: kv.v,
-        });
-        cache.layers = if cache.is_empty() {
-            new_layers.collect()
-        } else {
-            cache
-                .layers
-                .iter()
-                .zip(new_layers)
-                .map(|(old, new)| LayerKv {
-                    k: Tensor::cat(vec![old.k.clone(), new.k], 2),
-                    v: Tensor::cat(vec![old.v.clone(), new.v], 2),
-                })
-                .collect()
-        };
+        // The attention already concatenated past and new keys and values: that is the next cache.
+        cache.layers = out
+            .kv
+            .into_iter()
+            .map(|kv| match kv.extended {
+                Some((k, v)) => LayerKv { k, v },
+                None => LayerKv {
+                    k: kv.k_rotated,
+                    v: kv.v,
+                },
+            })
+            .collect();
         logits_to_vec(out.logits)
     }
 

@@ -94,6 +94,7 @@ impl<B: Backend> Attention<B> {
         let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
         let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
         let k = k.swap_dims(1, 2);
+        let rotated_past = matches!(past, Some((_, None)));
         let (keys, values) = match past {
             Some((kv, past_rope)) => {
                 let past_k = match past_rope {
@@ -109,6 +110,7 @@ impl<B: Backend> Attention<B> {
             }
             None => (k_rotated.clone(), v.clone()),
         };
+        let extended = rotated_past.then(|| (keys.clone(), values.clone()));
         let (out, focus) = plan.attend(q, keys, values);
         let out = out
             .swap_dims(1, 2)
@@ -120,6 +122,7 @@ impl<B: Backend> Attention<B> {
                 k_unrotated: k,
                 k_rotated,
                 v,
+                extended,
             },
             focus,
         )

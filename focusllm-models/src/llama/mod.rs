@@ -108,6 +108,10 @@ pub struct NewKv<B: Backend> {
     pub k_rotated: Tensor<B, 4>,
     /// Values.
     pub v: Tensor<B, 4>,
+    /// With a past of rotated keys: the past followed by the new tokens, keys (rotated) and
+    /// values, `[batch, kv_heads, past + seq, head_dim]`, as attention read them (a KV cache
+    /// takes them as its next state instead of concatenating a second time).
+    pub extended: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 /// Inputs of [`LlamaModel::forward`].
