@@ -13,7 +13,7 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::exp;
-use super::rope::inner_contiguous;
+use super::view::{View, inner_contiguous};
 
 /// Query rows (positions) per task.
 const ROWS: usize = 32;
@@ -59,31 +59,6 @@ impl Visibility {
     /// Whether some key of `j0..j1` is hidden from some row of `i0..i1`.
     fn needs_mask(&self, pad: usize, i0: usize, j0: usize, j1: usize) -> bool {
         self.each || j0 < pad || j1 > self.past + i0 + 1
-    }
-}
-
-/// A 4-d f32 view: storage, start offset and strides (the last one 1).
-struct View<'a> {
-    data: &'a [f32],
-    start: usize,
-    strides: [usize; 3],
-}
-
-impl<'a> View<'a> {
-    fn new(t: &'a FlexTensor) -> Self {
-        let s = t.layout().strides();
-        let stride =
-            |i: usize| usize::try_from(s[i]).expect("attention inputs have positive strides");
-        Self {
-            data: t.storage::<f32>(),
-            start: t.layout().start_offset(),
-            strides: [stride(0), stride(1), stride(2)],
-        }
-    }
-
-    /// The element offset of `[i0, i1, i2, 0]`.
-    fn at(&self, i0: usize, i1: usize, i2: usize) -> usize {
-        self.start + i0 * self.strides[0] + i1 * self.strides[1] + i2 * self.strides[2]
     }
 }
 

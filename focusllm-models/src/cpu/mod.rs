@@ -1,4 +1,4 @@
-//! Fused CPU kernels for burn's flex backend (f32): attention and RoPE.
+//! Fused CPU kernels for burn's flex backend (f32): attention, RoPE and the SwiGLU activation.
 //!
 //! The burn-op versions of these passes ([`crate::llama`]'s `masked_attention` and
 //! [`crate::rope::apply_rope`]) stay the reference and serve every other backend and dtype (wgpu
@@ -17,6 +17,7 @@
 mod attention;
 mod exp;
 mod rope;
+mod view;
 
 use std::any::{Any, TypeId};
 

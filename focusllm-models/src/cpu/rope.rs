@@ -4,24 +4,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-/// The element offset of index `[i0, i1, i2, 0]` of `t` (strides in elements).
-fn offset(t: &FlexTensor, i0: usize, i1: usize, i2: usize) -> usize {
-    let s = t.layout().strides();
-    let at = t.layout().start_offset() as isize
-        + i0 as isize * s[0]
-        + i1 as isize * s[1]
-        + i2 as isize * s[2];
-    usize::try_from(at).expect("flex layouts index inside their storage")
-}
-
-/// `t`, with a unit stride along its last dimension (a copy only when it has none).
-pub(super) fn inner_contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.layout().strides().last() == Some(&1) {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
+use super::view::{View, inner_contiguous};
 
 /// `x·cos + rotate_half(x)·sin`, contiguous `[batch, seq, heads, dim]`; `cos`/`sin` are
 /// `[batch, seq, 1, dim]` with equal halves (see [`crate::rope::Rope::tables`]).
@@ -34,20 +17,16 @@ pub(super) fn apply(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexT
     let dims = x.layout().shape().to_vec();
     let [batch, seq, heads, dim] = [dims[0], dims[1], dims[2], dims[3]];
     let half = dim / 2;
-    let (xs, cs, ss) = (
-        x.storage::<f32>(),
-        cos.storage::<f32>(),
-        sin.storage::<f32>(),
-    );
+    let (xs, cs, ss) = (View::new(&x), View::new(&cos), View::new(&sin));
     let mut out = vec![0.0f32; batch * seq * heads * dim];
     out.par_chunks_mut(heads * dim)
         .enumerate()
         .for_each(|(row, out_row)| {
             let (b, s) = (row / seq.max(1), row % seq.max(1));
-            let c = &cs[offset(&cos, b, s, 0)..][..dim];
-            let sn = &ss[offset(&sin, b, s, 0)..][..dim];
+            let c = &cs.data[cs.at(b, s, 0)..][..dim];
+            let sn = &ss.data[ss.at(b, s, 0)..][..dim];
             for (h, o) in out_row.chunks_exact_mut(dim).enumerate() {
-                let xr = &xs[offset(&x, b, s, h)..][..dim];
+                let xr = &xs.data[xs.at(b, s, h)..][..dim];
                 let (x1, x2) = xr.split_at(half);
                 let (o1, o2) = o.split_at_mut(half);
                 for j in 0..half {

@@ -107,12 +107,12 @@ impl<B: Backend> AttentionPlan<B> {
         fused: bool,
         device: &B::Device,
     ) -> Self {
+        let pads: Vec<usize> = match left_pad {
+            Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
+            _ => Vec::new(),
+        };
         #[cfg(feature = "cpu")]
         if fused {
-            let pads = match left_pad {
-                Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
-                _ => Vec::new(),
-            };
             return Self {
                 blocks: Vec::new(),
                 fused: Some(crate::cpu::Visibility {
@@ -130,10 +130,6 @@ impl<B: Backend> AttentionPlan<B> {
             batch,
             kv_heads,
             groups,
-        };
-        let pads: Vec<usize> = match left_pad {
-            Some(p) if p.iter().any(|&x| x > 0) => p.to_vec(),
-            _ => Vec::new(),
         };
         let mut diagonals: Vec<(usize, Tensor<B, 4, Bool>)> = Vec::new();
         let mut blocks = Vec::with_capacity(seq.div_ceil(BLOCK));
