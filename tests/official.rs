@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use focusllm::core::{FocusError, GenerateOptions, Mode};
 use focusllm::models::CandidateSource;
-use focusllm::models::llama::{Candidates, ForwardInput};
+use focusllm::models::llama::{Candidates, ForwardInput, Past};
 
 const TOL: f32 = 1e-4;
 
@@ -27,7 +27,7 @@ fn short_forward(name: &str) {
         let out = model.forward(ForwardInput {
             ids: model.ids_tensor(&[input.clone()]),
             positions: &positions,
-            past: None,
+            past: Past::None,
             left_pad: None,
             candidates: Candidates::None,
             logits_last: 3,

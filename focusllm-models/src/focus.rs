@@ -7,7 +7,7 @@ use focusllm_core::{
     Result, check_vocab,
 };
 
-use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
+use crate::llama::{Candidates, ForwardInput, KvBuffer, LlamaModel, Past};
 
 /// Token used to fill left padding (any valid id: padded positions are masked).
 const PAD_ID: u32 = 0;
@@ -75,7 +75,7 @@ impl<B: Backend> LlamaModel<B> {
 #[derive(Debug, Clone)]
 pub struct LlamaChunks<B: Backend> {
     chunk_ids: Vec<usize>,
-    raw: Vec<LayerKv<B>>,
+    raw: Vec<KvBuffer<B>>,
     left_pad: Vec<usize>,
 }
 
@@ -87,7 +87,7 @@ impl<B: Backend> LlamaChunks<B> {
 
     /// Positions held per chunk (padding included).
     pub fn len(&self) -> usize {
-        self.raw.first().map_or(0, LayerKv::len)
+        self.raw.first().map_or(0, KvBuffer::len)
     }
 
     /// Whether the batch holds no position.
@@ -100,7 +100,7 @@ impl<B: Backend> LlamaChunks<B> {
 /// `[1, kv_heads, positions, head_dim]`; its first positions are the candidates, if any.
 #[derive(Debug, Clone, Default)]
 pub struct LlamaKvCache<B: Backend> {
-    layers: Vec<LayerKv<B>>,
+    layers: Vec<KvBuffer<B>>,
     /// How many of the first positions are candidates.
     candidates: usize,
     /// The last fed position's attention share over the candidates (see [`MainDecoder::focus`]).
@@ -110,7 +110,7 @@ pub struct LlamaKvCache<B: Backend> {
 impl<B: Backend> LlamaKvCache<B> {
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerKv::len)
+        self.layers.first().map_or(0, KvBuffer::len)
     }
 
     /// Whether nothing is cached yet.
@@ -200,7 +200,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
-            past: None,
+            past: Past::None,
             left_pad: Some(&left_pad),
             candidates: Candidates::Last,
             logits_last: 0,
@@ -213,10 +213,14 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             &self.device(),
         );
         for kv in out.kv {
-            raw.push(LayerKv {
-                k: self.compact(kv.k_rotated.narrow(2, 0, len - 1)),
-                v: self.compact(kv.v.clone().narrow(2, 0, len - 1)),
-            });
+            // The candidate's row stays as spare capacity: the first exact step overwrites it.
+            raw.push(KvBuffer::with_prefix(
+                LayerKv {
+                    k: self.compact(kv.k_rotated),
+                    v: self.compact(kv.v.clone()),
+                },
+                len - 1,
+            ));
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size).
             candidates.push((
@@ -252,40 +256,24 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             .iter()
             .map(|&pad| vec![cached - pad, cached + 1 - pad])
             .collect();
-        // Compact caches are widened for the forward only.
-        let widened: Option<Vec<LayerKv<B>>> = self.cache_dtype().map(|_| {
-            let dtype = self.compute_dtype();
-            batch
-                .raw
-                .iter()
-                .map(|kv| LayerKv {
-                    k: kv.k.clone().cast(dtype),
-                    v: kv.v.clone().cast(dtype),
-                })
-                .collect()
-        });
+        // The forward appends both positions to every raw cache (compact caches are read
+        // widened); the candidate's is then dropped, as the next step recomputes it.
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,
-            past: Some((widened.as_deref().unwrap_or(&batch.raw), PastKeys::Rotated)),
+            past: Past::Cache(&mut batch.raw),
             left_pad: Some(&batch.left_pad),
             candidates: Candidates::Last,
             logits_last: 0,
             focus_keys: 0,
         });
-        let mut candidates = Vec::with_capacity(out.kv.len());
-        for (layer, kv) in out.kv.into_iter().enumerate() {
-            let raw = &mut batch.raw[layer];
-            raw.k = Tensor::cat(
-                vec![raw.k.clone(), self.compact(kv.k_rotated.narrow(2, 0, 1))],
-                2,
-            );
-            raw.v = Tensor::cat(
-                vec![raw.v.clone(), self.compact(kv.v.clone().narrow(2, 0, 1))],
-                2,
-            );
-            candidates.push((kv.k_unrotated.narrow(2, 1, 1), kv.v.narrow(2, 1, 1)));
+        for raw in &mut batch.raw {
+            raw.truncate(cached + 1);
         }
+        let candidates = out
+            .kv
+            .into_iter()
+            .map(|kv| (kv.k_unrotated.narrow(2, 1, 1), kv.v.narrow(2, 1, 1)));
         CandidateSet::new(
             batch.chunk_ids.clone(),
             candidates_as_past(candidates, None),
@@ -293,7 +281,7 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
     }
 
     fn state_bytes(&self, batch: &LlamaChunks<B>) -> usize {
-        batch.raw.iter().map(LayerKv::size_bytes).sum()
+        batch.raw.iter().map(KvBuffer::size_bytes).sum()
     }
 }
 
@@ -320,9 +308,11 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             layers: past
                 .layers()
                 .iter()
-                .map(|kv| LayerKv {
-                    k: self.rotate_keys(kv.k.clone(), &positions),
-                    v: kv.v.clone(),
+                .map(|kv| {
+                    KvBuffer::new(LayerKv {
+                        k: self.rotate_keys(kv.k.clone(), &positions),
+                        v: kv.v.clone(),
+                    })
                 })
                 .collect(),
         })
@@ -334,10 +324,15 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
         }
         check_vocab(tokens, self.config().vocab_size)?;
         let positions = vec![main_positions(cache.len(), tokens.len())];
+        let empty = cache.is_empty();
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&[tokens.to_vec()]),
             positions: &positions,
-            past: (!cache.is_empty()).then_some((cache.layers.as_slice(), PastKeys::Rotated)),
+            past: if empty {
+                Past::None
+            } else {
+                Past::Cache(&mut cache.layers)
+            },
             left_pad: None,
             candidates: Candidates::None,
             logits_last: 1,
@@ -352,18 +347,18 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             ),
             None => None,
         };
-        // The attention already concatenated past and new keys and values: that is the next cache.
-        cache.layers = out
-            .kv
-            .into_iter()
-            .map(|kv| match kv.extended {
-                Some((k, v)) => LayerKv { k, v },
-                None => LayerKv {
-                    k: kv.k_rotated,
-                    v: kv.v,
-                },
-            })
-            .collect();
+        if empty {
+            cache.layers = out
+                .kv
+                .into_iter()
+                .map(|kv| {
+                    KvBuffer::new(LayerKv {
+                        k: kv.k_rotated,
+                        v: kv.v,
+                    })
+                })
+                .collect();
+        }
         logits_to_vec(out.logits)
     }
 

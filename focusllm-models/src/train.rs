@@ -27,7 +27,7 @@ use focusllm_core::{FocusError, LayerKv, Model, ModelSpec, Result, check_vocab};
 
 use crate::adapter::CandidateAdapter;
 use crate::focus::{PaddedRows, candidates_as_past, left_padded, main_positions};
-use crate::llama::{Candidates, ForwardInput, LlamaModel, PastKeys};
+use crate::llama::{Candidates, ForwardInput, LlamaModel, Past};
 use crate::tokenizer::Tokenizer;
 
 /// One chunk's raw cache (rotated keys and values per layer, `[1, kv_heads, len, d]`).
@@ -224,7 +224,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
             let raw = self.inner.forward(ForwardInput {
                 ids: self.inner.ids_tensor(&rows),
                 positions: &positions,
-                past: None,
+                past: Past::None,
                 left_pad: Some(&left_pad),
                 candidates: Candidates::None,
                 logits_last: 0,
@@ -283,7 +283,7 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
         let out = self.inner.forward(ForwardInput {
             ids: self.inner.ids_tensor(rows),
             positions,
-            past: Some((&past, PastKeys::Rotated)),
+            past: Past::Rotated(&past),
             left_pad,
             candidates: Candidates::None,
             logits_last: 0,
@@ -500,7 +500,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
                 .model
                 .ids_tensor(&vec![tail[first..].to_vec(); distinct.len()]),
             positions: &cand_positions,
-            past: Some((&raw, PastKeys::Rotated)),
+            past: Past::Rotated(&raw),
             left_pad: Some(&pads),
             candidates: if steps == 1 {
                 Candidates::Last
@@ -528,7 +528,7 @@ impl<B: AutodiffBackend> CandidateTrainer<B> for LlamaTrainer<B> {
         let out = self.model.forward(ForwardInput {
             ids: self.model.ids_tensor(&vec![main; steps]),
             positions: &main_positions,
-            past: Some((&past, PastKeys::Unrotated(&past_positions))),
+            past: Past::Unrotated(&past, &past_positions),
             left_pad: None,
             candidates: Candidates::None,
             logits_last: t,

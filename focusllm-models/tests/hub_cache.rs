@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::backend::Flex;
 use focusllm_models::hub::{HubOptions, ModelId, ModelSource, fetch, looks_like_hub_id};
-use focusllm_models::llama::{Candidates, ForwardInput};
+use focusllm_models::llama::{Candidates, ForwardInput, Past};
 use focusllm_models::{
     HubErrorKind, LlamaModel, ModelError, SafetensorsWeights, WeightSource, load_model,
 };
@@ -324,7 +324,7 @@ fn logits(model: &LlamaModel<B>) -> (Vec<usize>, Vec<f32>) {
     let out = model.forward(ForwardInput {
         ids: model.ids_tensor(std::slice::from_ref(&ids)),
         positions: &positions,
-        past: None,
+        past: Past::None,
         left_pad: None,
         candidates: Candidates::None,
         logits_last: ids.len(),

@@ -15,6 +15,7 @@
 //! A `TypeId` comparison selects the flex path at no cost and leaves the generic API as it is.
 
 mod attention;
+mod cache;
 mod exp;
 mod rope;
 mod view;
@@ -98,4 +99,48 @@ pub(crate) fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor
         out,
         shape.to_vec(),
     )))
+}
+
+/// Whether `B` is the flex backend (whatever the dtype: the copies below are exact).
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// `t` `[b, h, len, d]` copied into the first `len` rows of a new contiguous `[b, h, capacity,
+/// d]` tensor (the rest zero), row by row on rayon (`B` must be [`Flex`]). flex's `cat` and
+/// `slice_assign` walk a strided input element by element on one thread.
+pub(crate) fn with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Tensor<B, 4> {
+    let t = view::inner_contiguous(&to_flex(t));
+    let out = match t.dtype() {
+        DType::F32 => cache::with_capacity::<f32>(&t, capacity),
+        DType::F16 => cache::with_capacity::<half::f16>(&t, capacity),
+        DType::BF16 => cache::with_capacity::<half::bf16>(&t, capacity),
+        other => unreachable!("KV caches are float tensors, not {other:?}"),
+    };
+    from_flex(out)
+}
+
+/// `buffer` with rows `at..at + n` (dimension 2) replaced by `value` `[b, h, n, d]`: written in
+/// place when `buffer` is contiguous and its storage unshared, else into a copy (`B` must be
+/// [`Flex`]; flex's `slice_assign` always copies the whole buffer first).
+pub(crate) fn write_rows<B: Backend>(
+    buffer: Tensor<B, 4>,
+    at: usize,
+    value: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let mut buffer = to_flex(buffer);
+    let value = view::inner_contiguous(&to_flex(value));
+    match buffer.dtype() {
+        DType::F32 => cache::write_rows::<f32>(&mut buffer, at, &value),
+        DType::F16 => cache::write_rows::<half::f16>(&mut buffer, at, &value),
+        DType::BF16 => cache::write_rows::<half::bf16>(&mut buffer, at, &value),
+        other => unreachable!("KV caches are float tensors, not {other:?}"),
+    }
+    from_flex(buffer)
+}
+
+/// The address of `t`'s storage (`B` must be [`Flex`]): tests check that writes are in place.
+#[cfg(test)]
+pub(crate) fn storage_address<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
+    to_flex(t.clone()).bytes().as_ptr() as usize
 }

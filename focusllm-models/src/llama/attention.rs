@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::masked_attention::AttentionPlan;
 use super::ops::project;
-use super::{PastKv, RopeTables};
+use super::{KvBuffer, PastKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::rope::apply_rope_with;
@@ -61,13 +61,23 @@ pub enum Candidates {
     Each,
 }
 
+/// One layer's past (see [`super::Past`]).
+pub(crate) enum LayerPast<'a, B: Backend> {
+    /// No past.
+    None,
+    /// Read-only keys and values; the keys are rotated with the tables when given (else they
+    /// already are).
+    Read(&'a PastKv<B>, Option<RopeTables<'a, B>>),
+    /// A KV cache the new keys and values are appended to.
+    Cache(&'a mut KvBuffer<B>),
+}
+
 impl<B: Backend> Attention<B> {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: RopeTables<'_, B>,
-        past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
+        past: LayerPast<'_, B>,
         plan: &AttentionPlan<B>,
         candidates: Candidates,
     ) -> (Tensor<B, 3>, super::NewKv<B>, Option<Tensor<B, 2>>) {
@@ -94,9 +104,9 @@ impl<B: Backend> Attention<B> {
         let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
         let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
         let k = k.swap_dims(1, 2);
-        let rotated_past = matches!(past, Some((_, None)));
         let (keys, values) = match past {
-            Some((kv, past_rope)) => {
+            LayerPast::None => (k_rotated.clone(), v.clone()),
+            LayerPast::Read(kv, past_rope) => {
                 let past_k = match past_rope {
                     Some((pc, ps)) => {
                         apply_rope_with(fused, kv.k.clone().swap_dims(1, 2), pc, ps).swap_dims(1, 2)
@@ -108,9 +118,22 @@ impl<B: Backend> Attention<B> {
                     Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
                 )
             }
-            None => (k_rotated.clone(), v.clone()),
+            LayerPast::Cache(cache) if cache.dtype() == k_rotated.dtype() => {
+                cache.append(k_rotated.clone(), v.clone());
+                let kv = cache.view();
+                (kv.k, kv.v)
+            }
+            LayerPast::Cache(cache) => {
+                // A compact cache is read widened, the new positions at full precision (as
+                // before they were stored).
+                let dtype = k_rotated.dtype();
+                let kv = cache.view();
+                let keys = Tensor::cat(vec![kv.k.cast(dtype), k_rotated.clone()], 2);
+                let values = Tensor::cat(vec![kv.v.cast(dtype), v.clone()], 2);
+                cache.append(k_rotated.clone(), v.clone());
+                (keys, values)
+            }
         };
-        let extended = rotated_past.then(|| (keys.clone(), values.clone()));
         let (out, focus) = plan.attend(q, keys, values);
         let out = out
             .swap_dims(1, 2)
@@ -122,7 +145,6 @@ impl<B: Backend> Attention<B> {
                 k_unrotated: k,
                 k_rotated,
                 v,
-                extended,
             },
             focus,
         )

@@ -3,11 +3,11 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::attention::{Attention, Candidates};
+use super::attention::{Attention, Candidates, LayerPast};
 use super::masked_attention::AttentionPlan;
 use super::mlp::Mlp;
 use super::ops::rms_norm;
-use super::{NewKv, PastKv, RopeTables};
+use super::{NewKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -32,7 +32,7 @@ impl<B: Backend> DecoderLayer<B> {
         &self,
         x: Tensor<B, 3>,
         rope: RopeTables<'_, B>,
-        past: Option<(&PastKv<B>, Option<RopeTables<'_, B>>)>,
+        past: LayerPast<'_, B>,
         plan: &AttentionPlan<B>,
         candidates: Candidates,
         eps: f64,

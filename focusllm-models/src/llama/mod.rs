@@ -6,6 +6,7 @@
 //! RoPE, at positions chosen by the caller).
 
 mod attention;
+mod kv_buffer;
 mod layer;
 pub(crate) mod masked_attention;
 mod mlp;
@@ -16,7 +17,9 @@ use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
+use attention::LayerPast;
 pub use attention::{Attention, CandidateProjections, Candidates};
+pub use kv_buffer::KvBuffer;
 pub use layer::DecoderLayer;
 pub use mlp::{CandidateMlp, Mlp};
 pub use work::WorkCounter;
@@ -84,13 +87,37 @@ fn tied_head<B: Backend>(x: Tensor<B, 3>, embed: Tensor<B, 2>) -> Tensor<B, 3> {
         .reshape([b, k, vocab])
 }
 
-/// How the keys of a past are stored.
-#[derive(Debug, Clone, Copy)]
-pub enum PastKeys<'a> {
-    /// Keys already rotated (their positions never change: raw chunk caches, plain KV caches).
-    Rotated,
-    /// Keys before RoPE, to be rotated at these positions (one row per batch element).
-    Unrotated(&'a [Vec<usize>]),
+/// The past a forward's new tokens attend to, besides themselves.
+#[derive(Debug)]
+pub enum Past<'a, B: Backend> {
+    /// None: the new tokens start their sequences.
+    None,
+    /// Keys already rotated to their positions, read only (their positions never change: raw
+    /// chunk caches, plain KV caches).
+    Rotated(&'a [PastKv<B>]),
+    /// Keys before RoPE, rotated in the forward at these positions (one row per batch element).
+    Unrotated(&'a [PastKv<B>], &'a [Vec<usize>]),
+    /// A KV cache per layer (keys rotated): each layer appends the new tokens' keys and values to
+    /// it, in place, and attends to what it then holds.
+    Cache(&'a mut [KvBuffer<B>]),
+}
+
+impl<B: Backend> Past<'_, B> {
+    /// Positions in the past (those of layer 0).
+    pub fn len(&self) -> usize {
+        match self {
+            Past::None => 0,
+            Past::Rotated(layers) | Past::Unrotated(layers, _) => {
+                layers.first().map_or(0, |kv| kv.len())
+            }
+            Past::Cache(layers) => layers.first().map_or(0, KvBuffer::len),
+        }
+    }
+
+    /// Whether the past holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A cos and a sin table from [`Rope::tables`].
@@ -108,10 +135,6 @@ pub struct NewKv<B: Backend> {
     pub k_rotated: Tensor<B, 4>,
     /// Values.
     pub v: Tensor<B, 4>,
-    /// With a past of rotated keys: the past followed by the new tokens, keys (rotated) and
-    /// values, `[batch, kv_heads, past + seq, head_dim]`, as attention read them (a KV cache
-    /// takes them as its next state instead of concatenating a second time).
-    pub extended: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 /// Inputs of [`LlamaModel::forward`].
@@ -120,8 +143,8 @@ pub struct ForwardInput<'a, B: Backend> {
     pub ids: Tensor<B, 2, Int>,
     /// Positions of the new tokens, one row of `seq` per batch element.
     pub positions: &'a [Vec<usize>],
-    /// Past keys/values per layer, and how their keys are stored.
-    pub past: Option<(&'a [PastKv<B>], PastKeys<'a>)>,
+    /// What the new tokens attend to besides themselves.
+    pub past: Past<'a, B>,
     /// Per batch element, how many leading positions (of past ++ new) are padding to hide.
     pub left_pad: Option<&'a [usize]>,
     /// Which new positions are candidate tokens (they use the candidate projections).
@@ -350,17 +373,15 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
-    pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
+    pub fn forward(&self, mut input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         let device = self.device();
         let (cos, sin) = self.rope_tables(input.positions);
         let past_tables = match input.past {
-            Some((_, PastKeys::Unrotated(pos))) => Some(self.rope_tables(pos)),
+            Past::Unrotated(_, pos) => Some(self.rope_tables(pos)),
             _ => None,
         };
         let [batch, seq] = input.ids.dims();
-        let past_len = input
-            .past
-            .map_or(0, |(layers, _)| layers.first().map_or(0, |kv| kv.len()));
+        let past_len = input.past.len();
         let groups = self.config.num_attention_heads / self.config.kv_heads();
         let plan = AttentionPlan::new(
             batch,
@@ -386,9 +407,14 @@ impl<B: Backend> LlamaModel<B> {
         let mut kv = Vec::with_capacity(self.layers.len());
         let mut focus: Option<Tensor<B, 2>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let past = input
-                .past
-                .map(|(layers, _)| (&layers[i], past_tables.as_ref().map(|(c, s)| (c, s))));
+            let past = match &mut input.past {
+                Past::None => LayerPast::None,
+                Past::Rotated(layers) => LayerPast::Read(&layers[i], None),
+                Past::Unrotated(layers, _) => {
+                    LayerPast::Read(&layers[i], past_tables.as_ref().map(|(c, s)| (c, s)))
+                }
+                Past::Cache(layers) => LayerPast::Cache(&mut layers[i]),
+            };
             let (out, new_kv, layer_focus) =
                 layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
             x = out;
