@@ -1,6 +1,9 @@
 //! The choice between the fused CPU kernels and burn's tensor operations.
 
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::{DType, Tensor, backend::Backend};
+
+use crate::llama::Candidates;
+use crate::llama::masked_attention::AttentionPlan;
 
 /// Which implementation a model's attention and RoPE use (see [`crate::LlamaModel::set_kernels`]).
 ///
@@ -27,4 +30,51 @@ pub(crate) fn fused<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
         let _ = (kernels, dtype);
         false
     }
+}
+
+/// Causal grouped-query attention, as a model's forward runs it: `q` `[batch, heads, seq, d]`
+/// (RoPE applied) over `k` and `v` `[batch, kv_heads, past + seq, d]`, the queries being the last
+/// `seq` positions; `heads` must be a multiple of `kv_heads`. Returns `[batch, heads, seq, d]`.
+///
+/// [`Kernels::Fused`] runs the fused CPU kernel where it applies, [`Kernels::Burn`] burn's
+/// operations: exposed so that the two can be benchmarked and compared on any input.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::{Distribution, Tensor};
+/// use focusllm_models::kernels::{Kernels, causal_attention};
+///
+/// let device = Default::default();
+/// let q = Tensor::<Flex, 4>::random([1, 6, 3, 16], Distribution::Default, &device);
+/// let k = Tensor::<Flex, 4>::random([1, 2, 10, 16], Distribution::Default, &device);
+/// let v = Tensor::<Flex, 4>::random([1, 2, 10, 16], Distribution::Default, &device);
+/// let fused = causal_attention(Kernels::Fused, q.clone(), k.clone(), v.clone());
+/// let burn = causal_attention(Kernels::Burn, q, k, v);
+/// assert_eq!(fused.dims(), [1, 6, 3, 16]);
+/// assert!((fused - burn).abs().max().into_scalar() < 1e-5);
+/// ```
+pub fn causal_attention<B: Backend>(
+    kernels: Kernels,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, _] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    assert!(
+        heads % kv_heads == 0 && keys >= seq,
+        "{heads} query heads over {kv_heads} key/value heads, {seq} queries over {keys} keys"
+    );
+    let plan = AttentionPlan::<B>::new(
+        batch,
+        seq,
+        keys - seq,
+        kv_heads,
+        heads / kv_heads,
+        None,
+        Candidates::None,
+        fused::<B>(kernels, q.dtype()),
+        &q.device(),
+    );
+    plan.attend(q, k, v).0
 }

@@ -343,6 +343,8 @@ mod tests {
         pads: Vec<usize>,
         candidates: Candidates,
         focus: usize,
+        /// Keys and values are read as the first positions of a KV buffer this much longer.
+        spare: usize,
     }
 
     impl Case {
@@ -365,16 +367,11 @@ mod tests {
                 &device,
             )
             .swap_dims(1, 2);
-            let k = Tensor::<B, 4>::random(
-                [batch, kv_heads, keys, dim],
-                Distribution::Normal(0.0, 1.5),
-                &device,
-            );
-            let v = Tensor::<B, 4>::random(
-                [batch, kv_heads, keys, dim],
-                Distribution::Default,
-                &device,
-            );
+            let buffer = [batch, kv_heads, keys + self.spare, dim];
+            let k = Tensor::<B, 4>::random(buffer, Distribution::Normal(0.0, 1.5), &device)
+                .narrow(2, 0, keys);
+            let v =
+                Tensor::<B, 4>::random(buffer, Distribution::Default, &device).narrow(2, 0, keys);
             let pads = (!self.pads.is_empty()).then_some(self.pads.as_slice());
             let plan = |fused| {
                 AttentionPlan::<B>::new(
@@ -418,6 +415,7 @@ mod tests {
             seq: 70,
             pads: vec![],
             candidates: Candidates::None,
+            spare: 0,
             focus: 0,
         }
         .check();
@@ -434,6 +432,7 @@ mod tests {
             seq: 45,
             pads: vec![0, 37, 299],
             candidates: Candidates::Last,
+            spare: 45,
             focus: 0,
         }
         .check();
@@ -450,6 +449,7 @@ mod tests {
             seq: 33,
             pads: vec![5, 0],
             candidates: Candidates::Last,
+            spare: 0,
             focus: 0,
         }
         .check();
@@ -466,6 +466,7 @@ mod tests {
             seq: 5,
             pads: vec![0, 20],
             candidates: Candidates::Each,
+            spare: 19,
             focus: 0,
         }
         .check();
@@ -482,6 +483,7 @@ mod tests {
             seq: 1,
             pads: vec![],
             candidates: Candidates::None,
+            spare: 128,
             focus: 7,
         }
         .check();
@@ -498,6 +500,7 @@ mod tests {
             seq: 37,
             pads: vec![],
             candidates: Candidates::None,
+            spare: 0,
             focus: 129,
         }
         .check();

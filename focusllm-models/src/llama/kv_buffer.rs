@@ -111,6 +111,14 @@ impl<B: Backend> KvBuffer<B> {
         self.len = needed;
     }
 
+    /// Makes room for at least `additional` more positions without growing again (one copy now
+    /// instead of later, if the capacity is short).
+    pub fn reserve(&mut self, additional: usize) {
+        if self.len + additional > self.capacity() {
+            self.grow(self.len + additional);
+        }
+    }
+
     /// Moves the valid positions into a new buffer of `capacity` positions.
     fn grow(&mut self, capacity: usize) {
         let LayerKv { k, v } = self.view();
@@ -193,6 +201,10 @@ mod tests {
         }
         assert!(buffer.capacity() >= buffer.len());
         assert!(buffer.capacity() < buffer.len() + buffer.len() / 8 + 40);
+        let len = buffer.len();
+        buffer.reserve(100);
+        assert_eq!(buffer.capacity(), len + 100);
+        assert_same(buffer.view().k, want);
     }
 
     #[cfg(feature = "cpu")]

@@ -1,0 +1,173 @@
+//! Criterion benchmarks of the CPU kernels at SmolLM2-135M's sizes (9 query heads over 3
+//! key/value heads of 64, hidden 576, MLP 1536), random weights, at 2K and 8K tokens of context:
+//!
+//! - `attention`: causal grouped-query attention alone (`kernels::causal_attention`), a prefill
+//!   (every position a query) and a step (one query after the context);
+//! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
+//!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer.
+//!
+//! Each is run with the fused kernels and with burn's operations (`Kernels::Fused` / `Burn`).
+//! `cargo bench --bench kernels`; a filter narrows it, e.g. `cargo bench --bench kernels -- step`.
+
+use std::hint::black_box;
+
+use burn::module::Param;
+use burn::nn::LinearConfig;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use focusllm::backends::Cpu;
+use focusllm::core::LayerKv;
+use focusllm::models::kernels::{Kernels, causal_attention};
+use focusllm::models::llama::{
+    Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past,
+};
+use focusllm::models::{CandidateSource, LlamaConfig, LlamaModel};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const HEADS: usize = 9;
+const KV_HEADS: usize = 3;
+const HEAD_DIM: usize = 64;
+const HIDDEN: usize = HEADS * HEAD_DIM;
+const MLP: usize = 1536;
+const VOCAB: usize = 512;
+const CONTEXTS: [usize; 2] = [2048, 8192];
+const KERNELS: [(Kernels, &str); 2] = [(Kernels::Fused, "fused"), (Kernels::Burn, "burn")];
+
+fn random(shape: [usize; 4]) -> Tensor<Cpu, 4> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn attention_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(10);
+    for context in CONTEXTS {
+        let k = random([1, KV_HEADS, context, HEAD_DIM]);
+        let v = random([1, KV_HEADS, context, HEAD_DIM]);
+        for (queries, what) in [(context, "prefill"), (1, "step")] {
+            let q = random([1, HEADS, queries, HEAD_DIM]);
+            for (kernels, name) in KERNELS {
+                group.bench_function(format!("{what} {context}/{name}"), |b| {
+                    b.iter(|| black_box(causal_attention(kernels, q.clone(), k.clone(), v.clone())))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+/// A one-layer model at SmolLM2-135M's sizes with random weights.
+fn one_layer() -> LlamaModel<Cpu> {
+    let device = Default::default();
+    let config = LlamaConfig::new(
+        VOCAB, HIDDEN, MLP, 1, HEADS, KV_HEADS, 100_000.0, 1e-5, 8192,
+    );
+    let linear = |input, output| {
+        LinearConfig::new(input, output)
+            .with_bias(false)
+            .init::<Cpu>(&device)
+    };
+    let kv = KV_HEADS * HEAD_DIM;
+    let layer = DecoderLayer {
+        input_norm: Param::from_tensor(Tensor::ones([HIDDEN], &device)),
+        attn: Attention::new(
+            linear(HIDDEN, HIDDEN),
+            linear(HIDDEN, kv),
+            linear(HIDDEN, kv),
+            linear(HIDDEN, HIDDEN),
+            None,
+            &config,
+        ),
+        post_attn_norm: Param::from_tensor(Tensor::ones([HIDDEN], &device)),
+        mlp: Mlp {
+            gate: linear(HIDDEN, MLP),
+            up: linear(HIDDEN, MLP),
+            down: linear(MLP, HIDDEN),
+            candidate: None,
+        },
+    };
+    let embed = Tensor::random([VOCAB, HIDDEN], Distribution::Normal(0.0, 1.0), &device);
+    let norm = Tensor::ones([HIDDEN], &device);
+    LlamaModel::from_parts(
+        config,
+        embed,
+        vec![layer],
+        norm,
+        None,
+        CandidateSource::CopiedFromBase,
+    )
+}
+
+fn ids(model: &LlamaModel<Cpu>, n: usize) -> Tensor<Cpu, 2, Int> {
+    let ids: Vec<i64> = (0..n).map(|i| (i * 7919 % VOCAB) as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [1, n]), &model.device())
+}
+
+fn input<'a>(
+    model: &LlamaModel<Cpu>,
+    n: usize,
+    positions: &'a [Vec<usize>],
+    past: Past<'a, Cpu>,
+) -> ForwardInput<'a, Cpu> {
+    ForwardInput {
+        ids: ids(model, n),
+        positions,
+        past,
+        left_pad: None,
+        candidates: Candidates::None,
+        logits_last: 0,
+        focus_keys: 0,
+    }
+}
+
+fn layer_benches(c: &mut Criterion) {
+    let mut model = one_layer();
+    let mut group = c.benchmark_group("decoder layer");
+    group.sample_size(10);
+    for context in CONTEXTS {
+        let prefill = vec![(0..context).collect::<Vec<_>>()];
+        let step = vec![vec![context]];
+        for (kernels, name) in KERNELS {
+            model.set_kernels(kernels);
+            group.bench_function(format!("prefill {context}/{name}"), |b| {
+                b.iter(|| black_box(model.forward(input(&model, context, &prefill, Past::None))))
+            });
+            let out = model.forward(input(&model, context, &prefill, Past::None));
+            let cache: Vec<KvBuffer<Cpu>> = out
+                .kv
+                .into_iter()
+                .map(|kv| {
+                    let mut buffer = KvBuffer::new(LayerKv {
+                        k: kv.k_rotated,
+                        v: kv.v,
+                    });
+                    buffer.reserve(1);
+                    buffer
+                })
+                .collect();
+            // Each sample appends to its own copy of the cache (the copy is not timed).
+            group.bench_function(format!("step {context}/{name}"), |b| {
+                b.iter_batched(
+                    || {
+                        let mut copy = cache.clone();
+                        for buffer in &mut copy {
+                            // A buffer of its own (the timed append then writes in place).
+                            *buffer = KvBuffer::new(buffer.view());
+                            buffer.reserve(1);
+                        }
+                        copy
+                    },
+                    |mut copy| {
+                        black_box(model.forward(input(&model, 1, &step, Past::Cache(&mut copy))))
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, attention_benches, layer_benches);
+criterion_main!(benches);
