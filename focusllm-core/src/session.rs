@@ -225,16 +225,17 @@ where
             prompt = plan.prompt.len(),
             "prefill with FocusLLM"
         );
-        let batches = self.decode_chunks(ids, &plan)?;
+        let exact = engine.config.step_mode == StepMode::Exact;
+        let (candidates, states) = self.decode_chunks(ids, &plan, exact)?;
         self.report(Stage::Main, 0, 1)?;
-        let past = aggregate(&engine.aggregator, &batches)?;
+        let past = engine.aggregator.aggregate(&candidates)?;
         let mut main = engine.main.start(Some(&past))?;
         let logits = engine.main.feed(&mut main, &plan.local)?;
         self.report(Stage::Main, 1, 1)?;
         let chunks = plan.chunks.len();
         let past = past.chunk_ids().to_vec();
         self.state = match engine.config.step_mode {
-            // The chunk states are dropped here: only the candidates, now in the main state, stay.
+            // No chunk state was kept: only the candidates, now in the main state, stay.
             StepMode::FrozenCandidates => State::Running {
                 main,
                 chunks,
@@ -242,7 +243,11 @@ where
                 read: 0,
             },
             StepMode::Exact => State::Exact {
-                batches,
+                batches: states
+                    .into_iter()
+                    .zip(candidates)
+                    .map(|(state, candidates)| ChunkBatch { state, candidates })
+                    .collect(),
                 main_input: plan.local,
                 prev: ids[ids.len() - 1],
                 chunks,
@@ -255,12 +260,22 @@ where
 
     /// Decodes the plan's chunks in batches of `chunk_batch_size`. Chunks of equal length are put
     /// together (longest first) so that padding is only needed where a batch mixes lengths.
-    fn decode_chunks(&mut self, ids: &[u32], plan: &ChunkPlan) -> Result<Vec<ChunkBatch<B, L>>> {
+    /// Returns every batch's candidates and, with `keep_states`, every batch's state; without,
+    /// each state is dropped as soon as its candidates exist (frozen mode never reads them again),
+    /// so the prefill holds one batch's caches at a time whatever the input's length.
+    fn decode_chunks(
+        &mut self,
+        ids: &[u32],
+        plan: &ChunkPlan,
+        keep_states: bool,
+    ) -> Result<(Vec<CandidateSet<B>>, Vec<L::ChunkState>)> {
         let engine = self.engine;
         let mut order: Vec<usize> = (0..plan.chunks.len()).collect();
         order.sort_by_key(|&c| std::cmp::Reverse(plan.chunks[c].len()));
         let total = order.len();
-        let mut batches = Vec::with_capacity(total.div_ceil(engine.config.chunk_batch_size));
+        let batches = total.div_ceil(engine.config.chunk_batch_size);
+        let mut candidates = Vec::with_capacity(batches);
+        let mut states = Vec::with_capacity(if keep_states { batches } else { 0 });
         self.report(Stage::Chunks, 0, total)?;
         let mut done = 0;
         for group in order.chunks(engine.config.chunk_batch_size) {
@@ -271,12 +286,15 @@ where
                     tokens: plan.chunk_sequence(ids, c),
                 })
                 .collect();
-            let (state, candidates) = engine.local.decode_chunks(&sequences)?;
-            batches.push(ChunkBatch { state, candidates });
+            let (state, batch_candidates) = engine.local.decode_chunks(&sequences)?;
+            candidates.push(batch_candidates);
+            if keep_states {
+                states.push(state);
+            }
             done += group.len();
             self.report(Stage::Chunks, done, total)?;
         }
-        Ok(batches)
+        Ok((candidates, states))
     }
 
     /// Feeds `token` (the one chosen from the last logits) and returns the next logits.

@@ -5,6 +5,8 @@
 //! computed from those definitions, not from the engine.
 
 use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
@@ -22,6 +24,9 @@ const BOS: u32 = 1;
 struct BagOfTokens {
     /// Chunk batches decoded so far (to check the engine batches as configured).
     batches: Cell<usize>,
+    /// Chunk states alive now, and the most alive at once (to check what the engine keeps).
+    live: Arc<AtomicUsize>,
+    peak_live: Cell<usize>,
 }
 
 fn histogram(tokens: &[u32]) -> Vec<f32> {
@@ -46,6 +51,13 @@ fn candidates(chunk_ids: Vec<usize>, sequences: &[Vec<u32>]) -> Result<Candidate
 struct Bags {
     chunk_ids: Vec<usize>,
     sequences: Vec<Vec<u32>>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Bags {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Model for BagOfTokens {
@@ -70,10 +82,13 @@ impl LocalDecoder<B> for BagOfTokens {
         let chunk_ids: Vec<usize> = sequences.iter().map(|s| s.chunk_id).collect();
         let sequences: Vec<Vec<u32>> = sequences.iter().map(|s| s.tokens.clone()).collect();
         let set = candidates(chunk_ids.clone(), &sequences)?;
+        let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_live.set(self.peak_live.get().max(live));
         Ok((
             Bags {
                 chunk_ids,
                 sequences,
+                live: self.live.clone(),
             },
             set,
         ))
@@ -202,6 +217,11 @@ fn the_engine_runs_a_second_model_family_in_every_step_mode() {
     );
     assert_eq!(session.mode(), Mode::Focus { chunks: 5 });
     assert_eq!(model.batches.get(), 3, "5 chunks in batches of 2");
+    assert_eq!(
+        model.peak_live.get(),
+        3,
+        "exact mode keeps every batch's state"
+    );
     assert!(session.chunk_cache_bytes() > 0);
     let (mut grown, mut main) = (chunks.clone(), plan.local.clone());
     for t in [3u32, 9, 3] {
@@ -218,11 +238,17 @@ fn the_engine_runs_a_second_model_family_in_every_step_mode() {
     let frozen =
         FocusEngine::new(&model, config().with_step_mode(StepMode::FrozenCandidates)).unwrap();
     let mut session = frozen.session();
+    model.peak_live.set(model.live.load(Ordering::SeqCst));
     session.prefill(&ids).unwrap();
     assert_eq!(
         session.chunk_cache_bytes(),
         0,
         "frozen mode keeps no chunk state"
+    );
+    assert_eq!(
+        model.peak_live.get(),
+        model.live.load(Ordering::SeqCst) + 1,
+        "frozen mode drops each batch's state before decoding the next"
     );
     let mut main = plan.local.clone();
     for t in [3u32, 9] {

@@ -222,10 +222,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
                 len - 1,
             ));
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
-            // every position alive for as long as the candidate lives (half again the cache size).
+            // every position alive for as long as the candidate lives (half again the cache size),
+            // and the values of every position after frozen mode has dropped the raw cache.
             candidates.push((
                 kv.k_unrotated.select(2, last.clone()),
-                kv.v.narrow(2, len - 1, 1),
+                kv.v.select(2, last.clone()),
             ));
         }
         let chunk_ids: Vec<usize> = sequences.iter().map(|s| s.chunk_id).collect();
