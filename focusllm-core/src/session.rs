@@ -53,6 +53,9 @@ pub(crate) struct ChunkBatch<B: Backend, L: LocalDecoder<B>> {
     candidates: CandidateSet<B>,
 }
 
+/// What decoding the chunks gives: every batch's candidates, and the batches' states if kept.
+type DecodedChunks<B, S> = (Vec<CandidateSet<B>>, Vec<S>);
+
 /// The main decoder's past: the aggregation of every batch's current candidates.
 fn aggregate<B: Backend, L: LocalDecoder<B>>(
     aggregator: &impl CandidateAggregator<B>,
@@ -268,7 +271,7 @@ where
         ids: &[u32],
         plan: &ChunkPlan,
         keep_states: bool,
-    ) -> Result<(Vec<CandidateSet<B>>, Vec<L::ChunkState>)> {
+    ) -> Result<DecodedChunks<B, L::ChunkState>> {
         let engine = self.engine;
         let mut order: Vec<usize> = (0..plan.chunks.len()).collect();
         order.sort_by_key(|&c| std::cmp::Reverse(plan.chunks[c].len()));
