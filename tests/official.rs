@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use focusllm::core::{FocusError, GenerateOptions, Mode};
-use focusllm::models::CandidateSource;
 use focusllm::models::llama::{Candidates, ForwardInput, Past};
+use focusllm::models::{CandidateSource, Kernels};
 
 const TOL: f32 = 1e-4;
 
@@ -177,10 +177,14 @@ fn d_perplexity_matches_reference() {
 #[test]
 fn batched_and_one_by_one_chunks_agree() {
     // Batch 3 on C's 7 chunks puts the short last chunk with two full ones (left padding).
+    // Exact steps extend several batches in one forward (`extend_batches`): with burn's
+    // operations too.
     let (model, dir) = official("C");
+    let (mut burn_ops, _) = official("C");
+    burn_ops.set_kernels(Kernels::Burn);
     let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
-    let run = |batch: usize| {
-        let engine = engine(&model, official_config(&dir).with_chunk_batch_size(batch));
+    let run_with = |model: &_, batch: usize| {
+        let engine = engine(model, official_config(&dir).with_chunk_batch_size(batch));
         let mut session = engine.session();
         let mut logits = vec![session.prefill(&long).unwrap()];
         for t in [5u32, 17, 300] {
@@ -188,9 +192,9 @@ fn batched_and_one_by_one_chunks_agree() {
         }
         logits
     };
-    let one = run(1);
-    for batch in [3, 7] {
-        let many = run(batch);
+    let one = run_with(&model, 1);
+    for (batch, with) in [(3, &model), (7, &model), (1, &burn_ops), (3, &burn_ops)] {
+        let many = run_with(with, batch);
         for (a, b) in one.iter().zip(&many) {
             let diff = max_abs_diff(a, b);
             assert!(diff < 1e-5, "batch {batch}: max diff {diff}");
@@ -362,7 +366,6 @@ fn frozen_candidates_mode_equals_main_pass_over_prefill_candidates() {
 
 #[test]
 fn fused_cpu_kernels_and_burn_operations_agree() {
-    use focusllm::models::Kernels;
     for name in ["C", "D"] {
         let (fused, dir) = official(name);
         assert_eq!(fused.kernels(), Kernels::Fused);

@@ -65,6 +65,23 @@ pub trait LocalDecoder<B: Backend> {
         new: u32,
     ) -> Result<CandidateSet<B>>;
 
+    /// Extends every chunk of every batch of `states` by `[prev, new]`, as
+    /// [`LocalDecoder::extend_chunks`] does one batch, and returns each batch's new candidates, in
+    /// order. The default extends the batches one by one; a decoder may run them together (the
+    /// Llama decoder projects every batch's rows in one pass over its weights). On an error the
+    /// states may have been extended in part: the engine then drops them.
+    fn extend_batches(
+        &self,
+        states: &mut [&mut Self::ChunkState],
+        prev: u32,
+        new: u32,
+    ) -> Result<Vec<CandidateSet<B>>> {
+        states
+            .iter_mut()
+            .map(|state| self.extend_chunks(state, prev, new))
+            .collect()
+    }
+
     /// Bytes `state` holds (for memory reports).
     fn state_bytes(&self, state: &Self::ChunkState) -> usize;
 }

@@ -327,9 +327,19 @@ where
                 focus,
                 ..
             } => {
-                for batch in batches.iter_mut() {
-                    batch.candidates =
-                        engine.local.extend_chunks(&mut batch.state, *prev, token)?;
+                let mut states: Vec<&mut L::ChunkState> =
+                    batches.iter_mut().map(|b| &mut b.state).collect();
+                let extended = engine.local.extend_batches(&mut states, *prev, token);
+                let candidates = match extended {
+                    Ok(candidates) => candidates,
+                    Err(e) => {
+                        // Some batches may be extended and others not: the session cannot go on.
+                        self.state = State::Empty;
+                        return Err(e);
+                    }
+                };
+                for (batch, candidates) in batches.iter_mut().zip(candidates) {
+                    batch.candidates = candidates;
                 }
                 *prev = token;
                 main_input.push(token);

@@ -7,7 +7,7 @@ use focusllm_core::{
     Result, check_vocab,
 };
 
-use crate::llama::{Candidates, ForwardInput, KvBuffer, LlamaModel, Past};
+use crate::llama::{CacheBatch, Candidates, ForwardInput, KvBuffer, LlamaModel, Past};
 
 /// Token used to fill left padding (any valid id: padded positions are masked).
 const PAD_ID: u32 = 0;
@@ -279,6 +279,78 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             batch.chunk_ids.clone(),
             candidates_as_past(candidates, None),
         )
+    }
+
+    fn extend_batches(
+        &self,
+        batches: &mut [&mut LlamaChunks<B>],
+        prev: u32,
+        new: u32,
+    ) -> Result<Vec<CandidateSet<B>>> {
+        if batches.len() < 2 {
+            return batches
+                .iter_mut()
+                .map(|batch| self.extend_chunks(batch, prev, new))
+                .collect();
+        }
+        check_vocab(&[prev, new], self.config().vocab_size)?;
+        // One forward for every batch: projections and MLP over all rows (one pass over the
+        // weights instead of one per batch), attention batch by batch over its own caches.
+        let rows: usize = batches.iter().map(|b| b.chunk_ids.len()).sum();
+        let positions: Vec<Vec<usize>> = batches
+            .iter()
+            .flat_map(|batch| {
+                let cached = batch.len();
+                batch
+                    .left_pad
+                    .iter()
+                    .map(move |&pad| vec![cached - pad, cached + 1 - pad])
+            })
+            .collect();
+        let cached: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+        let chunk_ids: Vec<Vec<usize>> = batches.iter().map(|b| b.chunk_ids.clone()).collect();
+        let past = batches
+            .iter_mut()
+            .map(|batch| {
+                let LlamaChunks { raw, left_pad, .. } = &mut **batch;
+                CacheBatch {
+                    caches: raw,
+                    left_pad,
+                }
+            })
+            .collect();
+        let out = self.forward(ForwardInput {
+            ids: self.ids_tensor(&vec![vec![prev, new]; rows]),
+            positions: &positions,
+            past: Past::Batches(past),
+            left_pad: None,
+            candidates: Candidates::Last,
+            logits_last: 0,
+            focus_keys: 0,
+        });
+        for (batch, &len) in batches.iter_mut().zip(&cached) {
+            for raw in &mut batch.raw {
+                raw.truncate(len + 1);
+            }
+        }
+        // Every row's candidate, then each batch's rows.
+        let candidates: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = out
+            .kv
+            .into_iter()
+            .map(|kv| (kv.k_unrotated.narrow(2, 1, 1), kv.v.narrow(2, 1, 1)))
+            .collect();
+        let mut start = 0;
+        chunk_ids
+            .into_iter()
+            .map(|ids| {
+                let (first, n) = (start, ids.len());
+                start += n;
+                let layers = candidates
+                    .iter()
+                    .map(|(k, v)| (k.clone().narrow(0, first, n), v.clone().narrow(0, first, n)));
+                CandidateSet::new(ids, candidates_as_past(layers, None))
+            })
+            .collect()
     }
 
     fn state_bytes(&self, batch: &LlamaChunks<B>) -> usize {

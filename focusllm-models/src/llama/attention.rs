@@ -70,6 +70,30 @@ pub(crate) enum LayerPast<'a, B: Backend> {
     Read(&'a PastKv<B>, Option<RopeTables<'a, B>>),
     /// A KV cache the new keys and values are appended to.
     Cache(&'a mut KvBuffer<B>),
+    /// Batches of rows with caches and plans of their own (in row order).
+    Batches(Vec<(&'a mut KvBuffer<B>, &'a AttentionPlan<B>)>),
+}
+
+/// Appends `k` (rotated) and `v` to `cache` and returns the keys and values attention reads: the
+/// cache's positions then the new ones, in the compute dtype.
+fn extend_cache<B: Backend>(
+    cache: &mut KvBuffer<B>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let dtype = k.dtype();
+    if cache.dtype() == dtype {
+        cache.append(k, v);
+        let kv = cache.view();
+        return (kv.k, kv.v);
+    }
+    // A compact cache is read widened, the new positions at full precision (as before they were
+    // stored).
+    let kv = cache.view();
+    let keys = Tensor::cat(vec![kv.k.cast(dtype), k.clone()], 2);
+    let values = Tensor::cat(vec![kv.v.cast(dtype), v.clone()], 2);
+    cache.append(k, v);
+    (keys, values)
 }
 
 impl<B: Backend> Attention<B> {
@@ -118,23 +142,39 @@ impl<B: Backend> Attention<B> {
                     Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
                 )
             }
-            LayerPast::Cache(cache) if cache.dtype() == k_rotated.dtype() => {
-                cache.append(k_rotated.clone(), v.clone());
-                let kv = cache.view();
-                (kv.k, kv.v)
-            }
-            LayerPast::Cache(cache) => {
-                // A compact cache is read widened, the new positions at full precision (as
-                // before they were stored).
-                let dtype = k_rotated.dtype();
-                let kv = cache.view();
-                let keys = Tensor::cat(vec![kv.k.cast(dtype), k_rotated.clone()], 2);
-                let values = Tensor::cat(vec![kv.v.cast(dtype), v.clone()], 2);
-                cache.append(k_rotated.clone(), v.clone());
-                (keys, values)
+            LayerPast::Cache(cache) => extend_cache(cache, k_rotated.clone(), v.clone()),
+            LayerPast::Batches(batches) => {
+                let mut outputs = Vec::with_capacity(batches.len());
+                let mut start = 0;
+                for (cache, batch_plan) in batches {
+                    let rows = batch_plan.batch();
+                    let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
+                    let (keys, values) = extend_cache(cache, part(&k_rotated), part(&v));
+                    outputs.push(batch_plan.attend(part(&q), keys, values).0);
+                    start += rows;
+                }
+                let out = Tensor::cat(outputs, 0);
+                return self.finish(out, b, s, candidates, k, k_rotated, v, None);
             }
         };
         let (out, focus) = plan.attend(q, keys, values);
+        self.finish(out, b, s, candidates, k, k_rotated, v, focus)
+    }
+
+    /// The output projection of attention's `out` `[b, heads, s, d]`, and what the layer returns.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        out: Tensor<B, 4>,
+        b: usize,
+        s: usize,
+        candidates: Candidates,
+        k_unrotated: Tensor<B, 4>,
+        k_rotated: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        focus: Option<Tensor<B, 2>>,
+    ) -> (Tensor<B, 3>, super::NewKv<B>, Option<Tensor<B, 2>>) {
+        let cand = self.candidate.as_ref();
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
@@ -142,7 +182,7 @@ impl<B: Backend> Attention<B> {
         (
             out,
             super::NewKv {
-                k_unrotated: k,
+                k_unrotated,
                 k_rotated,
                 v,
             },

@@ -41,6 +41,8 @@ struct QueryBlock<B: Backend> {
 /// The blocks of one forward, shared by all layers (the masks are built once).
 #[derive(Debug, Clone)]
 pub(crate) struct AttentionPlan<B: Backend> {
+    /// Rows (batch elements) the plan is for.
+    batch: usize,
     blocks: Vec<QueryBlock<B>>,
     /// The fused CPU kernel's description of the same masks (then `blocks` is empty).
     #[cfg(feature = "cpu")]
@@ -114,6 +116,7 @@ impl<B: Backend> AttentionPlan<B> {
         #[cfg(feature = "cpu")]
         if fused {
             return Self {
+                batch,
                 blocks: Vec::new(),
                 fused: Some(crate::cpu::Visibility {
                     past,
@@ -174,12 +177,18 @@ impl<B: Backend> AttentionPlan<B> {
             start = end;
         }
         Self {
+            batch,
             blocks,
             #[cfg(feature = "cpu")]
             fused: None,
             groups,
             focus: None,
         }
+    }
+
+    /// Rows (batch elements) the plan is for.
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Whether the plan runs the fused CPU kernels (then RoPE should too).

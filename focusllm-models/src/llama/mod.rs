@@ -100,10 +100,25 @@ pub enum Past<'a, B: Backend> {
     /// A KV cache per layer (keys rotated): each layer appends the new tokens' keys and values to
     /// it, in place, and attends to what it then holds.
     Cache(&'a mut [KvBuffer<B>]),
+    /// Several batches with caches of their own, run as one forward: the rows of `ids` are the
+    /// batches' rows in order. Projections and MLP see every row at once (one pass over the
+    /// weights), attention runs batch by batch as with [`Past::Cache`], each batch with its own
+    /// padding ([`ForwardInput::left_pad`] is ignored).
+    Batches(Vec<CacheBatch<'a, B>>),
+}
+
+/// One batch of [`Past::Batches`].
+#[derive(Debug)]
+pub struct CacheBatch<'a, B: Backend> {
+    /// The batch's KV cache per layer (keys rotated), `[rows, kv_heads, len, head_dim]`.
+    pub caches: &'a mut [KvBuffer<B>],
+    /// Per row, how many leading positions (of cache ++ new) are padding; its length is the
+    /// batch's number of rows.
+    pub left_pad: &'a [usize],
 }
 
 impl<B: Backend> Past<'_, B> {
-    /// Positions in the past (those of layer 0).
+    /// Positions in the past (those of layer 0; with batches, the longest batch's).
     pub fn len(&self) -> usize {
         match self {
             Past::None => 0,
@@ -111,6 +126,11 @@ impl<B: Backend> Past<'_, B> {
                 layers.first().map_or(0, |kv| kv.len())
             }
             Past::Cache(layers) => layers.first().map_or(0, KvBuffer::len),
+            Past::Batches(batches) => batches
+                .iter()
+                .map(|b| b.caches.first().map_or(0, KvBuffer::len))
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -383,10 +403,15 @@ impl<B: Backend> LlamaModel<B> {
         let [batch, seq] = input.ids.dims();
         let past_len = input.past.len();
         let groups = self.config.num_attention_heads / self.config.kv_heads();
+        // With batches of their own caches, this plan serves nothing but the choice of kernels.
+        let plan_past = match input.past {
+            Past::Batches(_) => 0,
+            _ => past_len,
+        };
         let plan = AttentionPlan::new(
             batch,
             seq,
-            past_len,
+            plan_past,
             self.config.kv_heads(),
             groups,
             input.left_pad,
@@ -394,14 +419,44 @@ impl<B: Backend> LlamaModel<B> {
             self.fused(),
             &device,
         )
-        .with_focus(input.focus_keys.min(past_len));
-        self.work.add(work::forward_flops(
-            &self.config,
-            batch,
-            seq,
-            past_len,
-            input.logits_last.min(seq),
-        ));
+        .with_focus(input.focus_keys.min(plan_past));
+        // With batches of their own caches: one plan per batch (its past and padding).
+        let batch_plans: Vec<AttentionPlan<B>> = match &input.past {
+            Past::Batches(batches) => batches
+                .iter()
+                .map(|b| {
+                    let past = b.caches.first().map_or(0, KvBuffer::len);
+                    self.work.add(work::forward_flops(
+                        &self.config,
+                        b.left_pad.len(),
+                        seq,
+                        past,
+                        input.logits_last.min(seq),
+                    ));
+                    AttentionPlan::new(
+                        b.left_pad.len(),
+                        seq,
+                        past,
+                        self.config.kv_heads(),
+                        groups,
+                        Some(b.left_pad),
+                        input.candidates,
+                        self.fused(),
+                        &device,
+                    )
+                })
+                .collect(),
+            _ => {
+                self.work.add(work::forward_flops(
+                    &self.config,
+                    batch,
+                    seq,
+                    past_len,
+                    input.logits_last.min(seq),
+                ));
+                Vec::new()
+            }
+        };
         let mut x = embedding(self.embed.val(), input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
@@ -414,6 +469,13 @@ impl<B: Backend> LlamaModel<B> {
                     LayerPast::Read(&layers[i], past_tables.as_ref().map(|(c, s)| (c, s)))
                 }
                 Past::Cache(layers) => LayerPast::Cache(&mut layers[i]),
+                Past::Batches(batches) => LayerPast::Batches(
+                    batches
+                        .iter_mut()
+                        .zip(&batch_plans)
+                        .map(|(b, plan)| (&mut b.caches[i], plan))
+                        .collect(),
+                ),
             };
             let (out, new_kv, layer_focus) =
                 layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
