@@ -13,7 +13,7 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::exp;
-use super::view::{View, inner_contiguous};
+use super::view::{KvView, View, inner_contiguous};
 
 /// Query rows (positions) per task.
 const ROWS: usize = 32;
@@ -104,7 +104,7 @@ pub(super) fn attend(
         keys: ks[2],
     };
     assert_eq!(dims.keys, vis.past + dims.seq, "keys = past + new tokens");
-    let (qv, kv, vv) = (View::new(&q), View::new(&k), View::new(&v));
+    let (qv, kv, vv) = (View::<f32>::new(&q), KvView::new(&k), KvView::new(&v));
     let blocks = dims.seq.div_ceil(ROWS);
     let mut out = vec![0.0f32; batch * dims.seq * dims.heads * dims.dim];
     let ptr = OutPtr(out.as_mut_ptr());
@@ -161,8 +161,8 @@ impl Task<'_> {
     fn run(
         &self,
         q: &View<'_>,
-        k: &View<'_>,
-        v: &View<'_>,
+        k: &KvView<'_>,
+        v: &KvView<'_>,
         out: OutPtr,
         focus: Option<usize>,
     ) -> Option<Vec<f32>> {
@@ -187,13 +187,12 @@ impl Task<'_> {
         let mut acc = vec![0.0f32; rows * dim];
         let mut max = vec![f32::NEG_INFINITY; rows];
         let mut sum = vec![0.0f32; rows];
-        let k0 = k.at(self.b, self.kv_head, 0);
-        let v0 = v.at(self.b, self.kv_head, 0);
-        let (k_row, v_row) = (k.strides[2], v.strides[2]);
+        let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         let mut j0 = lo;
         while j0 < hi {
             let j1 = (j0 + TILE).min(hi);
             let n = j1 - j0;
+            let (k_tile, k_row) = k.rows(self.b, self.kv_head, j0, n, dim, &mut k_scratch);
             // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
             unsafe {
                 gemm(
@@ -207,7 +206,7 @@ impl Task<'_> {
                     qt.as_ptr(),
                     1,
                     dim as isize,
-                    k.data.as_ptr().add(k0 + j0 * k_row),
+                    k_tile,
                     k_row as isize,
                     1,
                     0.0,
@@ -249,6 +248,7 @@ impl Task<'_> {
                 sum[r] = sum[r] * correction + tile_sum;
                 max[r] = new_max;
             }
+            let (v_tile, v_row) = v.rows(self.b, self.kv_head, j0, n, dim, &mut v_scratch);
             // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
             unsafe {
                 gemm(
@@ -262,7 +262,7 @@ impl Task<'_> {
                     scores.as_ptr(),
                     1,
                     TILE as isize,
-                    v.data.as_ptr().add(v0 + j0 * v_row),
+                    v_tile,
                     1,
                     v_row as isize,
                     1.0,
@@ -285,7 +285,7 @@ impl Task<'_> {
                 *d = a * inv;
             }
         }
-        focus.map(|n| self.focus_share(&qt, k, k0, pad, &max, &sum, n))
+        focus.map(|n| self.focus_share(&qt, k, pad, &max, &sum, n))
     }
 
     /// The last query's attention over keys `0..n`, summed over this group's heads and divided by
@@ -294,8 +294,7 @@ impl Task<'_> {
     fn focus_share(
         &self,
         qt: &[f32],
-        k: &View<'_>,
-        k0: usize,
+        k: &KvView<'_>,
         pad: usize,
         max: &[f32],
         sum: &[f32],
@@ -306,6 +305,8 @@ impl Task<'_> {
         } = *self.dims;
         let i = self.i1 - 1;
         let mut share = vec![0.0f32; n];
+        let mut scratch = Vec::new();
+        let (keys, row) = k.rows(self.b, self.kv_head, 0, n, dim, &mut scratch);
         for g in 0..groups {
             let r = (i - self.i0) * groups + g;
             let qrow = &qt[r * dim..(r + 1) * dim];
@@ -313,7 +314,8 @@ impl Task<'_> {
                 if self.vis.hidden(pad, i, j) {
                     continue;
                 }
-                let krow = &k.data[k0 + j * k.strides[2]..][..dim];
+                // SAFETY: `rows` gave n rows of `dim` floats, `row` apart.
+                let krow = unsafe { std::slice::from_raw_parts(keys.add(j * row), dim) };
                 let score: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
                 *s += exp::exp(score - max[r]) / sum[r] / heads as f32;
             }
@@ -401,6 +403,53 @@ mod tests {
                 (None, None) => assert_eq!(self.focus, 0),
                 (w, g) => panic!("focus: burn {:?}, fused {:?}", w.is_some(), g.is_some()),
             }
+        }
+    }
+
+    #[test]
+    fn compact_keys_and_values_are_read_widened_tile_by_tile() {
+        // An exact step over f16 / bf16 chunk caches: two new rows after 300 cached keys, left
+        // padding, a cache with spare capacity; burn's operations read the same values widened.
+        use burn::tensor::DType;
+        let device = Default::default();
+        let (batch, heads, kv_heads, dim, past, seq) = (2, 6, 2, 16, 300, 2);
+        let keys = past + seq;
+        for dtype in [DType::F16, DType::BF16] {
+            let q = Tensor::<B, 4>::random(
+                [batch, seq, heads, dim],
+                Distribution::Normal(0.0, 1.5),
+                &device,
+            )
+            .swap_dims(1, 2);
+            let buffer = [batch, kv_heads, keys + 9, dim];
+            let k = Tensor::<B, 4>::random(buffer, Distribution::Normal(0.0, 1.5), &device)
+                .cast(dtype)
+                .narrow(2, 0, keys);
+            let v = Tensor::<B, 4>::random(buffer, Distribution::Default, &device)
+                .cast(dtype)
+                .narrow(2, 0, keys);
+            let pads = [0, 41];
+            let plan = |fused| {
+                AttentionPlan::<B>::new(
+                    batch,
+                    seq,
+                    past,
+                    kv_heads,
+                    heads / kv_heads,
+                    Some(&pads),
+                    Candidates::Last,
+                    fused,
+                    &device,
+                )
+            };
+            let (want, _) = plan(false).attend(
+                q.clone(),
+                k.clone().cast(DType::F32),
+                v.clone().cast(DType::F32),
+            );
+            let (got, _) = plan(true).attend(q, k, v);
+            let diff = (got - want).abs().max().into_scalar();
+            assert!(diff < 2e-5, "{dtype:?}: output differs by {diff}");
         }
     }
 

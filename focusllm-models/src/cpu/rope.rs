@@ -17,7 +17,8 @@ pub(super) fn apply(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexT
     let dims = x.layout().shape().to_vec();
     let [batch, seq, heads, dim] = [dims[0], dims[1], dims[2], dims[3]];
     let half = dim / 2;
-    let (xs, cs, ss) = (View::new(&x), View::new(&cos), View::new(&sin));
+    let (xs, cs, ss): (View<f32>, View<f32>, View<f32>) =
+        (View::new(&x), View::new(&cos), View::new(&sin));
     let mut out = vec![0.0f32; batch * seq * heads * dim];
     out.par_chunks_mut(heads * dim)
         .enumerate()

@@ -1,6 +1,9 @@
-//! Reading flex tensors in place: a 4-d f32 view over their storage.
+//! Reading flex tensors in place: 4-d views over their storage.
 
+use burn::tensor::{DType, Element};
 use burn_flex::FlexTensor;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// `t`, with a unit stride along its last dimension (a copy only when it has none).
 pub(super) fn inner_contiguous(t: &FlexTensor) -> FlexTensor {
@@ -11,19 +14,19 @@ pub(super) fn inner_contiguous(t: &FlexTensor) -> FlexTensor {
     }
 }
 
-/// A 4-d f32 view: storage, start offset and strides (the last one 1).
-pub(super) struct View<'a> {
-    pub(super) data: &'a [f32],
+/// A 4-d view: storage, start offset and strides (the last one 1).
+pub(super) struct View<'a, E = f32> {
+    pub(super) data: &'a [E],
     start: usize,
     pub(super) strides: [usize; 3],
 }
 
-impl<'a> View<'a> {
+impl<'a, E: Element + bytemuck::Pod> View<'a, E> {
     pub(super) fn new(t: &'a FlexTensor) -> Self {
         let s = t.layout().strides();
         let stride = |i: usize| usize::try_from(s[i]).expect("kernel inputs have positive strides");
         Self {
-            data: t.storage::<f32>(),
+            data: t.storage::<E>(),
             start: t.layout().start_offset(),
             strides: [stride(0), stride(1), stride(2)],
         }
@@ -32,5 +35,61 @@ impl<'a> View<'a> {
     /// The element offset of `[i0, i1, i2, 0]`.
     pub(super) fn at(&self, i0: usize, i1: usize, i2: usize) -> usize {
         self.start + i0 * self.strides[0] + i1 * self.strides[1] + i2 * self.strides[2]
+    }
+}
+
+/// Keys or values `[batch, kv_heads, keys, dim]` in f32, or in a compact cache's f16 or bf16,
+/// read as f32 rows: in place for f32, converted tile by tile otherwise (so a compact cache is
+/// never widened whole).
+pub(super) enum KvView<'a> {
+    F32(View<'a, f32>),
+    F16(View<'a, f16>),
+    BF16(View<'a, bf16>),
+}
+
+impl<'a> KvView<'a> {
+    pub(super) fn new(t: &'a FlexTensor) -> Self {
+        match t.dtype() {
+            DType::F32 => Self::F32(View::new(t)),
+            DType::F16 => Self::F16(View::new(t)),
+            DType::BF16 => Self::BF16(View::new(t)),
+            other => unreachable!("keys and values are float tensors, not {other:?}"),
+        }
+    }
+
+    /// Rows `j0..j0 + n` of `(b, h)` as f32 (each `dim` long): a pointer to the first and the
+    /// distance between rows, into the tensor (f32) or into `scratch` (converted).
+    pub(super) fn rows(
+        &self,
+        b: usize,
+        h: usize,
+        j0: usize,
+        n: usize,
+        dim: usize,
+        scratch: &mut Vec<f32>,
+    ) -> (*const f32, usize) {
+        fn convert<E: Element + bytemuck::Pod>(
+            view: &View<'_, E>,
+            at: usize,
+            n: usize,
+            dim: usize,
+            scratch: &mut Vec<f32>,
+            widen: impl Fn(&[E], &mut [f32]),
+        ) -> (*const f32, usize) {
+            scratch.resize(n * dim, 0.0);
+            for (r, dst) in scratch.chunks_exact_mut(dim).enumerate() {
+                widen(&view.data[at + r * view.strides[2]..][..dim], dst);
+            }
+            (scratch.as_ptr(), dim)
+        }
+        match self {
+            Self::F32(view) => (view.data[view.at(b, h, j0)..].as_ptr(), view.strides[2]),
+            Self::F16(view) => convert(view, view.at(b, h, j0), n, dim, scratch, |s, d| {
+                s.convert_to_f32_slice(d)
+            }),
+            Self::BF16(view) => convert(view, view.at(b, h, j0), n, dim, scratch, |s, d| {
+                s.convert_to_f32_slice(d)
+            }),
+        }
     }
 }

@@ -74,26 +74,23 @@ pub(crate) enum LayerPast<'a, B: Backend> {
     Batches(Vec<(&'a mut KvBuffer<B>, &'a AttentionPlan<B>)>),
 }
 
-/// Appends `k` (rotated) and `v` to `cache` and returns the keys and values attention reads: the
-/// cache's positions then the new ones, in the compute dtype.
+/// Appends `k` (rotated) and `v` to `cache` and returns the keys and values attention reads: all
+/// the cache holds then. A compact cache (f16 or bf16 under f32 compute) is read as it is by the
+/// fused kernel (which widens tile by tile) and widened whole for burn's operations.
 fn extend_cache<B: Backend>(
     cache: &mut KvBuffer<B>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
+    fused: bool,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let dtype = k.dtype();
-    if cache.dtype() == dtype {
-        cache.append(k, v);
-        let kv = cache.view();
-        return (kv.k, kv.v);
-    }
-    // A compact cache is read widened, the new positions at full precision (as before they were
-    // stored).
-    let kv = cache.view();
-    let keys = Tensor::cat(vec![kv.k.cast(dtype), k.clone()], 2);
-    let values = Tensor::cat(vec![kv.v.cast(dtype), v.clone()], 2);
     cache.append(k, v);
-    (keys, values)
+    let kv = cache.view();
+    if cache.dtype() == dtype || fused {
+        (kv.k, kv.v)
+    } else {
+        (kv.k.cast(dtype), kv.v.cast(dtype))
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -142,14 +139,15 @@ impl<B: Backend> Attention<B> {
                     Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
                 )
             }
-            LayerPast::Cache(cache) => extend_cache(cache, k_rotated.clone(), v.clone()),
+            LayerPast::Cache(cache) => extend_cache(cache, k_rotated.clone(), v.clone(), fused),
             LayerPast::Batches(batches) => {
                 let mut outputs = Vec::with_capacity(batches.len());
                 let mut start = 0;
                 for (cache, batch_plan) in batches {
                     let rows = batch_plan.batch();
                     let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
-                    let (keys, values) = extend_cache(cache, part(&k_rotated), part(&v));
+                    let (keys, values) =
+                        extend_cache(cache, part(&k_rotated), part(&v), batch_plan.fused());
                     outputs.push(batch_plan.attend(part(&q), keys, values).0);
                     start += rows;
                 }
