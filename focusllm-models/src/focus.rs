@@ -59,16 +59,6 @@ fn logits_to_vec<B: Backend>(logits: Option<Tensor<B, 3>>) -> Result<Vec<f32>> {
         .map_err(|e| FocusError::Decoder(format!("reading logits: {e:?}")))
 }
 
-impl<B: Backend> LlamaModel<B> {
-    /// A raw-cache tensor in the cache dtype (see [`LlamaModel::set_cache_dtype`]).
-    fn compact(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self.cache_dtype() {
-            Some(dtype) => t.cast(dtype),
-            None => t,
-        }
-    }
-}
-
 /// What the Llama chunk pass keeps for a batch of chunks: per layer, the raw cache of every chunk
 /// (all positions but the candidate, keys rotated: a raw entry never changes position), in the
 /// cache dtype, left-padded to one length.
@@ -216,10 +206,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             // The candidate's row stays as spare capacity: the first exact step overwrites it.
             raw.push(KvBuffer::with_prefix(
                 LayerKv {
-                    k: self.compact(kv.k_rotated),
-                    v: self.compact(kv.v.clone()),
+                    k: kv.k_rotated,
+                    v: kv.v.clone(),
                 },
                 len - 1,
+                self.cache_dtype(),
             ));
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size),

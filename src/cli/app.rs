@@ -165,8 +165,9 @@ pub struct EngineArgs {
     /// the mode the adapter was trained for].
     #[arg(long, value_parser = ["exact", "frozen"])]
     pub step_mode: Option<String>,
-    /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory), or
+    /// i8 (8 bits per value and a scale per row: a bit over a quarter).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "i8"])]
     pub cache_dtype: String,
     /// Attention and RoPE kernels: `fused` (CPU kernels on the cpu backend with f32 compute,
     /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
@@ -276,7 +277,12 @@ impl EngineArgs {
             dtype: parse_dtype(&self.dtype).unwrap_or(burn::tensor::DType::F32),
         };
         let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;
-        loaded.model.set_cache_dtype(parse_dtype(&self.cache_dtype));
+        loaded
+            .model
+            .set_cache_dtype(match self.cache_dtype.as_str() {
+                "i8" => Some(burn::tensor::DType::I8),
+                other => parse_dtype(other),
+            });
         loaded.model.set_kernels(parse_kernels(&self.kernels));
         Ok(loaded)
     }

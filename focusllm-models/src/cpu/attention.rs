@@ -88,11 +88,22 @@ pub(super) fn attend(
     vis: &Visibility,
     focus_keys: Option<usize>,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let (q, k, v) = (
-        inner_contiguous(q),
-        inner_contiguous(k),
-        inner_contiguous(v),
-    );
+    attend_scaled(q, (k, None), (v, None), vis, focus_keys)
+}
+
+/// [`attend`] over keys and values that may be 8-bit with a scale per row (`[b, kv_heads, keys,
+/// 1]`, f32): each is `(values, scales)`.
+pub(super) fn attend_scaled(
+    q: &FlexTensor,
+    k: (&FlexTensor, Option<&FlexTensor>),
+    v: (&FlexTensor, Option<&FlexTensor>),
+    vis: &Visibility,
+    focus_keys: Option<usize>,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let contiguous = |(t, scale): (&FlexTensor, Option<&FlexTensor>)| {
+        (inner_contiguous(t), scale.map(inner_contiguous))
+    };
+    let (q, (k, k_scale), (v, v_scale)) = (inner_contiguous(q), contiguous(k), contiguous(v));
     let qs = q.layout().shape().to_vec();
     let ks = k.layout().shape().to_vec();
     let (batch, kv_heads) = (qs[0], ks[1]);
@@ -104,7 +115,11 @@ pub(super) fn attend(
         keys: ks[2],
     };
     assert_eq!(dims.keys, vis.past + dims.seq, "keys = past + new tokens");
-    let (qv, kv, vv) = (View::<f32>::new(&q), KvView::new(&k), KvView::new(&v));
+    let (qv, kv, vv) = (
+        View::<f32>::new(&q),
+        KvView::new(&k, k_scale.as_ref()),
+        KvView::new(&v, v_scale.as_ref()),
+    );
     let blocks = dims.seq.div_ceil(ROWS);
     let mut out = vec![0.0f32; batch * dims.seq * dims.heads * dims.dim];
     let ptr = OutPtr(out.as_mut_ptr());
@@ -451,6 +466,52 @@ mod tests {
             let diff = (got - want).abs().max().into_scalar();
             assert!(diff < 2e-5, "{dtype:?}: output differs by {diff}");
         }
+    }
+
+    #[test]
+    fn eight_bit_caches_read_raw_equal_burn_on_the_dequantized_values() {
+        use burn::tensor::DType;
+        use focusllm_core::LayerKv;
+
+        use crate::llama::KvBuffer;
+        let device = Default::default();
+        let (batch, heads, kv_heads, dim, past) = (2, 9, 3, 16, 200);
+        let random = |len: usize, std: f64| {
+            Tensor::<B, 4>::random(
+                [batch, kv_heads, len, dim],
+                Distribution::Normal(0.0, std),
+                &device,
+            )
+        };
+        let mut cache = KvBuffer::stored_as(
+            LayerKv {
+                k: random(past, 1.5),
+                v: random(past, 1.0),
+            },
+            DType::I8,
+        );
+        // An exact step: two new positions appended, then read.
+        cache.append(random(2, 1.5), random(2, 1.0));
+        let q = Tensor::<B, 4>::random([batch, 2, heads, dim], Distribution::Default, &device)
+            .swap_dims(1, 2);
+        let pads = [7, 0];
+        let plan = |fused| {
+            AttentionPlan::<B>::new(
+                batch,
+                2,
+                past,
+                kv_heads,
+                heads / kv_heads,
+                Some(&pads),
+                Candidates::Last,
+                fused,
+                &device,
+            )
+        };
+        let (want, _) = plan(false).attend_read(q.clone(), cache.read(false));
+        let (got, _) = plan(true).attend_read(q, cache.read(true));
+        let diff = (got - want).abs().max().into_scalar();
+        assert!(diff < 2e-5, "output differs by {diff}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod view;
 
 use std::any::{Any, TypeId};
 
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_flex::{Flex, FlexTensor};
 
 use crate::kernels::Kernels;
@@ -32,6 +32,22 @@ pub(crate) use attention::Visibility;
 /// Whether the fused kernels serve tensors of backend `B` in `dtype` under `kernels`.
 pub(crate) fn applies<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
     kernels == Kernels::Fused && dtype == DType::F32 && TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// The flex tensor behind the integer tensor `t` (`B` must be [`Flex`]).
+fn int_to_flex<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> FlexTensor {
+    let any: Box<dyn Any> = Box::new(t.into_primitive());
+    *any.downcast::<FlexTensor>()
+        .expect("the caller checked that the backend is flex")
+}
+
+/// `t` as an integer tensor of `B` (`B` must be [`Flex`]).
+fn int_from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D, Int> {
+    let any: Box<dyn Any> = Box::new(t);
+    let p = *any
+        .downcast::<B::IntTensorPrimitive>()
+        .expect("the caller checked that the backend is flex");
+    Tensor::from_primitive(p)
 }
 
 /// The flex tensor behind `t` (`B` must be [`Flex`]: check [`applies`] first).
@@ -84,6 +100,27 @@ pub(crate) fn attention<B: Backend>(
     (from_flex(out), focus.map(from_flex))
 }
 
+/// [`attention`] over 8-bit keys and values with per-row scales (`(q, scale)`, scale
+/// `[batch, kv_heads, keys, 1]`), widened tile by tile.
+pub(crate) fn attention_int8<B: Backend>(
+    q: Tensor<B, 4>,
+    k: (Tensor<B, 4, Int>, Tensor<B, 4>),
+    v: (Tensor<B, 4, Int>, Tensor<B, 4>),
+    visibility: &Visibility,
+    focus_keys: Option<usize>,
+) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
+    let (kq, ks) = (int_to_flex(k.0), to_flex(k.1));
+    let (vq, vs) = (int_to_flex(v.0), to_flex(v.1));
+    let (out, focus) = attention::attend_scaled(
+        &to_flex(q),
+        (&kq, Some(&ks)),
+        (&vq, Some(&vs)),
+        visibility,
+        focus_keys,
+    );
+    (from_flex(out), focus.map(from_flex))
+}
+
 /// `silu(gate) · up` (SwiGLU's activation) in one pass.
 pub(crate) fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     use rayon::prelude::*;
@@ -118,6 +155,27 @@ pub(crate) fn with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Ten
         other => unreachable!("KV caches are float tensors, not {other:?}"),
     };
     from_flex(out)
+}
+
+/// [`with_capacity`] for 8-bit rows.
+pub(crate) fn int_with_capacity<B: Backend>(
+    t: Tensor<B, 4, Int>,
+    capacity: usize,
+) -> Tensor<B, 4, Int> {
+    let t = view::inner_contiguous(&int_to_flex(t));
+    int_from_flex(cache::with_capacity::<i8>(&t, capacity))
+}
+
+/// [`write_rows`] for 8-bit rows.
+pub(crate) fn int_write_rows<B: Backend>(
+    buffer: Tensor<B, 4, Int>,
+    at: usize,
+    value: Tensor<B, 4, Int>,
+) -> Tensor<B, 4, Int> {
+    let mut buffer = int_to_flex(buffer);
+    let value = view::inner_contiguous(&int_to_flex(value));
+    cache::write_rows::<i8>(&mut buffer, at, &value);
+    int_from_flex(buffer)
 }
 
 /// `buffer` with rows `at..at + n` (dimension 2) replaced by `value` `[b, h, n, d]`: written in

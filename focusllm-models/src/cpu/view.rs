@@ -45,11 +45,18 @@ pub(super) enum KvView<'a> {
     F32(View<'a, f32>),
     F16(View<'a, f16>),
     BF16(View<'a, bf16>),
+    /// 8-bit values and the f32 scale of each row (`[batch, kv_heads, keys, 1]`).
+    Int8(View<'a, i8>, View<'a, f32>),
 }
 
 impl<'a> KvView<'a> {
-    pub(super) fn new(t: &'a FlexTensor) -> Self {
+    /// A view of `t`, whose rows are scaled by `scale` when it is 8-bit.
+    pub(super) fn new(t: &'a FlexTensor, scale: Option<&'a FlexTensor>) -> Self {
         match t.dtype() {
+            DType::I8 => Self::Int8(
+                View::new(t),
+                View::new(scale.expect("8-bit rows come with their scales")),
+            ),
             DType::F32 => Self::F32(View::new(t)),
             DType::F16 => Self::F16(View::new(t)),
             DType::BF16 => Self::BF16(View::new(t)),
@@ -90,6 +97,17 @@ impl<'a> KvView<'a> {
             Self::BF16(view) => convert(view, view.at(b, h, j0), n, dim, scratch, |s, d| {
                 s.convert_to_f32_slice(d)
             }),
+            Self::Int8(view, scales) => {
+                scratch.resize(n * dim, 0.0);
+                for (r, dst) in scratch.chunks_exact_mut(dim).enumerate() {
+                    let scale = scales.data[scales.at(b, h, j0 + r)];
+                    let src = &view.data[view.at(b, h, j0 + r)..][..dim];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = f32::from(s) * scale;
+                    }
+                }
+                (scratch.as_ptr(), dim)
+            }
         }
     }
 }

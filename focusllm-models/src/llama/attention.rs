@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::masked_attention::AttentionPlan;
 use super::ops::project;
-use super::{KvBuffer, PastKv, RopeTables};
+use super::{CacheRead, KvBuffer, PastKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::rope::apply_rope_with;
@@ -74,22 +74,23 @@ pub(crate) enum LayerPast<'a, B: Backend> {
     Batches(Vec<(&'a mut KvBuffer<B>, &'a AttentionPlan<B>)>),
 }
 
-/// Appends `k` (rotated) and `v` to `cache` and returns the keys and values attention reads: all
-/// the cache holds then. A compact cache (f16 or bf16 under f32 compute) is read as it is by the
+/// Appends `k` (rotated) and `v` to `cache` and returns what attention reads: all the cache
+/// holds then. A compact cache (f16, bf16 or 8-bit under f32 compute) is read as it is by the
 /// fused kernel (which widens tile by tile) and widened whole for burn's operations.
 fn extend_cache<B: Backend>(
     cache: &mut KvBuffer<B>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     fused: bool,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> CacheRead<B> {
     let dtype = k.dtype();
     cache.append(k, v);
-    let kv = cache.view();
-    if cache.dtype() == dtype || fused {
-        (kv.k, kv.v)
-    } else {
-        (kv.k.cast(dtype), kv.v.cast(dtype))
+    match cache.read(fused) {
+        CacheRead::Float(kv) if !fused && kv.k.dtype() != dtype => CacheRead::Float(PastKv {
+            k: kv.k.cast(dtype),
+            v: kv.v.cast(dtype),
+        }),
+        read => read,
     }
 }
 
@@ -139,16 +140,19 @@ impl<B: Backend> Attention<B> {
                     Tensor::cat(vec![kv.v.clone(), v.clone()], 2),
                 )
             }
-            LayerPast::Cache(cache) => extend_cache(cache, k_rotated.clone(), v.clone(), fused),
+            LayerPast::Cache(cache) => {
+                let read = extend_cache(cache, k_rotated.clone(), v.clone(), fused);
+                let (out, focus) = plan.attend_read(q, read);
+                return self.finish(out, b, s, candidates, k, k_rotated, v, focus);
+            }
             LayerPast::Batches(batches) => {
                 let mut outputs = Vec::with_capacity(batches.len());
                 let mut start = 0;
                 for (cache, batch_plan) in batches {
                     let rows = batch_plan.batch();
                     let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
-                    let (keys, values) =
-                        extend_cache(cache, part(&k_rotated), part(&v), batch_plan.fused());
-                    outputs.push(batch_plan.attend(part(&q), keys, values).0);
+                    let read = extend_cache(cache, part(&k_rotated), part(&v), batch_plan.fused());
+                    outputs.push(batch_plan.attend_read(part(&q), read).0);
                     start += rows;
                 }
                 let out = Tensor::cat(outputs, 0);

@@ -6,15 +6,27 @@
 //! appending writes the new rows after them (in place on flex when nothing else holds the
 //! storage, see `cpu::write_rows`), and the capacity grows geometrically when it runs out.
 
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 use focusllm_core::LayerKv;
+
+use super::kv_rows::Rows;
 
 /// Keys (rotated) and values of one layer, with spare capacity after the valid positions.
 #[derive(Debug, Clone)]
 pub struct KvBuffer<B: Backend> {
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    k: Rows<B>,
+    v: Rows<B>,
     len: usize,
+}
+
+/// What attention reads from a buffer: float keys and values, or 8-bit ones with their scales
+/// (`[batch, kv_heads, len, 1]`), which only the fused CPU kernel reads as they are.
+pub(crate) enum CacheRead<B: Backend> {
+    Float(LayerKv<B>),
+    Int8 {
+        k: (Tensor<B, 4, Int>, Tensor<B, 4>),
+        v: (Tensor<B, 4, Int>, Tensor<B, 4>),
+    },
 }
 
 /// The capacity for `needed` positions: 32 more and a thirty-second (3% of the memory), so a
@@ -30,25 +42,42 @@ impl<B: Backend> KvBuffer<B> {
     pub fn new(kv: LayerKv<B>) -> Self {
         let len = kv.len();
         Self {
-            k: kv.k,
-            v: kv.v,
+            k: Rows::Float(kv.k),
+            v: Rows::Float(kv.v),
             len,
         }
     }
 
-    /// The first `len` positions of `kv` (keys rotated), with the rest of it as spare capacity
-    /// (its contents are overwritten by later appends).
-    pub(crate) fn with_prefix(kv: LayerKv<B>, len: usize) -> Self {
+    /// A buffer holding `kv` stored in `dtype`: a float dtype (a cast), or [`DType::I8`] (8 bits
+    /// per value and an f32 scale per row of `head_dim`: a quarter of f32's memory).
+    pub fn stored_as(kv: LayerKv<B>, dtype: DType) -> Self {
+        let len = kv.len();
+        let store = |t: Tensor<B, 4>| match dtype {
+            DType::I8 => Rows::quantize(t),
+            d if d == t.dtype() => Rows::Float(t),
+            d => Rows::Float(t.cast(d)),
+        };
+        Self {
+            k: store(kv.k),
+            v: store(kv.v),
+            len,
+        }
+    }
+
+    /// The first `len` positions of `kv` (keys rotated) stored in `dtype` (see
+    /// [`KvBuffer::stored_as`]; `None`: as they are), the rest as spare capacity.
+    pub(crate) fn with_prefix(kv: LayerKv<B>, len: usize, dtype: Option<DType>) -> Self {
         assert!(
             len <= kv.len(),
             "a prefix of {len} of {} positions",
             kv.len()
         );
-        Self {
-            k: kv.k,
-            v: kv.v,
-            len,
-        }
+        let mut buffer = match dtype {
+            Some(dtype) => Self::stored_as(kv, dtype),
+            None => Self::new(kv),
+        };
+        buffer.len = len;
+        buffer
     }
 
     /// Number of valid positions.
@@ -63,30 +92,41 @@ impl<B: Backend> KvBuffer<B> {
 
     /// Positions the buffer can hold before it has to grow.
     pub fn capacity(&self) -> usize {
-        self.k.dims()[2]
+        self.k.capacity()
     }
 
-    /// The dtype the cache is stored in.
+    /// The dtype the cache is stored in (`I8` for 8-bit rows).
     pub fn dtype(&self) -> DType {
         self.k.dtype()
     }
 
-    /// Bytes allocated for keys and values (spare capacity included).
+    /// Bytes allocated for keys and values (spare capacity and scales included).
     pub fn size_bytes(&self) -> usize {
-        (self.k.shape().num_elements() + self.v.shape().num_elements()) * self.k.dtype().size()
+        self.k.size_bytes() + self.v.size_bytes()
     }
 
-    /// The valid positions (views, no copy while the buffer is not written).
+    /// The valid positions as floats: views while the buffer is not written, or a dequantized
+    /// f32 copy of 8-bit rows.
     pub fn view(&self) -> LayerKv<B> {
-        if self.len == self.capacity() {
-            return LayerKv {
-                k: self.k.clone(),
-                v: self.v.clone(),
-            };
-        }
         LayerKv {
-            k: self.k.clone().narrow(2, 0, self.len),
-            v: self.v.clone().narrow(2, 0, self.len),
+            k: self.k.prefix(self.len).float(),
+            v: self.v.prefix(self.len).float(),
+        }
+    }
+
+    /// The valid positions as attention reads them: 8-bit rows stay 8-bit when `raw_int8`.
+    pub(crate) fn read(&self, raw_int8: bool) -> CacheRead<B> {
+        match (self.k.prefix(self.len), self.v.prefix(self.len)) {
+            (Rows::Int8 { q: kq, scale: ks }, Rows::Int8 { q: vq, scale: vs }) if raw_int8 => {
+                CacheRead::Int8 {
+                    k: (kq, ks),
+                    v: (vq, vs),
+                }
+            }
+            (k, v) => CacheRead::Float(LayerKv {
+                k: k.float(),
+                v: v.float(),
+            }),
         }
     }
 
@@ -95,19 +135,19 @@ impl<B: Backend> KvBuffer<B> {
         self.len = self.len.min(len);
     }
 
-    /// Appends keys (rotated) and values `[batch, kv_heads, n, head_dim]`, cast to the buffer's
-    /// dtype. Views from [`KvBuffer::view`] must be dropped first, or the write copies the buffer.
+    /// Appends keys (rotated) and values `[batch, kv_heads, n, head_dim]`, stored as the buffer
+    /// stores its rows. Views from [`KvBuffer::view`] must be dropped first, or the write copies
+    /// the buffer.
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
         let n = k.dims()[2];
         let needed = self.len + n;
         if needed > self.capacity() {
             self.grow(capacity_for(needed));
         }
-        let dtype = self.dtype();
-        let cast = |t: Tensor<B, 4>| if t.dtype() == dtype { t } else { t.cast(dtype) };
         let at = self.len;
-        self.k = write_rows(take(&mut self.k), at, cast(k));
-        self.v = write_rows(take(&mut self.v), at, cast(v));
+        let (k, v) = (Rows::like(&self.k, k), Rows::like(&self.v, v));
+        self.k = self.k.take().write(at, k);
+        self.v = self.v.take().write(at, v);
         self.len = needed;
     }
 
@@ -119,40 +159,11 @@ impl<B: Backend> KvBuffer<B> {
         }
     }
 
-    /// Moves the valid positions into a new buffer of `capacity` positions.
+    /// Moves the valid positions into new storage of `capacity` positions.
     fn grow(&mut self, capacity: usize) {
-        let LayerKv { k, v } = self.view();
-        self.k = with_capacity(k, capacity);
-        self.v = with_capacity(v, capacity);
+        self.k = self.k.prefix(self.len).with_capacity(capacity);
+        self.v = self.v.prefix(self.len).with_capacity(capacity);
     }
-}
-
-/// `t`, leaving an empty tensor in its place: the buffer's storage then has one owner, so a write
-/// can go in place (a clone would share it and force a copy).
-fn take<B: Backend>(t: &mut Tensor<B, 4>) -> Tensor<B, 4> {
-    let empty = Tensor::empty([0, 0, 0, 0], (&t.device(), t.dtype()));
-    std::mem::replace(t, empty)
-}
-
-/// `t` `[b, h, len, d]` copied into the first `len` rows of a new `[b, h, capacity, d]` tensor.
-fn with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Tensor<B, 4> {
-    #[cfg(feature = "cpu")]
-    if crate::cpu::is_flex::<B>() {
-        return crate::cpu::with_capacity(t, capacity);
-    }
-    let [b, h, len, d] = t.dims();
-    let buffer = Tensor::<B, 4>::zeros([b, h, capacity, d], (&t.device(), t.dtype()));
-    buffer.slice_assign([0..b, 0..h, 0..len, 0..d], t)
-}
-
-/// `buffer` with rows `at..at + n` replaced by `value` `[b, h, n, d]` (same dtype).
-fn write_rows<B: Backend>(buffer: Tensor<B, 4>, at: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(feature = "cpu")]
-    if crate::cpu::is_flex::<B>() {
-        return crate::cpu::write_rows(buffer, at, value);
-    }
-    let [b, h, n, d] = value.dims();
-    buffer.slice_assign([0..b, 0..h, at..at + n, 0..d], value)
 }
 
 #[cfg(test)]
@@ -207,6 +218,35 @@ mod tests {
         assert_same(buffer.view().k, want);
     }
 
+    #[test]
+    fn eight_bit_rows_stay_within_half_a_step_of_each_row_and_grow_like_floats() {
+        let start = random(5);
+        let mut buffer = KvBuffer::stored_as(
+            LayerKv {
+                k: start.clone(),
+                v: start.clone() * -3.0,
+            },
+            DType::I8,
+        );
+        let mut want = start;
+        for step in 0..40 {
+            let new = random(1 + step % 2);
+            buffer.append(new.clone(), new.clone() * -3.0);
+            want = Tensor::cat(vec![want, new], 2);
+        }
+        assert_eq!(buffer.dtype(), DType::I8);
+        let view = buffer.view();
+        for (got, want) in [(view.k, want.clone()), (view.v, want * -3.0)] {
+            // Each row is within half a quantization step (its largest magnitude / 254).
+            let step = want.clone().abs().max_dim(3) / 254.0;
+            let excess = ((got - want).abs() - step * 1.0001).max().into_scalar();
+            assert!(excess <= 0.0, "error beyond half a step by {excess}");
+        }
+        // One byte per value (head_dim 4 here) and a 4-byte scale per row, for keys and values.
+        let rows = 2 * 3 * buffer.capacity();
+        assert_eq!(buffer.size_bytes(), 2 * (rows * 4 + rows * 4));
+    }
+
     #[cfg(feature = "cpu")]
     #[test]
     fn appends_within_capacity_write_in_place() {
@@ -215,18 +255,19 @@ mod tests {
             v: random(4),
         });
         buffer.append(random(1), random(1));
-        let (k, v) = (
-            crate::cpu::storage_address(&buffer.k),
-            crate::cpu::storage_address(&buffer.v),
-        );
+        let address = |rows: &super::Rows<Flex>| match rows {
+            super::Rows::Float(t) => crate::cpu::storage_address(t),
+            super::Rows::Int8 { .. } => unreachable!("float rows"),
+        };
+        let (k, v) = (address(&buffer.k), address(&buffer.v));
         for _ in 0..buffer.capacity() - buffer.len() {
             let view = buffer.view();
             drop(view);
             buffer.append(random(1), random(1));
         }
         assert_eq!(buffer.len(), buffer.capacity());
-        assert_eq!(crate::cpu::storage_address(&buffer.k), k);
-        assert_eq!(crate::cpu::storage_address(&buffer.v), v);
+        assert_eq!(address(&buffer.k), k);
+        assert_eq!(address(&buffer.v), v);
     }
 
     #[test]

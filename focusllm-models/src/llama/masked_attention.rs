@@ -210,6 +210,30 @@ impl<B: Backend> AttentionPlan<B> {
         self
     }
 
+    /// [`AttentionPlan::attend`] over what a KV buffer gives (8-bit rows only on the fused path,
+    /// see `KvBuffer::read`).
+    pub(crate) fn attend_read(
+        &self,
+        q: Tensor<B, 4>,
+        read: super::CacheRead<B>,
+    ) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
+        match read {
+            super::CacheRead::Float(kv) => self.attend(q, kv.k, kv.v),
+            #[cfg(feature = "cpu")]
+            super::CacheRead::Int8 { k, v } => {
+                let visibility = self
+                    .fused
+                    .as_ref()
+                    .expect("8-bit rows are read raw by the fused kernel only");
+                crate::cpu::attention_int8(q, k, v, visibility, self.focus)
+            }
+            #[cfg(not(feature = "cpu"))]
+            super::CacheRead::Int8 { .. } => {
+                unreachable!("8-bit rows are read raw by the fused kernel only")
+            }
+        }
+    }
+
     /// `q` `[b, heads, seq, d]` (RoPE applied), `k`/`v` `[b, kv_heads, past + seq, d]` →
     /// `[b, heads, seq, d]`, and with [`AttentionPlan::with_focus`] the last query's attention
     /// share over the first keys, `[b, keys]` (f32).

@@ -7,6 +7,7 @@
 
 mod attention;
 mod kv_buffer;
+mod kv_rows;
 mod layer;
 pub(crate) mod masked_attention;
 mod mlp;
@@ -19,6 +20,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use attention::LayerPast;
 pub use attention::{Attention, CandidateProjections, Candidates};
+pub(crate) use kv_buffer::CacheRead;
 pub use kv_buffer::KvBuffer;
 pub use layer::DecoderLayer;
 pub use mlp::{CandidateMlp, Mlp};
@@ -290,9 +292,11 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// Stores the chunks' raw caches in `dtype` (e.g. `DType::F16` or `DType::BF16`) instead of the
-    /// compute dtype: half the memory per cached token, at the cost of rounding the cached keys and
-    /// values (and a conversion at every generated token). `None` restores the default.
+    /// Stores the chunks' raw caches in `dtype` instead of the compute dtype: `DType::F16` or
+    /// `DType::BF16` (half of f32's memory per cached token) or `DType::I8` (8 bits per value and
+    /// an f32 scale per row of `head_dim`: a bit over a quarter), at the cost of rounding the
+    /// cached keys and values. The fused CPU kernel reads them as they are; burn's operations
+    /// widen them at every generated token. `None` restores the default.
     pub fn set_cache_dtype(&mut self, dtype: Option<DType>) {
         self.cache_dtype = dtype;
     }
