@@ -410,3 +410,39 @@ fn fused_cpu_kernels_and_burn_operations_agree() {
         }
     }
 }
+
+#[test]
+fn chunk_batches_sharded_over_two_decoders_give_the_one_decoder_results() {
+    // Two copies of C as two shards (on the one CPU device: the code path of several devices).
+    // Batches of 1 put C's 7 chunks on both shards in turn; every step extends both at once.
+    use focusllm::core::{FocusEngine, ShardedDecoder, StepMode};
+    let (model, dir) = official("C");
+    let (copy, _) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    for mode in [StepMode::Exact, StepMode::FrozenCandidates] {
+        let config = official_config(&dir)
+            .with_chunk_batch_size(1)
+            .with_step_mode(mode);
+        macro_rules! run {
+            ($session:expr) => {{
+                let mut logits = vec![$session.prefill(&long).unwrap()];
+                for t in [5u32, 17, 300] {
+                    logits.push($session.step(t).unwrap());
+                }
+                logits
+            }};
+        }
+        let single = engine(&model, config.clone());
+        let mut session = single.session();
+        let want = run!(session);
+        let sharded = ShardedDecoder::new(vec![&model, &copy], model.device()).unwrap();
+        let engine = FocusEngine::with_decoders(&sharded, &model, config).unwrap();
+        let mut session = engine.session();
+        let got = run!(session);
+        assert_eq!(session.mode(), Mode::Focus { chunks: 7 });
+        for (step, (a, b)) in want.iter().zip(&got).enumerate() {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-6, "{mode:?}, step {step}: max diff {diff}");
+        }
+    }
+}

@@ -156,6 +156,22 @@ impl<B: Backend> CandidateSet<B> {
         Ok(Self { chunk_ids, layers })
     }
 
+    /// The same candidates on `device` (a no-op where they already are).
+    pub fn to_device(self, device: &B::Device) -> Self {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| LayerKv {
+                k: l.k.to_device(device),
+                v: l.v.to_device(device),
+            })
+            .collect();
+        Self {
+            chunk_ids: self.chunk_ids,
+            layers,
+        }
+    }
+
     /// The same candidates, sorted by chunk id.
     pub fn in_chunk_order(&self) -> Result<Self> {
         let mut order: Vec<usize> = (0..self.len()).collect();

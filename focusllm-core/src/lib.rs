@@ -70,6 +70,7 @@ mod model;
 pub mod passkey;
 mod sampler;
 mod session;
+mod sharded;
 #[cfg(feature = "train")]
 pub mod train;
 
@@ -86,3 +87,4 @@ pub use main_decoder::MainDecoder;
 pub use model::{Detokenizer, Model, ModelSpec};
 pub use sampler::{Sampler, SamplingConfig, argmax, nll};
 pub use session::{FocusMap, Mode, Session};
+pub use sharded::{ShardState, ShardedDecoder};

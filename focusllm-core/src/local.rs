@@ -55,6 +55,22 @@ pub trait LocalDecoder<B: Backend> {
         sequences: &[ChunkSequence],
     ) -> Result<(Self::ChunkState, CandidateSet<B>)>;
 
+    /// Decodes several batches, as [`LocalDecoder::decode_chunks`] does one, returning each
+    /// batch's state and candidates in order. The default decodes them one by one; a decoder with
+    /// several devices (a [`crate::ShardedDecoder`]) runs them at the same time.
+    fn decode_batches(
+        &self,
+        batches: &[Vec<ChunkSequence>],
+    ) -> Result<Vec<(Self::ChunkState, CandidateSet<B>)>> {
+        batches.iter().map(|b| self.decode_chunks(b)).collect()
+    }
+
+    /// How many batches [`LocalDecoder::decode_batches`] can run at the same time (the engine
+    /// hands it that many at once). 1 unless the decoder spans several devices.
+    fn parallel_batches(&self) -> usize {
+        1
+    }
+
     /// Extends every chunk of `state` by `[prev, new]`: `prev` (the former candidate token) joins
     /// the chunk as an ordinary token and `new` becomes the candidate. Returns the new candidates.
     /// On an error, `state` is unchanged.

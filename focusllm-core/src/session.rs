@@ -281,18 +281,27 @@ where
         let mut states = Vec::with_capacity(if keep_states { batches } else { 0 });
         self.report(Stage::Chunks, 0, total)?;
         let mut done = 0;
-        for group in order.chunks(engine.config.chunk_batch_size) {
-            let sequences: Vec<ChunkSequence> = group
-                .iter()
-                .map(|&c| ChunkSequence {
-                    chunk_id: c,
-                    tokens: plan.chunk_sequence(ids, c),
+        let batch_size = engine.config.chunk_batch_size;
+        // As many batches at once as the local decoder runs at the same time (its devices).
+        let at_once = batch_size * engine.local.parallel_batches().max(1);
+        for group in order.chunks(at_once) {
+            let batches: Vec<Vec<ChunkSequence>> = group
+                .chunks(batch_size)
+                .map(|batch| {
+                    batch
+                        .iter()
+                        .map(|&c| ChunkSequence {
+                            chunk_id: c,
+                            tokens: plan.chunk_sequence(ids, c),
+                        })
+                        .collect()
                 })
                 .collect();
-            let (state, batch_candidates) = engine.local.decode_chunks(&sequences)?;
-            candidates.push(batch_candidates);
-            if keep_states {
-                states.push(state);
+            for (state, batch_candidates) in engine.local.decode_batches(&batches)? {
+                candidates.push(batch_candidates);
+                if keep_states {
+                    states.push(state);
+                }
             }
             done += group.len();
             self.report(Stage::Chunks, done, total)?;
