@@ -288,7 +288,7 @@ fn compact_chunk_caches_cut_memory_and_keep_greedy_tokens() {
         (DType::I8, Kernels::Fused, 34),
         (DType::I8, Kernels::Burn, 34),
     ] {
-        model.set_cache_dtype(Some(dtype));
+        model.set_cache_dtype(Some(dtype)).unwrap();
         model.set_kernels(kernels);
         let (tokens, bytes) = run(&model);
         assert_eq!(tokens, tokens32, "{dtype:?} caches, {kernels:?}");
@@ -297,6 +297,9 @@ fn compact_chunk_caches_cut_memory_and_keep_greedy_tokens() {
             "{dtype:?} caches {bytes} B vs f32 {bytes32} B"
         );
     }
+    let err = model.set_cache_dtype(Some(DType::I32)).unwrap_err();
+    assert!(err.to_string().contains("I32"), "{err}");
+    assert_eq!(model.cache_dtype(), Some(DType::I8), "the setting is kept");
 }
 
 #[test]

@@ -336,28 +336,28 @@ where
                 focus,
                 ..
             } => {
-                let mut states: Vec<&mut L::ChunkState> =
-                    batches.iter_mut().map(|b| &mut b.state).collect();
-                let extended = engine.local.extend_batches(&mut states, *prev, token);
-                let candidates = match extended {
-                    Ok(candidates) => candidates,
-                    Err(e) => {
-                        // Some batches may be extended and others not: the session cannot go on.
-                        self.state = State::Empty;
-                        return Err(e);
+                // Once the chunks are extended, a failure leaves the session half a step ahead:
+                // it is reset rather than left to repeat the token.
+                let stepped = (|| {
+                    let mut states: Vec<&mut L::ChunkState> =
+                        batches.iter_mut().map(|b| &mut b.state).collect();
+                    let candidates = engine.local.extend_batches(&mut states, *prev, token)?;
+                    for (batch, candidates) in batches.iter_mut().zip(candidates) {
+                        batch.candidates = candidates;
                     }
-                };
-                for (batch, candidates) in batches.iter_mut().zip(candidates) {
-                    batch.candidates = candidates;
+                    *prev = token;
+                    main_input.push(token);
+                    let past = aggregate(&engine.aggregator, batches)?;
+                    let mut main = engine.main.start(Some(&past))?;
+                    let logits = engine.main.feed(&mut main, main_input)?;
+                    *past_chunks = past.chunk_ids().to_vec();
+                    *focus = engine.main.focus(&main);
+                    Ok(logits)
+                })();
+                if stepped.is_err() {
+                    self.state = State::Empty;
                 }
-                *prev = token;
-                main_input.push(token);
-                let past = aggregate(&engine.aggregator, batches)?;
-                let mut main = engine.main.start(Some(&past))?;
-                let logits = engine.main.feed(&mut main, main_input)?;
-                *past_chunks = past.chunk_ids().to_vec();
-                *focus = engine.main.focus(&main);
-                Ok(logits)
+                stepped
             }
         }
     }

@@ -206,7 +206,8 @@ where
                 w.has_work().then(|| scope.spawn(move || job(shard, w)))
             })
             .collect();
-        handles
+        // Every thread is joined before the first error is returned.
+        let results: Vec<Result<T>> = handles
             .into_iter()
             .map(|h| match h {
                 None => Ok(T::default()),
@@ -214,7 +215,8 @@ where
                     Err(FocusError::Decoder("a shard's thread panicked".into()))
                 }),
             })
-            .collect()
+            .collect();
+        results.into_iter().collect()
     })
 }
 

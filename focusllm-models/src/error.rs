@@ -44,6 +44,12 @@ pub enum ModelError {
         /// The type found in the file.
         dtype: String,
     },
+    /// A KV cache dtype other than f32, f16, bf16 or i8 (see `LlamaModel::set_cache_dtype`).
+    #[error("unsupported cache dtype {dtype}: f32, f16, bf16 or i8")]
+    UnsupportedCacheDtype {
+        /// The dtype asked for.
+        dtype: String,
+    },
     /// A tensor the architecture needs is not in the checkpoint.
     #[error("{path}: missing tensor `{tensor}`")]
     MissingTensor {

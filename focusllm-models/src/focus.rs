@@ -203,7 +203,8 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             &self.device(),
         );
         for kv in out.kv {
-            // The candidate's row stays as spare capacity: the first exact step overwrites it.
+            // The candidate's row stays behind as spare capacity (the first exact step needs two
+            // rows, so it moves the prefix to a larger buffer).
             raw.push(KvBuffer::with_prefix(
                 LayerKv {
                     k: kv.k_rotated,
@@ -248,8 +249,8 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             .iter()
             .map(|&pad| vec![cached - pad, cached + 1 - pad])
             .collect();
-        // The forward appends both positions to every raw cache (compact caches are read
-        // widened); the candidate's is then dropped, as the next step recomputes it.
+        // The forward appends both positions to every raw cache; the candidate's is then dropped,
+        // as the next step recomputes it.
         let out = self.forward(ForwardInput {
             ids: self.ids_tensor(&rows),
             positions: &positions,

@@ -282,7 +282,7 @@ impl EngineArgs {
             .set_cache_dtype(match self.cache_dtype.as_str() {
                 "i8" => Some(burn::tensor::DType::I8),
                 other => parse_dtype(other),
-            });
+            })?;
         loaded.model.set_kernels(parse_kernels(&self.kernels));
         Ok(loaded)
     }

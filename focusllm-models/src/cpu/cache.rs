@@ -49,8 +49,13 @@ pub(super) fn write_rows<E: Element + bytemuck::Pod>(
     }
     let shape = buffer.layout().shape();
     let [b, h, capacity, d] = [shape[0], shape[1], shape[2], shape[3]];
-    let n = value.layout().shape()[2];
-    assert!(at + n <= capacity, "rows {at}..{} of {capacity}", at + n);
+    let vs = value.layout().shape();
+    let n = vs[2];
+    assert!(
+        [vs[0], vs[1], vs[3]] == [b, h, d] && at + n <= capacity,
+        "rows {at}..{} of {vs:?} into [{b}, {h}, {capacity}, {d}]",
+        at + n
+    );
     let src = value.storage::<E>();
     // Copy on write when the storage is shared (`Arc::make_mut`), in place otherwise.
     let dst = buffer.storage_mut::<E>();

@@ -1,4 +1,6 @@
-//! Fused CPU kernels for burn's flex backend (f32): attention, RoPE and the SwiGLU activation.
+//! Fused CPU kernels for burn's flex backend (f32 compute): attention (over f32 keys and values,
+//! or a compact cache's f16, bf16 or 8-bit ones), RoPE and the SwiGLU activation, and the row
+//! copies of KV buffers.
 //!
 //! The burn-op versions of these passes ([`crate::llama`]'s `masked_attention` and
 //! [`crate::rope::apply_rope`]) stay the reference and serve every other backend and dtype (wgpu

@@ -133,10 +133,17 @@ impl<B: Backend> Rows<B> {
     }
 }
 
+/// Whether the flex row copies serve `dtype` (the float dtypes of caches; burn's operations do the
+/// rest).
+#[cfg(feature = "cpu")]
+fn flex_rows<B: Backend>(dtype: DType) -> bool {
+    crate::cpu::is_flex::<B>() && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
 /// `t` `[b, h, len, d]` copied into the first `len` rows of a new `[b, h, capacity, d]` tensor.
 fn float_with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Tensor<B, 4> {
     #[cfg(feature = "cpu")]
-    if crate::cpu::is_flex::<B>() {
+    if flex_rows::<B>(t.dtype()) {
         return crate::cpu::with_capacity(t, capacity);
     }
     let [b, h, len, d] = t.dims();
@@ -158,7 +165,7 @@ fn int_with_capacity<B: Backend>(t: Tensor<B, 4, Int>, capacity: usize) -> Tenso
 /// `buffer` with rows `at..at + n` replaced by `value` `[b, h, n, d]` (same dtype).
 fn float_write<B: Backend>(buffer: Tensor<B, 4>, at: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(feature = "cpu")]
-    if crate::cpu::is_flex::<B>() {
+    if flex_rows::<B>(buffer.dtype()) {
         return crate::cpu::write_rows(buffer, at, value);
     }
     let [b, h, n, d] = value.dims();

@@ -105,7 +105,7 @@ pub enum Past<'a, B: Backend> {
     /// Several batches with caches of their own, run as one forward: the rows of `ids` are the
     /// batches' rows in order. Projections and MLP see every row at once (one pass over the
     /// weights), attention runs batch by batch as with [`Past::Cache`], each batch with its own
-    /// padding ([`ForwardInput::left_pad`] is ignored).
+    /// padding ([`ForwardInput::left_pad`] and [`ForwardInput::focus_keys`] do not apply).
     Batches(Vec<CacheBatch<'a, B>>),
 }
 
@@ -295,10 +295,20 @@ impl<B: Backend> LlamaModel<B> {
     /// Stores the chunks' raw caches in `dtype` instead of the compute dtype: `DType::F16` or
     /// `DType::BF16` (half of f32's memory per cached token) or `DType::I8` (8 bits per value and
     /// an f32 scale per row of `head_dim`: a bit over a quarter), at the cost of rounding the
-    /// cached keys and values. The fused CPU kernel reads them as they are; burn's operations
-    /// widen them at every generated token. `None` restores the default.
-    pub fn set_cache_dtype(&mut self, dtype: Option<DType>) {
-        self.cache_dtype = dtype;
+    /// cached keys and values (new positions are stored before they are read, so they are read
+    /// rounded too). The fused CPU kernel reads them as they are; burn's operations widen them at
+    /// every generated token. `None` restores the default.
+    /// Fails (and keeps the current setting) on any other dtype.
+    pub fn set_cache_dtype(&mut self, dtype: Option<DType>) -> Result<(), ModelError> {
+        match dtype {
+            None | Some(DType::F32 | DType::F16 | DType::BF16 | DType::I8) => {
+                self.cache_dtype = dtype;
+                Ok(())
+            }
+            Some(other) => Err(ModelError::UnsupportedCacheDtype {
+                dtype: format!("{other:?}"),
+            }),
+        }
     }
 
     /// Chooses the attention and RoPE implementation: [`Kernels::Fused`] (the default: fused CPU
