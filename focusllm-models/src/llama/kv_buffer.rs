@@ -23,6 +23,8 @@ pub struct KvBuffer<B: Backend> {
 /// (`[batch, kv_heads, len, 1]`), which only the fused CPU kernel reads as they are.
 pub(crate) enum CacheRead<B: Backend> {
     Float(LayerKv<B>),
+    // Read raw only by the fused kernel (feature `cpu`).
+    #[cfg_attr(not(feature = "cpu"), allow(dead_code))]
     Int8 {
         k: (Tensor<B, 4, Int>, Tensor<B, 4>),
         v: (Tensor<B, 4, Int>, Tensor<B, 4>),
