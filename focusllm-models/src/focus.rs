@@ -240,37 +240,8 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         prev: u32,
         new: u32,
     ) -> Result<CandidateSet<B>> {
-        check_vocab(&[prev, new], self.config().vocab_size)?;
-        let b = batch.chunk_ids.len();
-        let cached = batch.len();
-        let rows = vec![vec![prev, new]; b];
-        let positions: Vec<Vec<usize>> = batch
-            .left_pad
-            .iter()
-            .map(|&pad| vec![cached - pad, cached + 1 - pad])
-            .collect();
-        // The forward appends both positions to every raw cache; the candidate's is then dropped,
-        // as the next step recomputes it.
-        let out = self.forward(ForwardInput {
-            ids: self.ids_tensor(&rows),
-            positions: &positions,
-            past: Past::Cache(&mut batch.raw),
-            left_pad: Some(&batch.left_pad),
-            candidates: Candidates::Last,
-            logits_last: 0,
-            focus_keys: 0,
-        });
-        for raw in &mut batch.raw {
-            raw.truncate(cached + 1);
-        }
-        let candidates = out
-            .kv
-            .into_iter()
-            .map(|kv| (kv.k_unrotated.narrow(2, 1, 1), kv.v.narrow(2, 1, 1)));
-        CandidateSet::new(
-            batch.chunk_ids.clone(),
-            candidates_as_past(candidates, None),
-        )
+        let mut candidates = self.extend_batches(&mut [batch], prev, new)?;
+        Ok(candidates.pop().expect("one batch in, one out"))
     }
 
     fn extend_batches(
@@ -279,15 +250,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         prev: u32,
         new: u32,
     ) -> Result<Vec<CandidateSet<B>>> {
-        if batches.len() < 2 {
-            return batches
-                .iter_mut()
-                .map(|batch| self.extend_chunks(batch, prev, new))
-                .collect();
-        }
         check_vocab(&[prev, new], self.config().vocab_size)?;
         // One forward for every batch: projections and MLP over all rows (one pass over the
-        // weights instead of one per batch), attention batch by batch over its own caches.
+        // weights instead of one per batch), attention batch by batch over its own caches. The
+        // forward appends both positions to every raw cache; the candidate's is then dropped, as
+        // the next step recomputes it.
         let rows: usize = batches.iter().map(|b| b.chunk_ids.len()).sum();
         let positions: Vec<Vec<usize>> = batches
             .iter()

@@ -421,6 +421,31 @@ mod tests {
         }
     }
 
+    /// The plan of an exact step: `seq` new rows after `past` keys, left padding, the last new
+    /// row the candidate.
+    fn step_plan(
+        batch: usize,
+        seq: usize,
+        past: usize,
+        kv_heads: usize,
+        groups: usize,
+        pads: &[usize],
+        fused: bool,
+    ) -> AttentionPlan<B> {
+        let device = Default::default();
+        AttentionPlan::new(
+            batch,
+            seq,
+            past,
+            kv_heads,
+            groups,
+            Some(pads),
+            Candidates::Last,
+            fused,
+            &device,
+        )
+    }
+
     #[test]
     fn compact_keys_and_values_are_read_widened_tile_by_tile() {
         // An exact step over f16 / bf16 chunk caches: two new rows after 300 cached keys, left
@@ -444,19 +469,8 @@ mod tests {
                 .cast(dtype)
                 .narrow(2, 0, keys);
             let pads = [0, 41];
-            let plan = |fused| {
-                AttentionPlan::<B>::new(
-                    batch,
-                    seq,
-                    past,
-                    kv_heads,
-                    heads / kv_heads,
-                    Some(&pads),
-                    Candidates::Last,
-                    fused,
-                    &device,
-                )
-            };
+            let plan =
+                |fused| step_plan(batch, seq, past, kv_heads, heads / kv_heads, &pads, fused);
             let (want, _) = plan(false).attend(
                 q.clone(),
                 k.clone().cast(DType::F32),
@@ -495,19 +509,7 @@ mod tests {
         let q = Tensor::<B, 4>::random([batch, 2, heads, dim], Distribution::Default, &device)
             .swap_dims(1, 2);
         let pads = [7, 0];
-        let plan = |fused| {
-            AttentionPlan::<B>::new(
-                batch,
-                2,
-                past,
-                kv_heads,
-                heads / kv_heads,
-                Some(&pads),
-                Candidates::Last,
-                fused,
-                &device,
-            )
-        };
+        let plan = |fused| step_plan(batch, 2, past, kv_heads, heads / kv_heads, &pads, fused);
         let (want, _) = plan(false).attend_read(q.clone(), cache.read(false));
         let (got, _) = plan(true).attend_read(q, cache.read(true));
         let diff = (got - want).abs().max().into_scalar();
