@@ -5,7 +5,8 @@
 //! focusllm ask --file book.txt --question "Who wrote the letter?"
 //! ```
 //!
-//! Subcommands: `generate`, `ask`, `passkey`, `train`, `bench`; `focusllm help <subcommand>` lists
+//! Subcommands: `generate`, `ask`, `passkey`, `train`, `bench`, and `serve` (a chunk shard server,
+//! cargo feature `remote`); `focusllm help <subcommand>` lists
 //! each one's flags. The model, backend and FocusLLM sizes are the same flags everywhere.
 
 #[allow(dead_code)] // parts of it serve the examples and tests only
@@ -40,6 +41,9 @@ enum Job {
     Train(jobs::train::Args),
     /// Prefill and decoding speed and memory, FocusLLM against plain attention.
     Bench(jobs::bench::Args),
+    /// Serve this machine's backend as a chunk shard for `--devices ws://HOST:PORT` elsewhere.
+    #[cfg(feature = "remote")]
+    Serve(jobs::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +54,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "train")]
         Job::Train(args) => jobs::train::run(args),
         Job::Bench(args) => jobs::bench::run(args),
+        #[cfg(feature = "remote")]
+        Job::Serve(args) => jobs::serve::run(args),
     })
 }

@@ -125,11 +125,9 @@ fn train_init_resumes_only_the_run_it_started() {
 /// bundled adapter's sizes; `--threshold 256` so that FocusLLM reads it), asked through the chat
 /// template: the chunk holding the fact is ranked first among the sources, and its character
 /// offset points at its text in the file.
-#[test]
-fn ask_finds_a_hidden_fact_and_names_its_passage() {
-    let Some(model) = common::smollm2_path() else {
-        return;
-    };
+/// `ask` over the document with a fact hidden in it (see `ask_finds_a_hidden_fact...`), with
+/// `extra` flags; returns the document and the command's output.
+fn ask_cabin(model: &std::path::Path, name: &str, extra: &[&str]) -> (String, Output) {
     let prose =
         std::fs::read_to_string(common::fixtures().join("text/kjv-matthew-26.txt")).unwrap();
     let words: Vec<&str> = prose.split_whitespace().collect();
@@ -139,27 +137,36 @@ fn ask_finds_a_hidden_fact_and_names_its_passage() {
         words[..600].join(" "),
         words[600..].join(" ")
     );
-    let dir = scratch("ask");
+    let dir = scratch(name);
     let file = dir.join("book.txt");
     std::fs::write(&file, &document).unwrap();
-    let output = focusllm(
-        &[
-            "ask",
-            "--model",
-            model.to_str().unwrap(),
-            "--file",
-            file.to_str().unwrap(),
-            "--question",
-            "What was the cabin number?",
-            "--threshold",
-            "256",
-            "--max-tokens",
-            "12",
-            "--json",
-            "--quiet",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+        "--question",
+        "What was the cabin number?",
+        "--threshold",
+        "256",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let output = focusllm(&args, &[]);
+    std::fs::remove_dir_all(&dir).ok();
+    (document, output)
+}
+
+#[test]
+fn ask_finds_a_hidden_fact_and_names_its_passage() {
+    let Some(model) = common::smollm2_path() else {
+        return;
+    };
+    let (document, output) = ask_cabin(&model, "ask", &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["mode"], "FocusLLM with 3 chunks", "{json}");
@@ -176,5 +183,42 @@ fn ask_finds_a_hidden_fact_and_names_its_passage() {
         .expect("the passage is found in the file") as usize;
     let start: String = top["text"].as_str().unwrap().chars().take(30).collect();
     assert!(document[at..].starts_with(start.trim()), "{at}: {start:?}");
-    std::fs::remove_dir_all(&dir).ok();
+
+    // The same question with the chunks on two CPU shards (two copies of the model, batches of
+    // one so that both get chunks): the same answer and sources.
+    let (_, sharded) = ask_cabin(
+        &model,
+        "ask-sharded",
+        &["--devices", "cpu,cpu", "--batch", "1"],
+    );
+    assert!(sharded.status.success(), "{}", stderr(&sharded));
+    let sharded: serde_json::Value = serde_json::from_slice(&sharded.stdout).unwrap();
+    assert_eq!(sharded["answer"], json["answer"], "{sharded}");
+    assert_eq!(sharded["sources"], json["sources"], "{sharded}");
+}
+
+#[test]
+fn bad_shard_devices_are_refused_by_name() {
+    let Some(model) = common::smollm2_path() else {
+        return;
+    };
+    let (_, output) = ask_cabin(&model, "ask-bad-index", &["--devices", "cuda:one"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("device `cuda:one`: `one` is not a device index"),
+        "{}",
+        stderr(&output)
+    );
+    if cfg!(feature = "remote") {
+        // Port 1 of the loopback has no server.
+        let (_, output) = ask_cabin(&model, "ask-no-server", &["--devices", "ws://127.0.0.1:1"]);
+        assert!(!output.status.success());
+        let err = stderr(&output);
+        assert!(
+            err.contains(
+                "chunk shard ws://127.0.0.1:1: the server at ws://127.0.0.1:1 cannot be reached"
+            ),
+            "{err}"
+        );
+    }
 }

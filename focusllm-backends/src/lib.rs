@@ -14,6 +14,12 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+#[cfg(feature = "remote")]
+pub mod remote;
+mod spec;
+
+pub use spec::DeviceSpec;
+
 /// The CPU backend (burn `flex`, f32).
 ///
 /// ```
@@ -76,6 +82,14 @@ pub enum BackendError {
         kind: BackendKind,
         /// The cargo feature that enables it.
         feature: &'static str,
+    },
+    /// A device named on the command line cannot be parsed.
+    #[error("device `{spec}`: {reason}")]
+    BadDevice {
+        /// The text as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The backend is compiled in but cannot start here (no driver, no device).
     #[error("backend `{kind}` is unavailable on this machine: {reason}")]

@@ -50,6 +50,15 @@ pub enum FocusError {
     /// A decoder (model implementation) failed.
     #[error("decoder: {0}")]
     Decoder(String),
+    /// A chunk shard (a local decoder on another device, backend or machine) failed or was lost:
+    /// the shard is named, then what its backend reported.
+    #[error("chunk shard {shard}: {reason}")]
+    Shard {
+        /// The shard: its device as the user named it (e.g. `cuda:1`, `ws://10.0.0.2:3000`).
+        shard: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

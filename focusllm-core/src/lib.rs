@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 mod aggregator;
+mod any_backend;
 mod candidates;
 mod chunker;
 mod config;
@@ -64,6 +65,7 @@ mod control;
 mod engine;
 mod error;
 mod generation;
+mod isolated;
 mod local;
 mod main_decoder;
 mod model;
@@ -75,6 +77,7 @@ mod sharded;
 pub mod train;
 
 pub use aggregator::{CandidateAggregator, ConcatAggregator, NearestChunks};
+pub use any_backend::{AnyBackendDecoder, AnyChunkState};
 pub use candidates::{CandidateSet, LayerKv};
 pub use chunker::{ChunkPlan, Chunker, FixedStrideChunker, with_bos};
 pub use config::{FocusConfig, StepMode};

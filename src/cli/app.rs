@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use focusllm_backends::{BackendError, BackendKind};
-use focusllm_core::{Progress, Stage};
+use focusllm_backends::{BackendError, BackendKind, DeviceSpec};
+use focusllm_core::{AnyBackendDecoder, Progress, Stage};
 use focusllm_models::{AdapterInfo, CandidateAdapter};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -133,6 +133,13 @@ pub struct EngineArgs {
     /// Device index (GPU backends).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Devices that decode the chunks, comma-separated: `cpu`, `cuda:N`, `wgpu:N`, or a shard
+    /// server `ws://HOST:PORT` (`focusllm serve`; cargo feature `remote`). Each holds its own copy
+    /// of the model and the caches of its chunks; chunk batches go to them in turn and only
+    /// candidates come back to the main decoder (`--backend`, `--device`). Default: the main
+    /// decoder's device.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<DeviceSpec>,
     /// Local window L (tokens the main decoder reads in full) [default: 2048, or the adapter's].
     #[arg(long)]
     pub local_window: Option<usize>,
@@ -285,6 +292,125 @@ impl EngineArgs {
             })?;
         loaded.model.set_kernels(parse_kernels(&self.kernels));
         Ok(loaded)
+    }
+}
+
+impl EngineArgs {
+    /// The chunk decoders of a run, for a [`focusllm_core::ShardedDecoder`] whose main decoder is
+    /// `model` on `device`: `model` itself when `--devices` is not given, else a copy of the model
+    /// on each listed device, loaded as the main one was and with `adapter` (the file applied to
+    /// `model`, if any) applied.
+    pub fn chunk_shards<B: Backend>(
+        &self,
+        model: &focusllm_models::LlamaModel<B>,
+        adapter: Option<&std::path::Path>,
+        device: &B::Device,
+    ) -> Result<Vec<AnyBackendDecoder<B>>, AppError> {
+        if self.devices.is_empty() {
+            let label = DeviceSpec::Local {
+                kind: self.backend,
+                index: self.device,
+            };
+            return Ok(vec![
+                AnyBackendDecoder::new::<B, _>(model.clone(), device.clone())
+                    .with_label(label.to_string()),
+            ]);
+        }
+        self.devices
+            .iter()
+            .map(|spec| {
+                let shard = self
+                    .shard_on::<B>(spec, adapter, device)
+                    .map_err(|e| AppError::from(format!("chunk shard {spec}: {e}")))?;
+                if !self.quiet {
+                    eprintln!("chunk shard on {spec}");
+                }
+                Ok(shard.with_label(spec.to_string()))
+            })
+            .collect()
+    }
+
+    /// A copy of the model on the device `spec`, as a chunk decoder for the main `device`.
+    fn shard_on<B: Backend>(
+        &self,
+        spec: &DeviceSpec,
+        adapter: Option<&std::path::Path>,
+        device: &B::Device,
+    ) -> Result<AnyBackendDecoder<B>, AppError> {
+        match spec {
+            DeviceSpec::Local { kind, index } => {
+                kind.ensure_compiled()?;
+                let _ = index;
+                match kind {
+                    #[cfg(feature = "cpu")]
+                    BackendKind::Cpu => Ok(AnyBackendDecoder::new::<focusllm_backends::Cpu, _>(
+                        self.shard_model(Default::default(), adapter)?,
+                        device.clone(),
+                    )),
+                    #[cfg(feature = "wgpu")]
+                    BackendKind::Wgpu => {
+                        let shard_device = focusllm_backends::wgpu_device(*index);
+                        focusllm_backends::probe::<focusllm_backends::Wgpu>(*kind, &shard_device)?;
+                        Ok(AnyBackendDecoder::new::<focusllm_backends::Wgpu, _>(
+                            self.shard_model(shard_device, adapter)?,
+                            device.clone(),
+                        ))
+                    }
+                    #[cfg(feature = "cuda")]
+                    BackendKind::Cuda => {
+                        let shard_device = focusllm_backends::cuda_device(*index);
+                        focusllm_backends::probe::<focusllm_backends::Cuda>(*kind, &shard_device)?;
+                        Ok(AnyBackendDecoder::new::<focusllm_backends::Cuda, _>(
+                            self.shard_model(shard_device, adapter)?,
+                            device.clone(),
+                        ))
+                    }
+                    #[allow(unreachable_patterns)]
+                    other => Err(BackendError::NotCompiled {
+                        kind: *other,
+                        feature: other.feature(),
+                    }
+                    .into()),
+                }
+            }
+            #[cfg(feature = "remote")]
+            DeviceSpec::Remote(address) => {
+                use focusllm_backends::remote::{Remote, reachable, remote_device};
+                // burn's client panics when the server cannot be reached: ask first.
+                reachable(address)?;
+                let model = self.shard_model::<Remote>(remote_device(address), adapter)?;
+                let address = address.clone();
+                // A lost server is an error, not a crash or a hang (see `isolated`).
+                Ok(AnyBackendDecoder::isolated::<Remote, _>(
+                    model,
+                    device.clone(),
+                    move || reachable(&address),
+                ))
+            }
+            #[cfg(not(feature = "remote"))]
+            DeviceSpec::Remote(_) => Err(
+                "shard servers need the cargo feature `remote`: rebuild with `--features remote`"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Loads the model on `shard_device` (backend `S`) as [`EngineArgs::load`] does and applies
+    /// `adapter`.
+    fn shard_model<S: Backend>(
+        &self,
+        shard_device: S::Device,
+        adapter: Option<&std::path::Path>,
+    ) -> Result<focusllm_models::LlamaModel<S>, AppError> {
+        let loaded = self.load::<S>(&shard_device)?;
+        let model = match adapter {
+            Some(path) => {
+                let (adapter, _) = CandidateAdapter::<S>::load(path, &loaded.model)?;
+                adapter.apply(loaded.model)?
+            }
+            None => loaded.model,
+        };
+        Ok(model)
     }
 }
 

@@ -26,3 +26,16 @@ fn status_kb(key: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Bytes this process has read and written through system calls so far (`rchar`, `wchar` of
+/// `/proc/self/io`): sockets included, so the difference over a prefill that reads no file is what
+/// it exchanged with its shard servers.
+pub fn io_bytes() -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("rchar:")?, field("wchar:")?))
+}

@@ -18,7 +18,7 @@ use crate::cli::app::{
 use crate::cli::focus_strip::{FocusRow, write_svg};
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, FocusMap, GenerateOptions};
+use focusllm::core::{FocusEngine, FocusMap, GenerateOptions, ShardedDecoder};
 
 #[derive(Parser, Debug)]
 #[command(about = "Answer a question about a long text file with FocusLLM")]
@@ -88,7 +88,10 @@ impl BackendRunner for &Args {
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let adapted = self.engine.adapter_for(&loaded, true)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
-        let engine = FocusEngine::new(model, config)?;
+        let adapter = adapted.as_ref().map(|a| a.path.as_path());
+        let shards = self.engine.chunk_shards(model, adapter, &device)?;
+        let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
+        let engine = FocusEngine::with_decoders(&local, model, config)?;
         let view = ProgressView::new(
             "document",
             self.engine.quiet || self.expect.is_some() || self.ppl,

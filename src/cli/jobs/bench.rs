@@ -8,11 +8,11 @@
 use std::time::Instant;
 
 use crate::cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
-use crate::cli::memory::{peak_rss_mb, reset_peak_rss, rss_mb};
+use crate::cli::memory::{io_bytes, peak_rss_mb, reset_peak_rss, rss_mb};
 use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, argmax};
+use focusllm::core::{FocusEngine, FocusError, ShardedDecoder, Stage, argmax};
 use focusllm::models::Kernels;
 use serde::Serialize;
 
@@ -46,6 +46,10 @@ pub struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Cancel each FocusLLM prefill once this many chunks are decoded, and report the resident
+    /// memory at the cancel and a second after it (no step is timed then).
+    #[arg(long)]
+    cancel_after: Option<usize>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -65,6 +69,41 @@ pub struct Row {
     peak_rss_mb: Option<f64>,
     chunk_batch: usize,
     chunk_cache_mb: f64,
+    /// Bytes read and written by the process over the prefill and per step (system calls, so
+    /// sockets to shard servers; no file is read then): what `--devices ws://..` moves.
+    io_prefill: Option<IoBytes>,
+    io_per_step: Option<IoBytes>,
+    /// With `--cancel-after`: the chunks decoded when the prefill was cancelled, and the resident
+    /// memory then and a second after the cancelled session was dropped.
+    cancelled: Option<Cancelled>,
+}
+
+/// A prefill cancelled by `--cancel-after`.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct Cancelled {
+    chunks_done: usize,
+    chunks_total: usize,
+    rss_at_cancel_mb: Option<f64>,
+    rss_after_mb: Option<f64>,
+}
+
+/// Bytes read and written by the process over a span of work.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct IoBytes {
+    received: u64,
+    sent: u64,
+}
+
+impl IoBytes {
+    /// The bytes moved between two [`io_bytes`] readings, divided by `n`.
+    fn between(before: Option<(u64, u64)>, after: Option<(u64, u64)>, n: usize) -> Option<Self> {
+        let ((r0, w0), (r1, w1)) = (before?, after?);
+        let n = n.max(1) as u64;
+        Some(Self {
+            received: r1.saturating_sub(r0) / n,
+            sent: w1.saturating_sub(w0) / n,
+        })
+    }
 }
 
 struct Measured {
@@ -76,6 +115,8 @@ impl Args {
     fn measure<B: Backend>(
         &self,
         model: &focusllm::models::LlamaModel<B>,
+        adapter: Option<&std::path::Path>,
+        device: &B::Device,
         config: &focusllm::core::FocusConfig,
         ids: &[u32],
         method: &str,
@@ -87,21 +128,79 @@ impl Args {
             .clone()
             .with_plain_threshold(Some(threshold))
             .with_chunk_batch_size(batch);
-        let engine = FocusEngine::new(model, config)?;
+        let shards = self.engine.chunk_shards(model, adapter, device)?;
+        let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
+        let engine = FocusEngine::with_decoders(&local, model, config)?;
         let view = ProgressView::new(&format!("{method} {}", ids.len()), self.engine.quiet);
         let mut session = engine.session();
-        session.on_progress(|p| view.update(p));
+        let cancel_at = self.cancel_after.filter(|_| method == "focus");
+        let token = session.cancel_token();
+        let at_cancel = std::sync::Mutex::new(None);
+        session.on_progress(|p| {
+            view.update(p);
+            if let Some(n) = cancel_at
+                && p.stage == Stage::Chunks
+                && p.done >= n
+                && !token.is_cancelled()
+            {
+                *at_cancel.lock().unwrap() = Some((p.done, p.total, rss_mb()));
+                token.cancel();
+            }
+        });
         reset_peak_rss();
         let work = model.work();
-        let (start, flops) = (Instant::now(), work.get());
-        let mut logits = vec![session.prefill(ids)?];
+        let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
+        let prefill = session.prefill(ids);
         let prefill_s = start.elapsed().as_secs_f64();
+        if let (Err(FocusError::Cancelled), Some((done, total, rss))) =
+            (&prefill, *at_cancel.lock().unwrap())
+        {
+            let cache = session.chunk_cache_bytes();
+            drop(session);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let cancelled = Cancelled {
+                chunks_done: done,
+                chunks_total: total,
+                rss_at_cancel_mb: rss,
+                rss_after_mb: rss_mb(),
+            };
+            eprintln!(
+                "{} tokens: cancelled after {done} of {total} chunks ({prefill_s:.1} s); resident \
+                 {:.0} MiB then, {:.0} MiB a second after (caches left: {cache} bytes)",
+                ids.len(),
+                rss.unwrap_or(f64::NAN),
+                cancelled.rss_after_mb.unwrap_or(f64::NAN),
+            );
+            return Ok(Measured {
+                row: Row {
+                    method: method.to_string(),
+                    kernels: format!("{:?}", model.kernels()).to_lowercase(),
+                    tokens: ids.len(),
+                    prefill_s,
+                    tokens_per_s: f64::NAN,
+                    step_s: f64::NAN,
+                    generated_per_s: f64::NAN,
+                    prefill_gflops: f64::NAN,
+                    step_gflops: f64::NAN,
+                    peak_rss_mb: peak_rss_mb(),
+                    chunk_batch: batch,
+                    chunk_cache_mb: cache as f64 / (1024.0 * 1024.0),
+                    io_prefill: None,
+                    io_per_step: None,
+                    cancelled: Some(cancelled),
+                },
+                logits: Vec::new(),
+            });
+        }
+        let mut logits = vec![prefill?];
         let prefill_flops = work.get() - flops;
-        let (start, flops) = (Instant::now(), work.get());
+        let io_prefill = IoBytes::between(io, io_bytes(), 1);
+        let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
         for _ in 0..self.steps {
             let token = argmax(logits.last().expect("prefill logits"))?;
             logits.push(session.step(token)?);
         }
+        let io_per_step = IoBytes::between(io, io_bytes(), self.steps);
         let steps_s = start.elapsed().as_secs_f64();
         let step_flops = work.get() - flops;
         let step_s = steps_s / self.steps.max(1) as f64;
@@ -122,6 +221,9 @@ impl Args {
             peak_rss_mb: peak,
             chunk_batch: batch,
             chunk_cache_mb,
+            io_prefill,
+            io_per_step,
+            cancelled: None,
         };
         if !self.json {
             eprintln!("{row:?}");
@@ -175,6 +277,10 @@ impl BackendRunner for &Args {
         // and step mode are then the defaults), never the bundled one.
         let adapted = self.engine.adapter_for(&loaded, false)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
+        let adapter = adapted.as_ref().map(|a| a.path.as_path());
+        if self.compare_kernels && !self.engine.devices.is_empty() {
+            return Err("--compare-kernels measures the main device only: drop --devices".into());
+        }
         let mut models = vec![model.clone()];
         if self.compare_kernels {
             let mut other = model.clone();
@@ -197,16 +303,32 @@ impl BackendRunner for &Args {
                 }
                 for model in &models {
                     rows.push(
-                        self.measure(model, &config, &ids, method, self.engine.batch)?
-                            .row,
+                        self.measure(
+                            model,
+                            adapter,
+                            &device,
+                            &config,
+                            &ids,
+                            method,
+                            self.engine.batch,
+                        )?
+                        .row,
                     );
                 }
             }
         }
         let batches = if self.batch_compare > 0 {
             let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
-            let one = self.measure(model, &config, &ids, "focus", 1)?;
-            let many = self.measure(model, &config, &ids, "focus", self.engine.batch)?;
+            let one = self.measure(model, adapter, &device, &config, &ids, "focus", 1)?;
+            let many = self.measure(
+                model,
+                adapter,
+                &device,
+                &config,
+                &ids,
+                "focus",
+                self.engine.batch,
+            )?;
             let diff = one
                 .logits
                 .iter()

@@ -13,7 +13,7 @@ use crate::cli::app::{
 };
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, GenerateOptions, SamplingConfig};
+use focusllm::core::{FocusEngine, GenerateOptions, SamplingConfig, ShardedDecoder};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with FocusLLM (streams tokens to stdout)")]
@@ -76,7 +76,10 @@ impl BackendRunner for &Args {
         let stops = chat_stop_tokens(loaded.model.config().eos_ids(), tokenizer);
         let adapted = self.engine.adapter_for(&loaded, true)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
-        let engine = FocusEngine::new(model, config)?;
+        let adapter = adapted.as_ref().map(|a| a.path.as_path());
+        let shards = self.engine.chunk_shards(model, adapter, &device)?;
+        let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
+        let engine = FocusEngine::with_decoders(&local, model, config)?;
         let view = ProgressView::new("prompt", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

@@ -5,5 +5,7 @@ pub mod ask;
 pub mod bench;
 pub mod generate;
 pub mod passkey;
+#[cfg(feature = "remote")]
+pub mod serve;
 #[cfg(feature = "train")]
 pub mod train;

@@ -12,7 +12,7 @@ use crate::cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on}
 use crate::cli::passkey::{digit_accuracy, is_correct, passkey_prompt};
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, GenerateOptions};
+use focusllm::core::{FocusEngine, GenerateOptions, ShardedDecoder};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -98,10 +98,12 @@ impl BackendRunner for &Args {
         for &length in &self.lengths {
             for method in &self.methods {
                 let mut model = &loaded.model;
+                let mut adapter = None;
                 let config = match method.as_str() {
                     "focus" => {
                         if let Some(a) = &adapted {
                             model = &a.model;
+                            adapter = Some(a.path.as_path());
                         }
                         focus_config.clone()
                     }
@@ -124,7 +126,9 @@ impl BackendRunner for &Args {
                         .into());
                     }
                 };
-                let engine = FocusEngine::new(model, config)?;
+                let shards = self.engine.chunk_shards(model, adapter, &device)?;
+                let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
+                let engine = FocusEngine::with_decoders(&local, model, config)?;
                 let mut row = Row {
                     method: method.clone(),
                     tokens: length,
