@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
-use focusllm::core::{FocusEngine, GenerateOptions};
+use focusllm::core::{FocusEngine, GenerateOptions, ShardedDecoder};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -50,7 +50,10 @@ impl BackendRunner for Args {
         // Reference comparisons: only an adapter given with `--adapter`, never the bundled one.
         let adapted = self.engine.adapter_for(&loaded, false)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
-        let engine = FocusEngine::new(model, config)?;
+        let adapter = adapted.as_ref().map(|a| a.path.as_path());
+        let shards = self.engine.chunk_shards(model, adapter, &device)?;
+        let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
+        let engine = FocusEngine::with_decoders(&local, model, config)?;
         let view = ProgressView::new("logits", self.engine.quiet);
         let mut session = engine.session();
         session.on_progress(|p| view.update(p));

@@ -12,7 +12,7 @@ use crate::cli::memory::{io_bytes, peak_rss_mb, reset_peak_rss, rss_mb};
 use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{FocusEngine, FocusError, ShardedDecoder, Stage, argmax};
+use focusllm::core::{CancelToken, FocusEngine, FocusError, ShardedDecoder, Stage, argmax};
 use focusllm::models::Kernels;
 use serde::Serialize;
 
@@ -132,10 +132,11 @@ impl Args {
         let local = ShardedDecoder::new(shards.iter().collect(), device.clone())?;
         let engine = FocusEngine::with_decoders(&local, model, config)?;
         let view = ProgressView::new(&format!("{method} {}", ids.len()), self.engine.quiet);
-        let mut session = engine.session();
         let cancel_at = self.cancel_after.filter(|_| method == "focus");
-        let token = session.cancel_token();
+        let token = CancelToken::new();
         let at_cancel = std::sync::Mutex::new(None);
+        let mut session = engine.session();
+        session.set_cancel_token(token.clone());
         session.on_progress(|p| {
             view.update(p);
             if let Some(n) = cancel_at
