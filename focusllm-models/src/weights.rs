@@ -222,10 +222,7 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// Matrix `name`, `[rows, cols]` as stored.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<B, 2>, ModelError> {
         let data = self.raw(name, &[rows, cols])?;
-        Ok(Tensor::from_data(
-            TensorData::new(data, [rows, cols]),
-            self.device,
-        ))
+        Ok(upload_rows(data, rows, cols, self.device))
     }
 
     /// Matrix `name`, stored `[rows, cols]`, as `[cols, rows]` (see [`transposed_host`]).
@@ -236,8 +233,10 @@ impl<'a, B: Backend> Weights<'a, B> {
         cols: usize,
     ) -> Result<Tensor<B, 2>, ModelError> {
         let data = self.raw(name, &[rows, cols])?;
-        Ok(Tensor::from_data(
-            TensorData::new(transposed_host(&data, rows, cols), [cols, rows]),
+        Ok(upload_rows(
+            transposed_host(&data, rows, cols),
+            cols,
+            rows,
             self.device,
         ))
     }
@@ -282,4 +281,34 @@ pub fn transposed_host(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Largest block of a weight sent to a device in one piece. burn's remote backend carries a tensor
+/// in one WebSocket message, and its server refuses messages over 64 MiB (frames over 16 MiB): an
+/// embedding of 49K x 576 f32 is 113 MB. Larger matrices go in blocks of rows, joined on the device.
+const UPLOAD_BLOCK_BYTES: usize = 8 << 20;
+
+/// `data` (`[rows, cols]`, row-major) on `device`, in blocks of rows of at most
+/// [`UPLOAD_BLOCK_BYTES`].
+fn upload_rows<B: Backend>(
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let bytes = data.len() * std::mem::size_of::<f32>();
+    if bytes <= UPLOAD_BLOCK_BYTES || cols == 0 {
+        return Tensor::from_data(TensorData::new(data, [rows, cols]), device);
+    }
+    let block_rows = (UPLOAD_BLOCK_BYTES / (cols * std::mem::size_of::<f32>())).max(1);
+    let blocks = data
+        .chunks(block_rows * cols)
+        .map(|block| {
+            Tensor::from_data(
+                TensorData::new(block.to_vec(), [block.len() / cols, cols]),
+                device,
+            )
+        })
+        .collect();
+    Tensor::cat(blocks, 0)
 }

@@ -106,6 +106,14 @@ impl IoBytes {
     }
 }
 
+/// What a bench row runs: the model (on the main device), the adapter applied to it, the device.
+#[derive(Clone, Copy)]
+struct Target<'a, B: Backend> {
+    model: &'a focusllm::models::LlamaModel<B>,
+    adapter: Option<&'a std::path::Path>,
+    device: &'a B::Device,
+}
+
 struct Measured {
     row: Row,
     logits: Vec<Vec<f32>>,
@@ -114,14 +122,17 @@ struct Measured {
 impl Args {
     fn measure<B: Backend>(
         &self,
-        model: &focusllm::models::LlamaModel<B>,
-        adapter: Option<&std::path::Path>,
-        device: &B::Device,
+        target: Target<'_, B>,
         config: &focusllm::core::FocusConfig,
         ids: &[u32],
         method: &str,
         batch: usize,
     ) -> Result<Measured, AppError> {
+        let Target {
+            model,
+            adapter,
+            device,
+        } = target;
         // Focus rows always chunk (threshold 1) so that short inputs are measured too.
         let threshold = if method == "plain" { usize::MAX } else { 1 };
         let config = config
@@ -305,9 +316,11 @@ impl BackendRunner for &Args {
                 for model in &models {
                     rows.push(
                         self.measure(
-                            model,
-                            adapter,
-                            &device,
+                            Target {
+                                model,
+                                adapter,
+                                device: &device,
+                            },
                             &config,
                             &ids,
                             method,
@@ -320,11 +333,23 @@ impl BackendRunner for &Args {
         }
         let batches = if self.batch_compare > 0 {
             let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
-            let one = self.measure(model, adapter, &device, &config, &ids, "focus", 1)?;
+            let one = self.measure(
+                Target {
+                    model,
+                    adapter,
+                    device: &device,
+                },
+                &config,
+                &ids,
+                "focus",
+                1,
+            )?;
             let many = self.measure(
-                model,
-                adapter,
-                &device,
+                Target {
+                    model,
+                    adapter,
+                    device: &device,
+                },
                 &config,
                 &ids,
                 "focus",
