@@ -2,6 +2,8 @@
 //! lavapipe software Vulkan driver), and clear errors for backends that are missing or cannot start.
 
 mod common;
+#[path = "sharding/mod.rs"]
+mod shards;
 
 use std::process::Command;
 

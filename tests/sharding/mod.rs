@@ -1,14 +1,13 @@
 //! Chunk batches sharded over several devices, backends and machines give the one-device results
-//! (official model C: greedy tokens identical, logits within 1e-4 of the reference).
+//! (official model C: greedy tokens identical, logits within 1e-4 of the reference). A module of
+//! `tests/backends.rs` (one test program less to build).
 //!
 //! CPU shards always run. GPU shards run when `FOCUSLLM_TEST_DEVICES` names them (`cuda:0`,
 //! `wgpu:0`, comma-separated; `scripts/gpu-shards.sh`). Shard servers (cargo feature `remote`)
 //! are started on free loopback ports by the test itself and stopped by it.
 
-mod common;
-
+use super::common::*;
 use burn::tensor::backend::Backend;
-use common::*;
 use focusllm::core::{
     AnyBackendDecoder, FocusEngine, GenerateOptions, Mode, ShardedDecoder, StepMode,
 };
