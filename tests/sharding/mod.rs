@@ -245,7 +245,7 @@ mod remote {
             .args([
                 "--ignored",
                 "--exact",
-                "remote::killed_server_child",
+                "shards::remote::killed_server_child",
                 "--nocapture",
             ])
             .stdout(Stdio::piped())
