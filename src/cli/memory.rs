@@ -27,15 +27,22 @@ fn status_kb(key: &str) -> Option<f64> {
         .ok()
 }
 
-/// Bytes this process has read and written through system calls so far (`rchar`, `wchar` of
-/// `/proc/self/io`): sockets included, so the difference over a prefill that reads no file is what
-/// it exchanged with its shard servers.
+/// Bytes received and sent through this machine's network interfaces so far, loopback included
+/// (the sums of `/proc/net/dev`). Socket traffic is not in `/proc/self/io` (it counts `read` and
+/// `write`, and sockets go through `recv` and `send`), so this is how a bench sees what it
+/// exchanged with its shard servers; on loopback every byte is counted once received and once
+/// sent, and other traffic of the machine counts too.
 pub fn io_bytes() -> Option<(u64, u64)> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    let field = |key: &str| -> Option<u64> {
-        io.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    Some((field("rchar:")?, field("wchar:")?))
+    let dev = std::fs::read_to_string("/proc/net/dev").ok()?;
+    let (mut received, mut sent) = (0u64, 0u64);
+    for line in dev.lines().skip(2) {
+        let (_, counters) = line.split_once(':')?;
+        let fields: Vec<u64> = counters
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        received += fields.first()?;
+        sent += fields.get(8)?;
+    }
+    Some((received, sent))
 }

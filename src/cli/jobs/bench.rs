@@ -69,8 +69,8 @@ pub struct Row {
     peak_rss_mb: Option<f64>,
     chunk_batch: usize,
     chunk_cache_mb: f64,
-    /// Bytes read and written by the process over the prefill and per step (system calls, so
-    /// sockets to shard servers; no file is read then): what `--devices ws://..` moves.
+    /// Bytes through the machine's network interfaces over the prefill and per step (loopback
+    /// included, `/proc/net/dev`): what `--devices ws://..` moves.
     io_prefill: Option<IoBytes>,
     io_per_step: Option<IoBytes>,
     /// With `--cancel-after`: the chunks decoded when the prefill was cancelled, and the resident
@@ -87,7 +87,7 @@ pub struct Cancelled {
     rss_after_mb: Option<f64>,
 }
 
-/// Bytes read and written by the process over a span of work.
+/// Bytes received and sent through the machine's network interfaces over a span of work.
 #[derive(Serialize, Debug, Clone, Copy)]
 pub struct IoBytes {
     received: u64,
