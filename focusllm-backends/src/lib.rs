@@ -2,7 +2,8 @@
 //!
 //! Which burn backend runs focusllm. Cargo features choose what is compiled in:
 //! `cpu` (default: burn's `flex` backend, pure Rust with SIMD and threads), `wgpu`
-//! (Vulkan / Metal / DX12 through burn-wgpu) and `cuda` (NVIDIA, through burn-cuda).
+//! (Vulkan / Metal / DX12 through burn-wgpu) and `cuda` (NVIDIA, through burn-cuda); `remote` adds
+//! burn's remote backend and its server (the `remote` module), for chunk shards on other machines.
 //!
 //! Library code stays generic over `B: Backend`; this crate gives the concrete types and a small
 //! runtime chooser ([`BackendKind`]) for command-line programs.
