@@ -192,16 +192,25 @@ fn move_tensor<S: Backend, B: Backend>(tensor: Tensor<S, 4>, device: &B::Device)
 /// a lost device or connection) into [`FocusError::Shard`].
 fn guarded<T>(label: &str, job: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "its backend panicked".into());
         Err(FocusError::Shard {
             shard: label.to_string(),
-            reason: format!("its backend failed: {reason}"),
+            reason: format!("its backend failed: {}", panic_message(panic.as_ref())),
         })
     })
+}
+
+/// The message a panic carried (`panic!`'s text), or a generic one.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "its backend panicked".into())
+}
+
+/// The error for a chunk state that belongs to another decoder.
+fn foreign_state() -> FocusError {
+    FocusError::Decoder("a chunk state from another decoder was handed over".into())
 }
 
 impl<S, L, B> ErasedLocal<B> for Erased<S, L, B>
@@ -229,9 +238,7 @@ where
     ) -> Result<Vec<CandidateSet<B>>> {
         let mut own: Vec<&mut L::ChunkState> = Vec::with_capacity(states.len());
         for state in states.iter_mut() {
-            own.push(state.0.downcast_mut().ok_or_else(|| {
-                FocusError::Decoder("a chunk state from another decoder was handed over".into())
-            })?);
+            own.push(state.0.downcast_mut().ok_or_else(foreign_state)?);
         }
         guarded(&self.label, || {
             self.decoder
@@ -309,9 +316,7 @@ impl<B: Backend> ErasedLocal<B> for Isolated<B> {
     ) -> Result<Vec<CandidateSet<B>>> {
         let mut handles: Vec<&StateHandle<B>> = Vec::with_capacity(states.len());
         for state in states.iter() {
-            handles.push(state.0.downcast_ref().ok_or_else(|| {
-                FocusError::Decoder("a chunk state from another decoder was handed over".into())
-            })?);
+            handles.push(state.0.downcast_ref().ok_or_else(foreign_state)?);
         }
         Isolated::extend_batches(self, &handles, prev, new)
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 
+use crate::any_backend::panic_message;
 use crate::candidates::CandidateSet;
 use crate::error::{FocusError, Result};
 use crate::local::{ChunkSequence, LocalDecoder};
@@ -40,12 +41,7 @@ fn install_parking_hook() {
             let thread = std::thread::current();
             match thread.name() {
                 Some(name) if name.starts_with(WORKER) => {
-                    let message = info
-                        .payload()
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "its backend panicked".into());
+                    let message = panic_message(info.payload());
                     if let Ok(mut parked) = parked().lock() {
                         parked.insert(name.to_string(), message);
                     }

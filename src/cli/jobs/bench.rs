@@ -107,12 +107,20 @@ impl IoBytes {
 }
 
 /// What a bench row runs: the model (on the main device), the adapter applied to it, the device.
-#[derive(Clone, Copy)]
 struct Target<'a, B: Backend> {
     model: &'a focusllm::models::LlamaModel<B>,
     adapter: Option<&'a std::path::Path>,
     device: &'a B::Device,
 }
+
+// By hand: the derives would ask `B: Copy`, and only references are copied.
+impl<B: Backend> Clone for Target<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for Target<'_, B> {}
 
 struct Measured {
     row: Row,
@@ -333,28 +341,13 @@ impl BackendRunner for &Args {
         }
         let batches = if self.batch_compare > 0 {
             let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
-            let one = self.measure(
-                Target {
-                    model,
-                    adapter,
-                    device: &device,
-                },
-                &config,
-                &ids,
-                "focus",
-                1,
-            )?;
-            let many = self.measure(
-                Target {
-                    model,
-                    adapter,
-                    device: &device,
-                },
-                &config,
-                &ids,
-                "focus",
-                self.engine.batch,
-            )?;
+            let target = Target {
+                model,
+                adapter,
+                device: &device,
+            };
+            let one = self.measure(target, &config, &ids, "focus", 1)?;
+            let many = self.measure(target, &config, &ids, "focus", self.engine.batch)?;
             let diff = one
                 .logits
                 .iter()
