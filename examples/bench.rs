@@ -5,9 +5,7 @@
 //! cargo run --release --example bench -- --lengths 4096,8192,16384,32768 --json
 //! ```
 
-#[path = "../src/cli/mod.rs"]
-#[allow(dead_code)] // each example runs one of the command's jobs
-mod cli;
+use focusllm::cli;
 
 use clap::Parser;
 

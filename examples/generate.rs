@@ -6,9 +6,7 @@
 //! cargo run --release --example generate -- --file notes.txt --max-tokens 200 --temperature 0.7 --top-p 0.9
 //! ```
 
-#[path = "../src/cli/mod.rs"]
-#[allow(dead_code)] // each example runs one of the command's jobs
-mod cli;
+use focusllm::cli;
 
 use clap::Parser;
 

@@ -5,9 +5,7 @@
 //! cargo run --release --example longdoc -- --file book.txt --question "Who is the narrator?"
 //! ```
 
-#[path = "../src/cli/mod.rs"]
-#[allow(dead_code)] // each example runs one of the command's jobs
-mod cli;
+use focusllm::cli;
 
 use clap::Parser;
 

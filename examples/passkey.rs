@@ -5,9 +5,7 @@
 //! cargo run --release --example passkey -- --lengths 8192,16384,32768 --seeds 2
 //! ```
 
-#[path = "../src/cli/mod.rs"]
-#[allow(dead_code)] // each example runs one of the command's jobs
-mod cli;
+use focusllm::cli;
 
 use clap::Parser;
 

@@ -8,8 +8,13 @@
 //! - [`models`] (`focusllm-models`): Llama-family decoders, safetensors/GGUF loaders, tokenizers;
 //! - [`backends`] (`focusllm-backends`): the burn backends behind cargo features.
 //!
-//! The command's and examples' plumbing (flags, progress bars, the model fetch) lives in `src/cli/`, not
-//! here: the library never shells out or prints.
+//! The command's and examples' plumbing (flags, progress bars, the model fetch) lives in `src/cli/`,
+//! outside the library API: the library never shells out or prints. With feature `cli` (a default
+//! one) it is compiled into this crate as a hidden module, so that the `focusllm` command and the
+//! example programs link one compiled copy of it instead of each compiling its own (each copy
+//! instantiates the engine for every backend: about 700 CPU-seconds of a release build apiece).
+//! Library users who want none of it turn default features off (`default-features = false,
+//! features = ["cpu"]`).
 //!
 //! ## Reading a long input
 //!
@@ -74,6 +79,13 @@
 pub use focusllm_backends as backends;
 pub use focusllm_core as core;
 pub use focusllm_models as models;
+
+// The command's code names the crate `focusllm::…` as the programs that use it do.
+extern crate self as focusllm;
+
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
 
 // The README's code blocks, compiled by `cargo test --doc` (only `rust` blocks are: `sh` ones
 // are not Rust). Its library example is `no_run`: it needs a real model and a text file.

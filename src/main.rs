@@ -9,8 +9,7 @@
 //! cargo feature `remote`); `focusllm help <subcommand>` lists
 //! each one's flags. The model, backend and FocusLLM sizes are the same flags everywhere.
 
-#[allow(dead_code)] // parts of it serve the examples and tests only
-mod cli;
+use focusllm::cli;
 
 use std::process::ExitCode;
 

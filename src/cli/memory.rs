@@ -46,3 +46,18 @@ pub fn io_bytes() -> Option<(u64, u64)> {
     }
     Some((received, sent))
 }
+
+/// Hands the memory the allocator holds free back to the kernel, so that resident memory falls
+/// once a large session is dropped (a cancelled 1M-token prefill, a finished bench row).
+///
+/// The command and the examples run on mimalloc (see [`crate::cli`]). It keeps a freed page in
+/// the heap of the thread that allocated it, and returns it to the kernel only when that thread
+/// next allocates or frees; the chunk batches' caches are allocated on rayon's workers, which sit
+/// idle after a cancel, so their memory would stay resident. Every worker and this thread collect
+/// their heaps here. Under another allocator this does nothing (mimalloc's heaps are empty).
+pub fn release_free_memory() {
+    // SAFETY: `mi_collect` has no preconditions; it walks the calling thread's own heap.
+    rayon::broadcast(|_| unsafe { libmimalloc_sys::mi_collect(true) });
+    // SAFETY: as above.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}

@@ -1,8 +1,8 @@
-//! The `focusllm` command's code, which the library does not publish: command-line flags,
-//! progress bars, the adapter policy, the model fetch (which shells out to `pip`), passkey prompts,
-//! memory readings, the focus strip, and one module per job in [`jobs`]. The binary
-//! (`src/main.rs`) and each example program include it (`#[path]`); the tests include the parts
-//! they need the same way.
+//! The `focusllm` command's code, outside the library's API (a hidden module, feature `cli`):
+//! command-line flags, progress bars, the adapter policy, the model fetch (which shells out to
+//! `pip`), passkey prompts, memory readings, the focus strip, and one module per job in [`jobs`].
+//! The binary (`src/main.rs`) and each example program call a job's `run`, so all of them link the
+//! one compiled copy; the tests include the few parts they need by `#[path]`.
 //!
 //! The command and the examples install mimalloc as their allocator (`#[global_allocator]`): the
 //! glibc allocator returns the large activation buffers to the kernel after every op and

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use crate::cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
-use crate::cli::memory::{io_bytes, peak_rss_mb, reset_peak_rss, rss_mb};
+use crate::cli::memory::{io_bytes, peak_rss_mb, release_free_memory, reset_peak_rss, rss_mb};
 use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
 use clap::Parser;
@@ -74,7 +74,8 @@ pub struct Row {
     io_prefill: Option<IoBytes>,
     io_per_step: Option<IoBytes>,
     /// With `--cancel-after`: the chunks decoded when the prefill was cancelled, and the resident
-    /// memory then and a second after the cancelled session was dropped.
+    /// memory before the prefill, at the cancel, and a second after the cancelled session was
+    /// dropped and the allocator's free memory handed back.
     cancelled: Option<Cancelled>,
 }
 
@@ -83,6 +84,7 @@ pub struct Row {
 pub struct Cancelled {
     chunks_done: usize,
     chunks_total: usize,
+    rss_before_mb: Option<f64>,
     rss_at_cancel_mb: Option<f64>,
     rss_after_mb: Option<f64>,
 }
@@ -167,6 +169,8 @@ impl Args {
                 token.cancel();
             }
         });
+        release_free_memory();
+        let rss_before = rss_mb();
         reset_peak_rss();
         let work = model.work();
         let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
@@ -177,17 +181,21 @@ impl Args {
         {
             let cache = session.chunk_cache_bytes();
             drop(session);
+            release_free_memory();
             std::thread::sleep(std::time::Duration::from_secs(1));
             let cancelled = Cancelled {
                 chunks_done: done,
                 chunks_total: total,
+                rss_before_mb: rss_before,
                 rss_at_cancel_mb: rss,
                 rss_after_mb: rss_mb(),
             };
             eprintln!(
                 "{} tokens: cancelled after {done} of {total} chunks ({prefill_s:.1} s); resident \
-                 {:.0} MiB then, {:.0} MiB a second after (caches left: {cache} bytes)",
+                 {:.0} MiB before the prefill, {:.0} MiB at the cancel, {:.0} MiB a second after \
+                 (caches left: {cache} bytes)",
                 ids.len(),
+                rss_before.unwrap_or(f64::NAN),
                 rss.unwrap_or(f64::NAN),
                 cancelled.rss_after_mb.unwrap_or(f64::NAN),
             );

@@ -4,6 +4,7 @@
 pub mod ask;
 pub mod bench;
 pub mod generate;
+pub mod logits;
 pub mod passkey;
 #[cfg(feature = "remote")]
 pub mod serve;
