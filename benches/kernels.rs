@@ -3,6 +3,8 @@
 //!
 //! - `attention`: causal grouped-query attention alone (`kernels::causal_attention`), a prefill
 //!   (every position a query) and a step (one query after the context);
+//! - `linear`: one projection (576 → 1536, the MLP's up projection) over the rows of a decoding
+//!   step: one generated token, or the two rows of each of 4 chunks in an exact step;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer.
 //!
@@ -17,7 +19,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use focusllm::backends::Cpu;
 use focusllm::core::LayerKv;
-use focusllm::models::kernels::{Kernels, causal_attention};
+use focusllm::models::kernels::{Kernels, causal_attention, linear};
 use focusllm::models::llama::{
     Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past,
 };
@@ -52,6 +54,23 @@ fn attention_benches(c: &mut Criterion) {
                     b.iter(|| black_box(causal_attention(kernels, q.clone(), k.clone(), v.clone())))
                 });
             }
+        }
+    }
+    group.finish();
+}
+
+fn linear_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear");
+    let device = Default::default();
+    let layer = LinearConfig::new(HIDDEN, MLP)
+        .with_bias(false)
+        .init::<Cpu>(&device);
+    for rows in [1, 8] {
+        let x = Tensor::<Cpu, 3>::random([1, rows, HIDDEN], Distribution::Default, &device);
+        for (kernels, name) in KERNELS {
+            group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
+                b.iter(|| black_box(linear(kernels, x.clone(), &layer)))
+            });
         }
     }
     group.finish();
@@ -169,5 +188,5 @@ fn layer_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, attention_benches, layer_benches);
+criterion_group!(benches, attention_benches, linear_benches, layer_benches);
 criterion_main!(benches);

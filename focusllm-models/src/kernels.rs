@@ -78,3 +78,31 @@ pub fn causal_attention<B: Backend>(
     );
     plan.attend(q, k, v).0
 }
+
+/// `layer` applied to `x` `[batch, seq, in]` as a model's forward applies its projections:
+/// [`Kernels::Fused`] multiplies a few rows (a decoding step's) on every core where the fused
+/// kernels apply, [`Kernels::Burn`] runs burn's `Linear::forward`. Exposed so that the two can be
+/// benchmarked and compared on any input.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::{Distribution, Tensor};
+/// use focusllm_models::kernels::{Kernels, linear};
+///
+/// let device = Default::default();
+/// let layer = LinearConfig::new(64, 300).init::<Flex>(&device);
+/// let x = Tensor::<Flex, 3>::random([1, 2, 64], Distribution::Default, &device);
+/// let fused = linear(Kernels::Fused, x.clone(), &layer);
+/// let burn = linear(Kernels::Burn, x, &layer);
+/// assert_eq!(fused.dims(), [1, 2, 300]);
+/// assert!((fused - burn).abs().max().into_scalar() < 1e-4);
+/// ```
+pub fn linear<B: Backend>(
+    kernels: Kernels,
+    x: Tensor<B, 3>,
+    layer: &burn::nn::Linear<B>,
+) -> Tensor<B, 3> {
+    let fused = fused::<B>(kernels, x.dtype());
+    crate::llama::ops::linear(x, layer, fused)
+}

@@ -5,7 +5,10 @@
 //! for all of them, in place (no repeated heads, no transposed copies). A task visits only the
 //! key tiles its rows can see, masks where visibility needs it, and keeps a running maximum and
 //! sum per row. Tasks run on rayon's pool; their matrix products are single-threaded `gemm`
-//! calls (the crate behind flex's own matmul).
+//! calls (the crate behind flex's own matmul). When there are fewer tasks than cores can share (a
+//! decoding step has one per key/value head), each task's keys are cut into segments whose states
+//! are merged afterwards (split-K, as flash decoding does), so every core reads its part of the
+//! cache.
 
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
@@ -124,25 +127,48 @@ pub(super) fn attend_scaled(
     let mut out = vec![0.0f32; batch * dims.seq * dims.heads * dims.dim];
     let ptr = OutPtr(out.as_mut_ptr());
     let focus_keys = focus_keys.map(|n| n.min(dims.keys)).filter(|&n| n > 0);
-    let partial_focus: Vec<(usize, Vec<f32>)> = (0..batch * kv_heads * blocks)
-        .into_par_iter()
-        .filter_map(|task| {
-            let (b, rest) = (task / (kv_heads * blocks), task % (kv_heads * blocks));
-            let (h, block) = (rest / blocks, rest % blocks);
-            let i0 = block * ROWS;
-            let i1 = (i0 + ROWS).min(dims.seq);
-            let focus = focus_keys.filter(|_| i1 == dims.seq);
-            let tile = Task {
-                b,
-                kv_head: h,
-                i0,
-                i1,
-                dims: &dims,
-                vis,
-            };
-            tile.run(&qv, &kv, &vv, ptr, focus).map(|f| (b, f))
-        })
-        .collect();
+    let tasks = batch * kv_heads * blocks;
+    let task = |t: usize| {
+        let (b, rest) = (t / (kv_heads * blocks), t % (kv_heads * blocks));
+        let (h, block) = (rest / blocks, rest % blocks);
+        let i0 = block * ROWS;
+        Task {
+            b,
+            kv_head: h,
+            i0,
+            i1: (i0 + ROWS).min(dims.seq),
+            dims: &dims,
+            vis,
+        }
+    };
+    let segments = key_segments(tasks, dims.keys);
+    let partial_focus: Vec<(usize, Vec<f32>)> = if segments > 1 && focus_keys.is_none() {
+        // Few tasks over many keys (a decoding step: one per key/value head): each task's keys
+        // are cut into segments so that every core has work, and the segments' states merged.
+        let span = dims.keys.div_ceil(segments).next_multiple_of(TILE);
+        let states: Vec<Softmax> = (0..tasks * segments)
+            .into_par_iter()
+            .map(|unit| {
+                let seg = unit % segments;
+                let keys = (seg * span, ((seg + 1) * span).min(dims.keys));
+                task(unit / segments).run_segment(&qv, &kv, &vv, keys)
+            })
+            .collect();
+        for (t, parts) in states.chunks(segments).enumerate() {
+            let (first, rest) = parts.split_first().expect("at least one segment");
+            task(t).write(&rest.iter().fold(first.clone(), Softmax::merge), ptr);
+        }
+        Vec::new()
+    } else {
+        (0..tasks)
+            .into_par_iter()
+            .filter_map(|t| {
+                let tile = task(t);
+                let focus = focus_keys.filter(|_| tile.i1 == dims.seq);
+                tile.run(&qv, &kv, &vv, ptr, focus).map(|f| (tile.b, f))
+            })
+            .collect()
+    };
     let out = FlexTensor::from_data(TensorData::new(
         out,
         [batch, dims.seq, dims.heads, dims.dim],
@@ -158,6 +184,63 @@ pub(super) fn attend_scaled(
         FlexTensor::from_data(TensorData::new(map, [batch, n]))
     });
     (out, focus)
+}
+
+/// The running state of an online softmax over some keys, per query row: the largest score,
+/// the sum of `exp(score - max)`, and those weights times the values (`rows × dim`).
+#[derive(Clone)]
+struct Softmax {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Softmax {
+    /// The state before any key.
+    fn empty(rows: usize, dim: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            acc: vec![0.0; rows * dim],
+        }
+    }
+
+    /// The state over this state's keys and `other`'s (disjoint key sets): each side rescaled to
+    /// the larger maximum, as the online softmax rescales between tiles.
+    fn merge(mut self, other: &Softmax) -> Self {
+        let dim = self.acc.len() / self.max.len().max(1);
+        for r in 0..self.max.len() {
+            let new_max = self.max[r].max(other.max[r]);
+            if new_max == f32::NEG_INFINITY {
+                continue;
+            }
+            let weight = |m: f32| {
+                if m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp::exp(m - new_max)
+                }
+            };
+            let (mine, theirs) = (weight(self.max[r]), weight(other.max[r]));
+            self.sum[r] = self.sum[r] * mine + other.sum[r] * theirs;
+            let row = r * dim..(r + 1) * dim;
+            for (a, b) in self.acc[row.clone()].iter_mut().zip(&other.acc[row]) {
+                *a = *a * mine + b * theirs;
+            }
+            self.max[r] = new_max;
+        }
+        self
+    }
+}
+
+/// Into how many segments each task's keys are cut: 1 when the tasks already give every core two
+/// or more, else enough for two per core, each of at least two key tiles.
+fn key_segments(tasks: usize, keys: usize) -> usize {
+    let wanted = 2 * rayon::current_num_threads();
+    if tasks >= wanted {
+        return 1;
+    }
+    wanted.div_ceil(tasks).min(keys / (2 * TILE)).max(1)
 }
 
 /// One (batch element, key/value head, query block).
@@ -181,13 +264,35 @@ impl Task<'_> {
         out: OutPtr,
         focus: Option<usize>,
     ) -> Option<Vec<f32>> {
-        let Dims {
-            heads, groups, dim, ..
-        } = *self.dims;
-        let rows_per_group = self.i1 - self.i0;
-        let rows = groups * rows_per_group;
+        let qt = self.queries(q);
+        let pad = self.vis.pad(self.b);
+        let (lo, hi) = self.vis.key_range(pad, self.i0, self.i1);
+        let state = self.softmax_over(&qt, k, v, lo, hi);
+        self.write(&state, out);
+        focus.map(|n| self.focus_share(&qt, k, pad, &state.max, &state.sum, n))
+    }
+
+    /// [`Task::run`]'s state over the visible keys within `keys` only (a segment of the key axis;
+    /// the caller merges the segments and writes the rows).
+    fn run_segment(
+        &self,
+        q: &View<'_>,
+        k: &KvView<'_>,
+        v: &KvView<'_>,
+        keys: (usize, usize),
+    ) -> Softmax {
+        let qt = self.queries(q);
+        let pad = self.vis.pad(self.b);
+        let (lo, hi) = self.vis.key_range(pad, self.i0, self.i1);
+        self.softmax_over(&qt, k, v, lo.max(keys.0), hi.min(keys.1))
+    }
+
+    /// The block's query rows, scaled by `1/√d`: row r is query position i0 + r / groups of head
+    /// kv_head·groups + r % groups.
+    fn queries(&self, q: &View<'_>) -> Vec<f32> {
+        let Dims { groups, dim, .. } = *self.dims;
+        let rows = groups * (self.i1 - self.i0);
         let scale = 1.0 / (dim as f32).sqrt();
-        // Row r is query position i0 + r / groups of head kv_head·groups + r % groups.
         let mut qt = vec![0.0f32; rows * dim];
         for (r, row) in qt.chunks_exact_mut(dim).enumerate() {
             let (i, g) = (self.i0 + r / groups, r % groups);
@@ -196,12 +301,24 @@ impl Task<'_> {
                 *d = s * scale;
             }
         }
+        qt
+    }
+
+    /// The online softmax of rows `qt` over keys `lo..hi` (those the rows may see), tile by tile.
+    fn softmax_over(
+        &self,
+        qt: &[f32],
+        k: &KvView<'_>,
+        v: &KvView<'_>,
+        lo: usize,
+        hi: usize,
+    ) -> Softmax {
+        let Dims { groups, dim, .. } = *self.dims;
+        let rows = qt.len() / dim;
         let pad = self.vis.pad(self.b);
-        let (lo, hi) = self.vis.key_range(pad, self.i0, self.i1);
         let mut scores = vec![0.0f32; rows * TILE];
-        let mut acc = vec![0.0f32; rows * dim];
-        let mut max = vec![f32::NEG_INFINITY; rows];
-        let mut sum = vec![0.0f32; rows];
+        let mut state = Softmax::empty(rows, dim);
+        let Softmax { max, sum, acc } = &mut state;
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         let mut j0 = lo;
         while j0 < hi {
@@ -290,17 +407,24 @@ impl Task<'_> {
             }
             j0 = j1;
         }
-        for r in 0..rows {
+        state
+    }
+
+    /// Writes the block's output rows (`state`'s weighted values over its sums) into `out`.
+    fn write(&self, state: &Softmax, out: OutPtr) {
+        let Dims {
+            heads, groups, dim, ..
+        } = *self.dims;
+        for r in 0..state.sum.len() {
             let (i, g) = (self.i0 + r / groups, r % groups);
-            let inv = 1.0 / sum[r];
+            let inv = 1.0 / state.sum[r];
             let at = ((self.b * self.dims.seq + i) * heads + self.kv_head * groups + g) * dim;
             // SAFETY: `at..at + dim` is row (b, i, head) of the output, written by this task only.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), dim) };
-            for (d, a) in dst.iter_mut().zip(&acc[r * dim..(r + 1) * dim]) {
+            for (d, a) in dst.iter_mut().zip(&state.acc[r * dim..(r + 1) * dim]) {
                 *d = a * inv;
             }
         }
-        focus.map(|n| self.focus_share(&qt, k, pad, &max, &sum, n))
     }
 
     /// The last query's attention over keys `0..n`, summed over this group's heads and divided by
@@ -614,6 +738,54 @@ mod tests {
             candidates: Candidates::None,
             spare: 0,
             focus: 129,
+        }
+        .check();
+    }
+
+    #[test]
+    fn a_step_over_a_long_cache_is_split_into_key_segments() {
+        // One task per key/value head, fewer than two per core: the keys are cut into segments
+        // and their states merged. (The first case splits only with 2 threads or more, as CI
+        // and this machine have; the others have a single task, which always splits.)
+        assert!(super::key_segments(1, 1001) > 1);
+        Case {
+            batch: 1,
+            heads: 9,
+            kv_heads: 3,
+            dim: 64,
+            past: 1300,
+            seq: 1,
+            pads: vec![],
+            candidates: Candidates::None,
+            spare: 40,
+            focus: 0,
+        }
+        .check();
+        Case {
+            batch: 1,
+            heads: 2,
+            kv_heads: 1,
+            dim: 16,
+            past: 1000,
+            seq: 2,
+            pads: vec![300],
+            candidates: Candidates::Last,
+            spare: 0,
+            focus: 0,
+        }
+        .check();
+        // Every key of a segment hidden by padding: that segment's state is empty.
+        Case {
+            batch: 1,
+            heads: 3,
+            kv_heads: 1,
+            dim: 8,
+            past: 1100,
+            seq: 1,
+            pads: vec![900],
+            candidates: Candidates::None,
+            spare: 0,
+            focus: 0,
         }
         .check();
     }

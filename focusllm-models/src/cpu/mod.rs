@@ -19,6 +19,7 @@
 mod attention;
 mod cache;
 mod exp;
+mod matmul;
 mod rope;
 mod view;
 
@@ -121,6 +122,17 @@ pub(crate) fn attention_int8<B: Backend>(
         focus_keys,
     );
     (from_flex(out), focus.map(from_flex))
+}
+
+/// Whether `[m, k] · [k, n]` in `dtype` runs as a thin product on every core ([`thin_matmul`]).
+pub(crate) fn is_thin(m: usize, n: usize, dtype: DType) -> bool {
+    matmul::is_thin(m, n, dtype)
+}
+
+/// `a` `[m, k]` · `b` `[k, n]` with the longer side split across rayon's pool (`B` must be
+/// [`Flex`] and the product thin: check [`is_thin`] first).
+pub(crate) fn thin_matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    from_flex(matmul::thin_matmul(&to_flex(a), &to_flex(b)))
 }
 
 /// `silu(gate) · up` (SwiGLU's activation) in one pass.

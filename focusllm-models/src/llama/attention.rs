@@ -108,21 +108,21 @@ impl<B: Backend> Attention<B> {
         // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
         // heads move forward for attention.
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
+        let fused = plan.fused();
         let q = split(
-            project(x.clone(), &self.q, cand.map(|c| &c.q), candidates),
+            project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, fused),
             self.heads,
         );
         let k = split(
-            project(x.clone(), &self.k, cand.map(|c| &c.k), candidates),
+            project(x.clone(), &self.k, cand.map(|c| &c.k), candidates, fused),
             self.kv_heads,
         );
         let v = split(
-            project(x, &self.v, cand.map(|c| &c.v), candidates),
+            project(x, &self.v, cand.map(|c| &c.v), candidates, fused),
             self.kv_heads,
         )
         .swap_dims(1, 2);
         let (cos, sin) = rope;
-        let fused = plan.fused();
         let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
         let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
         let k = k.swap_dims(1, 2);
@@ -143,7 +143,7 @@ impl<B: Backend> Attention<B> {
             LayerPast::Cache(cache) => {
                 let read = extend_cache(cache, k_rotated.clone(), v.clone(), fused);
                 let (out, focus) = plan.attend_read(q, read);
-                return self.finish(out, b, s, candidates, k, k_rotated, v, focus);
+                return self.finish(out, (b, s, fused), candidates, k, k_rotated, v, focus);
             }
             LayerPast::Batches(batches) => {
                 let mut outputs = Vec::with_capacity(batches.len());
@@ -156,20 +156,20 @@ impl<B: Backend> Attention<B> {
                     start += rows;
                 }
                 let out = Tensor::cat(outputs, 0);
-                return self.finish(out, b, s, candidates, k, k_rotated, v, None);
+                return self.finish(out, (b, s, fused), candidates, k, k_rotated, v, None);
             }
         };
         let (out, focus) = plan.attend(q, keys, values);
-        self.finish(out, b, s, candidates, k, k_rotated, v, focus)
+        self.finish(out, (b, s, fused), candidates, k, k_rotated, v, focus)
     }
 
-    /// The output projection of attention's `out` `[b, heads, s, d]`, and what the layer returns.
+    /// The output projection of attention's `out` `[b, heads, s, d]` (`fused`: see
+    /// [`super::ops::linear`]), and what the layer returns.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         out: Tensor<B, 4>,
-        b: usize,
-        s: usize,
+        (b, s, fused): (usize, usize, bool),
         candidates: Candidates,
         k_unrotated: Tensor<B, 4>,
         k_rotated: Tensor<B, 4>,
@@ -180,7 +180,7 @@ impl<B: Backend> Attention<B> {
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
-        let out = project(out, &self.o, cand.map(|c| &c.o), candidates);
+        let out = project(out, &self.o, cand.map(|c| &c.o), candidates, fused);
         (
             out,
             super::NewKv {

@@ -6,7 +6,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::Candidates;
-use super::ops::project;
+use super::ops::{linear, project};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -44,19 +44,21 @@ fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>, fused: bool) -> Tens
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `fused`: the activation runs as one fused CPU pass (see [`crate::kernels::fused`]).
+    /// `fused`: the activation runs as one fused CPU pass and a few rows' projections on every core
+    /// (see [`crate::kernels::fused`]).
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
         candidates: Candidates,
         fused: bool,
     ) -> Tensor<B, 3> {
-        let gate = self.gate.forward(x.clone());
+        let gate = linear(x.clone(), &self.gate, fused);
         let up = project(
             x,
             &self.up,
             self.candidate.as_ref().map(|c| &c.up),
             candidates,
+            fused,
         );
         let activated = swiglu(gate, up, fused);
         project(
@@ -64,6 +66,7 @@ impl<B: Backend> Mlp<B> {
             &self.down,
             self.candidate.as_ref().map(|c| &c.down),
             candidates,
+            fused,
         )
     }
 

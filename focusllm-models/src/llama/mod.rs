@@ -77,14 +77,14 @@ pub struct LlamaModel<B: Backend> {
 /// which dominated short-context generation. For the few rows of decoding steps the product is
 /// taken the other way round, `embed · xᵀ`, reading the table as stored; only the small result is
 /// transposed. Many rows (perplexity) keep the direct product, whose copy is then amortised.
-fn tied_head<B: Backend>(x: Tensor<B, 3>, embed: Tensor<B, 2>) -> Tensor<B, 3> {
+/// `fused`: see [`ops::matmul`].
+fn tied_head<B: Backend>(x: Tensor<B, 3>, embed: Tensor<B, 2>, fused: bool) -> Tensor<B, 3> {
     let [b, k, hidden] = x.dims();
     if b * k > 64 {
         return x.matmul(embed.transpose().unsqueeze::<3>());
     }
     let vocab = embed.dims()[0];
-    embed
-        .matmul(x.reshape([b * k, hidden]).transpose())
+    ops::matmul(embed, x.reshape([b * k, hidden]).transpose(), fused)
         .transpose()
         .reshape([b, k, vocab])
 }
@@ -505,9 +505,15 @@ impl<B: Backend> LlamaModel<B> {
             let s = x.dims()[1];
             let k = input.logits_last.min(s);
             let last = rms_norm(x.narrow(1, s - k, k), &self.norm, eps);
+            let fused = kernels::fused::<B>(self.kernels, last.dtype());
             match &self.lm_head {
-                Some(head) => last.matmul(head.val().unsqueeze::<3>()),
-                None => tied_head(last, self.embed.val()),
+                Some(head) => {
+                    let [b, k, hidden] = last.dims();
+                    let vocab = head.dims()[1];
+                    ops::matmul(last.reshape([b * k, hidden]), head.val(), fused)
+                        .reshape([b, k, vocab])
+                }
+                None => tied_head(last, self.embed.val(), fused),
             }
         });
         ForwardOutput { logits, kv, focus }

@@ -7,26 +7,63 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::attention::Candidates;
 
-/// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones.
+/// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones (`fused`:
+/// see [`linear`]).
 pub(crate) fn project<B: Backend>(
     x: Tensor<B, 3>,
     ordinary: &Linear<B>,
     candidate: Option<&Linear<B>>,
     candidates: Candidates,
+    fused: bool,
 ) -> Tensor<B, 3> {
     let seq = x.dims()[1];
     match (candidate, candidates) {
-        (Some(cand), Candidates::Each) => cand.forward(x),
+        (Some(cand), Candidates::Each) => linear(x, cand, fused),
         (Some(cand), Candidates::Last) => {
             if seq == 1 {
-                return cand.forward(x);
+                return linear(x, cand, fused);
             }
             let head = x.clone().narrow(1, 0, seq - 1);
             let tail = x.narrow(1, seq - 1, 1);
-            Tensor::cat(vec![ordinary.forward(head), cand.forward(tail)], 1)
+            Tensor::cat(
+                vec![linear(head, ordinary, fused), linear(tail, cand, fused)],
+                1,
+            )
         }
-        _ => ordinary.forward(x),
+        _ => linear(x, ordinary, fused),
     }
+}
+
+/// `layer` applied to `x` `[b, s, in]`. With `fused` (see [`crate::kernels::fused`]) a few rows
+/// (a decoding step) are multiplied on every core (see `crate::cpu::thin_matmul`); otherwise, and
+/// for many rows, this is burn's `Linear::forward`.
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, layer: &Linear<B>, fused: bool) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu")]
+    if fused {
+        let [b, s, k] = x.dims();
+        let n = layer.weight.dims()[1];
+        if crate::cpu::is_thin(b * s, n, x.dtype()) {
+            let y = crate::cpu::thin_matmul(x.reshape([b * s, k]), layer.weight.val())
+                .reshape([b, s, n]);
+            return match &layer.bias {
+                Some(bias) => y + bias.val().unsqueeze::<3>(),
+                None => y,
+            };
+        }
+    }
+    let _ = fused;
+    layer.forward(x)
+}
+
+/// `a` `[m, k]` · `b` `[k, n]`: with `fused`, a thin product (few rows or columns) runs on every
+/// core (see [`linear`]).
+pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, fused: bool) -> Tensor<B, 2> {
+    #[cfg(feature = "cpu")]
+    if fused && crate::cpu::is_thin(a.dims()[0], b.dims()[1], a.dtype()) {
+        return crate::cpu::thin_matmul(a, b);
+    }
+    let _ = fused;
+    a.matmul(b)
 }
 
 /// RMSNorm, computed in f32 whatever the compute dtype (as the reference does).
