@@ -170,6 +170,8 @@ where
             state: State::Empty,
             observer: None,
             cancel: CancelToken::new(),
+            checkpoint: None,
+            resumed: None,
         }
     }
 

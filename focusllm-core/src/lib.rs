@@ -70,6 +70,7 @@ mod local;
 mod main_decoder;
 mod model;
 pub mod passkey;
+mod resume;
 mod sampler;
 mod session;
 mod sharded;
@@ -88,6 +89,7 @@ pub use generation::{GenerateOptions, GeneratedToken, Generation, PerplexityRepo
 pub use local::{ChunkSequence, LocalDecoder};
 pub use main_decoder::MainDecoder;
 pub use model::{Detokenizer, Model, ModelSpec};
+pub use resume::{PrefillCheckpoint, Resumed};
 pub use sampler::{Sampler, SamplingConfig, argmax, nll};
 pub use session::{FocusMap, Mode, Session};
 pub use sharded::{ShardState, ShardedDecoder};

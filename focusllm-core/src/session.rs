@@ -12,6 +12,7 @@ use crate::engine::FocusEngine;
 use crate::error::{FocusError, Result, check_vocab};
 use crate::local::{ChunkSequence, LocalDecoder};
 use crate::main_decoder::MainDecoder;
+use crate::resume::{PrefillCheckpoint, Resumed};
 
 /// How the session is reading its prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +134,8 @@ pub struct Session<'e, B: Backend, L: LocalDecoder<B>, M: MainDecoder<B>, C, A> 
     pub(crate) state: State<B, L, M>,
     pub(crate) observer: Option<Box<dyn FnMut(Progress) + Send + 'e>>,
     pub(crate) cancel: CancelToken,
+    pub(crate) checkpoint: Option<PrefillCheckpoint<B>>,
+    pub(crate) resumed: Option<Resumed>,
 }
 
 impl<'e, B, L, M, C, A> Session<'e, B, L, M, C, A>
@@ -153,6 +156,19 @@ where
     /// from the progress callback).
     pub fn set_cancel_token(&mut self, token: CancelToken) {
         self.cancel = token;
+    }
+
+    /// Keeps the candidates of every chunk batch the next prefills decode in `checkpoint`, and
+    /// resumes a prefill of the same input from what it holds (see [`PrefillCheckpoint`]). Frozen
+    /// step mode only: a prefill in exact mode with a checkpoint set fails.
+    pub fn set_checkpoint(&mut self, checkpoint: PrefillCheckpoint<B>) {
+        self.checkpoint = Some(checkpoint);
+    }
+
+    /// What the last prefill read back from its checkpoint instead of decoding (`None` without a
+    /// checkpoint or before a prefill).
+    pub fn resumed(&self) -> Option<Resumed> {
+        self.resumed
     }
 
     /// The token that cancels this session's work.
@@ -200,7 +216,16 @@ where
     /// Reads `ids` (a new prompt; any previous state is dropped) and returns the next-token logits.
     pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.state = State::Empty;
+        self.resumed = None;
         let engine = self.engine;
+        if self.checkpoint.is_some() && engine.config.step_mode == StepMode::Exact {
+            return Err(FocusError::InvalidConfig {
+                field: "step_mode",
+                reason: "exact: a prefill checkpoint resumes frozen-mode prefills only (exact \
+                         mode keeps every chunk's caches, gigabytes at a million tokens)"
+                    .into(),
+            });
+        }
         if ids.is_empty() {
             return Err(FocusError::EmptyInput);
         }
@@ -276,34 +301,58 @@ where
         let mut order: Vec<usize> = (0..plan.chunks.len()).collect();
         order.sort_by_key(|&c| std::cmp::Reverse(plan.chunks[c].len()));
         let total = order.len();
-        let batches = total.div_ceil(engine.config.chunk_batch_size);
-        let mut candidates = Vec::with_capacity(batches);
-        let mut states = Vec::with_capacity(if keep_states { batches } else { 0 });
-        self.report(Stage::Chunks, 0, total)?;
-        let mut done = 0;
         let batch_size = engine.config.chunk_batch_size;
+        let batches: Vec<Vec<ChunkSequence>> = order
+            .chunks(batch_size)
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|&c| ChunkSequence {
+                        chunk_id: c,
+                        tokens: plan.chunk_sequence(ids, c),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut candidates = Vec::with_capacity(batches.len());
+        let mut states = Vec::with_capacity(if keep_states { batches.len() } else { 0 });
+        let checkpoint = self.checkpoint.clone();
+        let key = checkpoint.as_ref().map(|c| c.key(&batches));
+        let mut done = 0;
+        if let (Some(checkpoint), Some(key)) = (&checkpoint, &key) {
+            let saved = checkpoint.load(key)?;
+            let mut resumed = Resumed {
+                batches: saved.len().min(batches.len()),
+                chunks: 0,
+                seconds: 0.0,
+            };
+            for (set, seconds) in saved.into_iter().take(batches.len()) {
+                resumed.chunks += set.len();
+                resumed.seconds += seconds;
+                candidates.push(set);
+            }
+            done = resumed.chunks;
+            self.resumed = Some(resumed);
+        }
+        self.report(Stage::Chunks, done, total)?;
         // As many batches at once as the local decoder runs at the same time (its devices).
-        let at_once = batch_size * engine.local.parallel_batches().max(1);
-        for group in order.chunks(at_once) {
-            let batches: Vec<Vec<ChunkSequence>> = group
-                .chunks(batch_size)
-                .map(|batch| {
-                    batch
-                        .iter()
-                        .map(|&c| ChunkSequence {
-                            chunk_id: c,
-                            tokens: plan.chunk_sequence(ids, c),
-                        })
-                        .collect()
-                })
-                .collect();
-            for (state, batch_candidates) in engine.local.decode_batches(&batches)? {
+        let at_once = engine.local.parallel_batches().max(1);
+        let mut next = candidates.len();
+        for group in batches[next..].chunks(at_once) {
+            let start = std::time::Instant::now();
+            let decoded = engine.local.decode_batches(group)?;
+            let seconds = start.elapsed().as_secs_f64() / decoded.len().max(1) as f64;
+            for (state, batch_candidates) in decoded {
+                if let (Some(checkpoint), Some(key)) = (&checkpoint, &key) {
+                    checkpoint.save(key, next, &batch_candidates, seconds)?;
+                }
+                next += 1;
                 candidates.push(batch_candidates);
                 if keep_states {
                     states.push(state);
                 }
             }
-            done += group.len();
+            done += group.iter().map(Vec::len).sum::<usize>();
             self.report(Stage::Chunks, done, total)?;
         }
         Ok((candidates, states))

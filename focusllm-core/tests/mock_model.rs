@@ -463,3 +463,110 @@ fn plain_decoding_beyond_the_native_context_warns_once() {
         assert_eq!(captured.warnings(), 2);
     });
 }
+
+/// A fresh directory under the system's temporary one, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("focusllm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
+    use focusllm_core::{CancelToken, PrefillCheckpoint, Stage};
+
+    let dir = TempDir::new("resume");
+    let model = BagOfTokens::default();
+    let ids = input();
+    let frozen = config().with_step_mode(StepMode::FrozenCandidates);
+    let engine = FocusEngine::new(&model, frozen.clone()).unwrap();
+    let want = engine.session().prefill(&ids).unwrap();
+    let checkpoint =
+        || PrefillCheckpoint::<B>::new(&dir.0, "bags v1", &Default::default()).unwrap();
+
+    // Cancelled once 2 of the 3 batches are decoded: both are on disk.
+    let mut session = engine.session();
+    session.set_checkpoint(checkpoint());
+    let token = CancelToken::new();
+    session.set_cancel_token(token.clone());
+    session.on_progress(move |p| {
+        if p.stage == Stage::Chunks && p.done >= 4 {
+            token.cancel();
+        }
+    });
+    assert!(matches!(session.prefill(&ids), Err(FocusError::Cancelled)));
+    assert_eq!(checkpoint().saved_batches().unwrap(), 2);
+    drop(session);
+
+    // A new session (a new process, as far as the engine knows) decodes only the last batch,
+    // and reads the same logits as the uninterrupted prefill; then nothing is left to decode.
+    for (decoded, restored) in [(1, 2), (0, 3)] {
+        let before = model.batches.get();
+        let mut session = engine.session();
+        session.set_checkpoint(checkpoint());
+        assert_eq!(session.prefill(&ids).unwrap(), want);
+        assert_eq!(model.batches.get() - before, decoded);
+        let resumed = session.resumed().expect("a checkpoint was set");
+        // Batches of 2, 2 and 1 chunks.
+        assert_eq!(
+            (resumed.batches, resumed.chunks),
+            (restored, [0, 2, 4, 5][restored])
+        );
+        assert!(resumed.seconds >= 0.0);
+    }
+
+    // Another input (or model identity) refuses the directory, naming the file; nothing is
+    // overwritten.
+    let mut other = ids.clone();
+    other[3] = 7;
+    let mut session = engine.session();
+    session.set_checkpoint(checkpoint());
+    let err = session.prefill(&other).unwrap_err().to_string();
+    assert!(
+        err.contains("batch-000000.json") && err.contains("another prefill"),
+        "{err}"
+    );
+    let mut session = engine.session();
+    session.set_checkpoint(PrefillCheckpoint::new(&dir.0, "bags v2", &Default::default()).unwrap());
+    assert!(session.prefill(&ids).is_err());
+    assert_eq!(checkpoint().saved_batches().unwrap(), 3);
+
+    // A truncated data file is named.
+    let data = dir.0.join("batch-000001.f32");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len - 4)
+        .unwrap();
+    let mut session = engine.session();
+    session.set_checkpoint(checkpoint());
+    let err = session.prefill(&ids).unwrap_err().to_string();
+    assert!(
+        err.contains("batch-000001.f32") && err.contains("bytes, expected"),
+        "{err}"
+    );
+
+    // Exact mode cannot resume: refused before any work.
+    let exact = FocusEngine::new(&model, config()).unwrap();
+    let mut session = exact.session();
+    session.set_checkpoint(checkpoint());
+    assert!(matches!(
+        session.prefill(&ids),
+        Err(FocusError::InvalidConfig {
+            field: "step_mode",
+            ..
+        })
+    ));
+}

@@ -12,7 +12,9 @@ use crate::cli::memory::{io_bytes, peak_rss_mb, release_free_memory, reset_peak_
 use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
 use clap::Parser;
-use focusllm::core::{CancelToken, FocusEngine, FocusError, ShardedDecoder, Stage, argmax};
+use focusllm::core::{
+    CancelToken, FocusEngine, FocusError, PrefillCheckpoint, ShardedDecoder, Stage, argmax,
+};
 use focusllm::models::Kernels;
 use serde::Serialize;
 
@@ -50,6 +52,12 @@ pub struct Args {
     /// memory at the cancel and a second after it (no step is timed then).
     #[arg(long)]
     cancel_after: Option<usize>,
+    /// Keep the candidates of every decoded chunk batch of frozen-mode FocusLLM rows in this
+    /// directory (a subdirectory per length and batch size), and resume a row's prefill from what
+    /// an earlier run left there: a row too long for one sitting is measured over several. The
+    /// row's prefill time then adds the earlier runs' decoding time (`resumed`).
+    #[arg(long)]
+    checkpoint: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -77,6 +85,19 @@ pub struct Row {
     /// memory before the prefill, at the cancel, and a second after the cancelled session was
     /// dropped and the allocator's free memory handed back.
     cancelled: Option<Cancelled>,
+    /// With `--checkpoint`: what the prefill read back from earlier runs instead of decoding.
+    resumed: Option<ResumedRow>,
+}
+
+/// The part of a prefill that earlier runs decoded (`--checkpoint`).
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct ResumedRow {
+    batches: usize,
+    chunks: usize,
+    /// Their decoding time in the earlier runs (included in `prefill_s`).
+    seconds: f64,
+    /// This run's own prefill time.
+    this_run_s: f64,
 }
 
 /// A prefill cancelled by `--cancel-after`.
@@ -111,6 +132,9 @@ impl IoBytes {
 /// What a bench row runs: the model (on the main device), the adapter applied to it, the device.
 struct Target<'a, B: Backend> {
     model: &'a focusllm::models::LlamaModel<B>,
+    /// What the candidates depend on besides the input (model file, adapter, dtypes), for
+    /// `--checkpoint`.
+    identity: &'a str,
     adapter: Option<&'a std::path::Path>,
     device: &'a B::Device,
 }
@@ -140,6 +164,7 @@ impl Args {
     ) -> Result<Measured, AppError> {
         let Target {
             model,
+            identity,
             adapter,
             device,
         } = target;
@@ -157,6 +182,10 @@ impl Args {
         let token = CancelToken::new();
         let at_cancel = std::sync::Mutex::new(None);
         let mut session = engine.session();
+        if let Some(dir) = self.checkpoint.as_ref().filter(|_| method == "focus") {
+            let dir = dir.join(format!("{}-tokens-batch-{batch}", ids.len()));
+            session.set_checkpoint(PrefillCheckpoint::new(dir, identity, device)?);
+        }
         session.set_cancel_token(token.clone());
         session.on_progress(|p| {
             view.update(p);
@@ -175,7 +204,14 @@ impl Args {
         let work = model.work();
         let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
         let prefill = session.prefill(ids);
-        let prefill_s = start.elapsed().as_secs_f64();
+        let this_run_s = start.elapsed().as_secs_f64();
+        let resumed = session.resumed().map(|r| ResumedRow {
+            batches: r.batches,
+            chunks: r.chunks,
+            seconds: r.seconds,
+            this_run_s,
+        });
+        let prefill_s = this_run_s + resumed.map_or(0.0, |r| r.seconds);
         if let (Err(FocusError::Cancelled), Some((done, total, rss))) =
             (&prefill, *at_cancel.lock().unwrap())
         {
@@ -216,6 +252,7 @@ impl Args {
                     io_prefill: None,
                     io_per_step: None,
                     cancelled: Some(cancelled),
+                    resumed,
                 },
                 logits: Vec::new(),
             });
@@ -252,6 +289,7 @@ impl Args {
             io_prefill,
             io_per_step,
             cancelled: None,
+            resumed,
         };
         if !self.json {
             eprintln!("{row:?}");
@@ -306,6 +344,17 @@ impl BackendRunner for &Args {
         let adapted = self.engine.adapter_for(&loaded, false)?;
         let (model, config) = self.engine.model_and_config(&loaded, &adapted);
         let adapter = adapted.as_ref().map(|a| a.path.as_path());
+        let identity = format!(
+            "{} | adapter {:?} | untrained {} | dtype {} | step mode {:?}",
+            loaded.path.display(),
+            adapter,
+            self.engine.untrained,
+            self.engine.dtype,
+            config.step_mode,
+        );
+        if self.compare_kernels && self.checkpoint.is_some() {
+            return Err("--compare-kernels measures every prefill twice: drop --checkpoint".into());
+        }
         if self.compare_kernels && !self.engine.devices.is_empty() {
             return Err("--compare-kernels measures the main device only: drop --devices".into());
         }
@@ -334,6 +383,7 @@ impl BackendRunner for &Args {
                         self.measure(
                             Target {
                                 model,
+                                identity: &identity,
                                 adapter,
                                 device: &device,
                             },
@@ -351,6 +401,7 @@ impl BackendRunner for &Args {
             let ids = passkey_prompt(tokenizer, self.batch_compare, 0)?.ids;
             let target = Target {
                 model,
+                identity: &identity,
                 adapter,
                 device: &device,
             };
