@@ -41,8 +41,8 @@ impl Strided {
     }
 }
 
-/// `lhs` `[m, k]` · `rhs` `[k, n]` (f32, any strides) as a new contiguous `[m, n]` tensor, the
-/// longer of `m` and `n` split across rayon's pool.
+/// `lhs` `[m, k]` · `rhs` `[k, n]` (f32, any strides) as a new contiguous `[m, n]` tensor, split
+/// across rayon's pool: along `k` when `m` is the thin side, along `m` when `n` is.
 pub(crate) fn thin_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
     let (ls, rs) = (lhs.layout().shape(), rhs.layout().shape());
     let (m, k, n) = (ls[0], ls[1], rs[1]);
@@ -123,7 +123,7 @@ pub(crate) fn thin_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
 
 /// Whether [`thin_matmul`] serves an `[m, k] · [k, n]` product in `dtype`.
 pub(crate) fn is_thin(m: usize, n: usize, dtype: DType) -> bool {
-    dtype == DType::F32 && m.min(n) <= MAX_THIN && m.max(n) >= 2 * MIN_PIECE
+    dtype == DType::F32 && (1..=MAX_THIN).contains(&m.min(n)) && m.max(n) >= 2 * MIN_PIECE
 }
 
 #[cfg(test)]
@@ -193,6 +193,8 @@ mod tests {
         assert!(!is_thin(1, 4096, DType::F16));
         // Too little work on the long side to be worth splitting.
         assert!(!is_thin(1, 100, DType::F32));
+        // Nothing to split.
+        assert!(!is_thin(4096, 0, DType::F32));
     }
 
     #[test]
