@@ -61,6 +61,14 @@ pub enum FocusError {
     },
 }
 
+impl FocusError {
+    /// Turns an I/O error on `path` into [`FocusError::Io`] (for `map_err`).
+    pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + use<> {
+        let path = path.to_path_buf();
+        move |source| Self::Io { path, source }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = FocusError> = std::result::Result<T, E>;
 

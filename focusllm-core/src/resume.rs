@@ -31,7 +31,7 @@ use crate::local::ChunkSequence;
 /// let dir = std::env::temp_dir().join(format!("focusllm-doc-checkpoint-{}", std::process::id()));
 /// // `identity` names what the candidates depend on besides the input: the model and adapter.
 /// let checkpoint = PrefillCheckpoint::<Flex>::new(&dir, "SmolLM2-135M + no adapter", &Default::default())?;
-/// assert_eq!(checkpoint.saved_batches()?, 0);
+/// assert_eq!(checkpoint.saved_batches(), 0);
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), focusllm_core::FocusError>(())
 /// ```
@@ -79,10 +79,7 @@ impl<B: Backend> PrefillCheckpoint<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| FocusError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(FocusError::io_at(&dir))?;
         Ok(Self {
             dir,
             identity: identity.into(),
@@ -96,12 +93,12 @@ impl<B: Backend> PrefillCheckpoint<B> {
     }
 
     /// How many batch files the directory holds (of whichever prefill wrote them).
-    pub fn saved_batches(&self) -> Result<usize> {
+    pub fn saved_batches(&self) -> usize {
         let mut n = 0;
         while self.header_path(n).exists() {
             n += 1;
         }
-        Ok(n)
+        n
     }
 
     fn header_path(&self, batch: usize) -> PathBuf {
@@ -143,7 +140,7 @@ impl<B: Backend> PrefillCheckpoint<B> {
     /// the file, if a batch was written by another prefill or does not read back whole.
     pub(crate) fn load(&self, key: &str) -> Result<Vec<(CandidateSet<B>, f64)>> {
         let mut out = Vec::new();
-        for batch in 0..self.saved_batches()? {
+        for batch in 0..self.saved_batches() {
             out.push(self.load_batch(key, batch)?);
         }
         Ok(out)
@@ -153,10 +150,7 @@ impl<B: Backend> PrefillCheckpoint<B> {
         let (header_path, data_path) = (self.header_path(batch), self.data_path(batch));
         let bad =
             |path: &Path, why: String| FocusError::Checkpoint(format!("{}: {why}", path.display()));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FocusError::Io { path, source }
-        };
+        let io = FocusError::io_at;
         let text = fs::read_to_string(&header_path).map_err(io(&header_path))?;
         let header: BatchHeader =
             serde_json::from_str(&text).map_err(|e| bad(&header_path, e.to_string()))?;
@@ -267,10 +261,7 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FocusError::Io { path, source }
-    };
+    let io = FocusError::io_at;
     let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;

@@ -316,10 +316,13 @@ where
             .collect();
         let mut candidates = Vec::with_capacity(batches.len());
         let mut states = Vec::with_capacity(if keep_states { batches.len() } else { 0 });
-        let checkpoint = self.checkpoint.clone();
-        let key = checkpoint.as_ref().map(|c| c.key(&batches));
+        // The checkpoint and this prefill's key in it.
+        let checkpoint = self.checkpoint.clone().map(|c| {
+            let key = c.key(&batches);
+            (c, key)
+        });
         let mut done = 0;
-        if let (Some(checkpoint), Some(key)) = (&checkpoint, &key) {
+        if let Some((checkpoint, key)) = &checkpoint {
             let saved = checkpoint.load(key)?;
             let mut resumed = Resumed {
                 batches: saved.len().min(batches.len()),
@@ -343,7 +346,7 @@ where
             let decoded = engine.local.decode_batches(group)?;
             let seconds = start.elapsed().as_secs_f64() / decoded.len().max(1) as f64;
             for (state, batch_candidates) in decoded {
-                if let (Some(checkpoint), Some(key)) = (&checkpoint, &key) {
+                if let Some((checkpoint, key)) = &checkpoint {
                     checkpoint.save(key, next, &batch_candidates, seconds)?;
                 }
                 next += 1;

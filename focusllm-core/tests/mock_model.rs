@@ -505,7 +505,7 @@ fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
         }
     });
     assert!(matches!(session.prefill(&ids), Err(FocusError::Cancelled)));
-    assert_eq!(checkpoint().saved_batches().unwrap(), 2);
+    assert_eq!(checkpoint().saved_batches(), 2);
     drop(session);
 
     // A new session (a new process, as far as the engine knows) decodes only the last batch,
@@ -527,11 +527,15 @@ fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
 
     // Another input (or model identity) refuses the directory, naming the file; nothing is
     // overwritten.
+    // A prefill in a new session with the checkpoint set.
+    let resume = |ids: &[u32]| {
+        let mut session = engine.session();
+        session.set_checkpoint(checkpoint());
+        session.prefill(ids)
+    };
     let mut other = ids.clone();
     other[3] = 7;
-    let mut session = engine.session();
-    session.set_checkpoint(checkpoint());
-    let err = session.prefill(&other).unwrap_err().to_string();
+    let err = resume(&other).unwrap_err().to_string();
     assert!(
         err.contains("batch-000000.json") && err.contains("another prefill"),
         "{err}"
@@ -539,7 +543,7 @@ fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
     let mut session = engine.session();
     session.set_checkpoint(PrefillCheckpoint::new(&dir.0, "bags v2", &Default::default()).unwrap());
     assert!(session.prefill(&ids).is_err());
-    assert_eq!(checkpoint().saved_batches().unwrap(), 3);
+    assert_eq!(checkpoint().saved_batches(), 3);
 
     // A truncated data file is named.
     let data = dir.0.join("batch-000001.f32");
@@ -550,9 +554,7 @@ fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
         .unwrap()
         .set_len(len - 4)
         .unwrap();
-    let mut session = engine.session();
-    session.set_checkpoint(checkpoint());
-    let err = session.prefill(&ids).unwrap_err().to_string();
+    let err = resume(&ids).unwrap_err().to_string();
     assert!(
         err.contains("batch-000001.f32") && err.contains("bytes, expected"),
         "{err}"

@@ -43,10 +43,7 @@ pub(crate) fn write(
     }
     let target = dir.join(&name);
     let staging = dir.join(format!("{name}.tmp"));
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FocusError::Io { path, source }
-    };
+    let io = FocusError::io_at;
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }

@@ -129,8 +129,8 @@ pub(crate) fn is_thin(m: usize, n: usize, dtype: DType) -> bool {
     matmul::is_thin(m, n, dtype)
 }
 
-/// `a` `[m, k]` · `b` `[k, n]` with the longer side split across rayon's pool (`B` must be
-/// [`Flex`] and the product thin: check [`is_thin`] first).
+/// `a` `[m, k]` · `b` `[k, n]` split across rayon's pool, along `k` when `m` is the thin side and
+/// along `m` when `n` is (`B` must be [`Flex`] and the product thin: check [`is_thin`] first).
 pub(crate) fn thin_matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     from_flex(matmul::thin_matmul(&to_flex(a), &to_flex(b)))
 }
