@@ -5,10 +5,10 @@
 //! for all of them, in place (no repeated heads, no transposed copies). A task visits only the
 //! key tiles its rows can see, masks where visibility needs it, and keeps a running maximum and
 //! sum per row. Tasks run on rayon's pool; their matrix products are single-threaded `gemm`
-//! calls (the crate behind flex's own matmul). When there are fewer tasks than cores can share (a
-//! decoding step has one per key/value head), each task's keys are cut into segments whose states
-//! are merged afterwards (split-K, as flash decoding does), so every core reads its part of the
-//! cache.
+//! calls (the crate behind flex's own matmul). A decoding step has only one task per key/value
+//! head, so its keys are cut into segments of fixed length whose states are merged afterwards
+//! (split-K, as flash decoding does), and every core reads its part of the cache. The cut depends
+//! on the sequence's shape alone, so a chunk's numbers do not depend on its batch.
 
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
@@ -22,6 +22,13 @@ use super::view::{KvView, View, inner_contiguous};
 const ROWS: usize = 32;
 /// Keys per tile: a `groups·ROWS × TILE` score tile stays in L2.
 const TILE: usize = 128;
+/// Keys per segment of a decoding step's split key axis: four tiles, so that a step after 1K
+/// keys already gives two cores two segments each (one task per key/value head), and a segment
+/// still amortises its merge.
+const SEGMENT: usize = 4 * TILE;
+/// New rows per sequence up to which a call counts as a decoding step and splits its keys: a
+/// generated token, an exact step's two rows per chunk, a few batched tokens.
+const STEP_ROWS: usize = 4;
 
 /// Which keys each new query may see: the rules of `AttentionPlan` (causal after `past` cached
 /// keys, left padding, and FocusLLM's exact-mode candidates).
@@ -141,18 +148,14 @@ pub(super) fn attend_scaled(
             vis,
         }
     };
-    let segments = key_segments(tasks, dims.keys);
+    let segments = key_segments(dims.seq, dims.keys);
     let partial_focus: Vec<(usize, Vec<f32>)> = if segments > 1 && focus_keys.is_none() {
-        // Few tasks over many keys (a decoding step: one per key/value head): each task's keys
-        // are cut into segments so that every core has work, and the segments' states merged.
-        let span = dims.keys.div_ceil(segments).next_multiple_of(TILE);
+        // A few new rows over many keys (a decoding step: one task per key/value head): each
+        // task's keys are cut into segments so that every core has work, and the segments'
+        // states merged left to right.
         let states: Vec<Softmax> = (0..tasks * segments)
             .into_par_iter()
-            .map(|unit| {
-                let seg = unit % segments;
-                let keys = (seg * span, ((seg + 1) * span).min(dims.keys));
-                task(unit / segments).run_segment(&qv, &kv, &vv, keys)
-            })
+            .map(|unit| task(unit / segments).run_segment(&qv, &kv, &vv, unit % segments))
             .collect();
         for (t, parts) in states.chunks(segments).enumerate() {
             let (first, rest) = parts.split_first().expect("at least one segment");
@@ -233,14 +236,17 @@ impl Softmax {
     }
 }
 
-/// Into how many segments each task's keys are cut: 1 when the tasks already give every core two
-/// or more, else enough for two per core, each of at least two key tiles.
-fn key_segments(tasks: usize, keys: usize) -> usize {
-    let wanted = 2 * rayon::current_num_threads();
-    if tasks >= wanted {
+/// Into how many segments of [`SEGMENT`] keys each task's keys are cut: 1 for blocks of more than
+/// [`STEP_ROWS`] new rows (a prefill has tasks enough) or keys that fit in one segment.
+///
+/// The cut depends on the shape of one sequence only, never on the batch or the core count: a
+/// chunk's numbers must not depend on which chunks share its batch (sharded and unsharded runs
+/// agree to the bit), and the merge order changes the last bits.
+fn key_segments(seq: usize, keys: usize) -> usize {
+    if seq > STEP_ROWS {
         return 1;
     }
-    wanted.div_ceil(tasks).min(keys / (2 * TILE)).max(1)
+    keys.div_ceil(SEGMENT).max(1)
 }
 
 /// One (batch element, key/value head, query block).
@@ -272,19 +278,15 @@ impl Task<'_> {
         focus.map(|n| self.focus_share(&qt, k, pad, &state.max, &state.sum, n))
     }
 
-    /// [`Task::run`]'s state over the visible keys within `keys` only (a segment of the key axis;
-    /// the caller merges the segments and writes the rows).
-    fn run_segment(
-        &self,
-        q: &View<'_>,
-        k: &KvView<'_>,
-        v: &KvView<'_>,
-        keys: (usize, usize),
-    ) -> Softmax {
+    /// [`Task::run`]'s state over segment `seg` of the visible keys only: [`SEGMENT`] keys from
+    /// the first visible one (after the padding, so a padded sequence is cut as it is alone), or
+    /// none past the last. The caller merges the segments and writes the rows.
+    fn run_segment(&self, q: &View<'_>, k: &KvView<'_>, v: &KvView<'_>, seg: usize) -> Softmax {
         let qt = self.queries(q);
         let pad = self.vis.pad(self.b);
         let (lo, hi) = self.vis.key_range(pad, self.i0, self.i1);
-        self.softmax_over(&qt, k, v, lo.max(keys.0), hi.min(keys.1))
+        let start = (lo + seg * SEGMENT).min(hi);
+        self.softmax_over(&qt, k, v, start, (start + SEGMENT).min(hi))
     }
 
     /// The block's query rows, scaled by `1/√d`: row r is query position i0 + r / groups of head
@@ -744,10 +746,11 @@ mod tests {
 
     #[test]
     fn a_step_over_a_long_cache_is_split_into_key_segments() {
-        // One task per key/value head, fewer than two per core: the keys are cut into segments
-        // and their states merged. (The first case splits only with 2 threads or more, as CI
-        // and this machine have; the others have a single task, which always splits.)
-        assert!(super::key_segments(1, 1001) > 1);
+        // A step's keys are cut into segments of 512 and their states merged, whatever the
+        // batch; a prefill's are not.
+        assert_eq!(super::key_segments(1, 1001), 2);
+        assert_eq!(super::key_segments(2, 512), 1);
+        assert_eq!(super::key_segments(64, 4096), 1);
         Case {
             batch: 1,
             heads: 9,
@@ -788,5 +791,58 @@ mod tests {
             focus: 0,
         }
         .check();
+    }
+
+    #[test]
+    fn a_sequence_gets_the_same_bits_alone_or_in_a_batch() {
+        // Sharded and unsharded runs batch a chunk's steps with different neighbours, and pad
+        // it to the batch's longest chunk: its rows must not change in the last bit (the step
+        // cuts its keys the same way either way, counting from its first unpadded key).
+        let device = Default::default();
+        let (batch, kv_heads, groups, dim, past, seq) = (3, 3, 3, 64, 1400, 2);
+        let keys = past + seq;
+        let q = Tensor::<B, 4>::random(
+            [batch, seq, kv_heads * groups, dim],
+            Distribution::Normal(0.0, 1.5),
+            &device,
+        )
+        .swap_dims(1, 2);
+        let k = Tensor::<B, 4>::random(
+            [batch, kv_heads, keys, dim],
+            Distribution::Normal(0.0, 1.5),
+            &device,
+        );
+        let v =
+            Tensor::<B, 4>::random([batch, kv_heads, keys, dim], Distribution::Default, &device);
+        let pads = [0, 200, 700];
+        let (all, _) = step_plan(batch, seq, past, kv_heads, groups, &pads, true).attend(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+        );
+        for b in 0..batch {
+            // Alone, the sequence has no padding.
+            let pad = pads[b];
+            let one = |t: &Tensor<B, 4>| t.clone().narrow(0, b, 1);
+            let unpadded = |t: &Tensor<B, 4>| one(t).narrow(2, pad, keys - pad);
+            let (alone, _) = step_plan(1, seq, past - pad, kv_heads, groups, &[0], true).attend(
+                one(&q),
+                unpadded(&k),
+                unpadded(&v),
+            );
+            let (want, got) = (
+                all.clone()
+                    .narrow(0, b, 1)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap(),
+                alone.into_data().to_vec::<f32>().unwrap(),
+            );
+            let same = want
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "sequence {b} differs alone and in a batch of {batch}");
+        }
     }
 }
