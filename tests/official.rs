@@ -192,12 +192,24 @@ fn batched_and_one_by_one_chunks_agree() {
         }
         logits
     };
+    // With the fused kernels a chunk gets the same bits in batches of one to three (as the
+    // sharded `ask` test batches them): no split of a sum depends on the batch. From four
+    // chunks on, the prefill's last bits move (2e-6 in the logits) in an operation left to
+    // burn, not yet found (the projections as one matrix change nothing). Burn's operations
+    // agree to rounding.
     let one = run_with(&model, 1);
-    for (batch, with) in [(3, &model), (7, &model), (1, &burn_ops), (3, &burn_ops)] {
+    for (batch, with, tolerance) in [
+        (2, &model, 0.0),
+        (3, &model, 0.0),
+        (4, &model, 1e-5),
+        (7, &model, 1e-5),
+        (1, &burn_ops, 1e-5),
+        (3, &burn_ops, 1e-5),
+    ] {
         let many = run_with(with, batch);
         for (a, b) in one.iter().zip(&many) {
             let diff = max_abs_diff(a, b);
-            assert!(diff < 1e-5, "batch {batch}: max diff {diff}");
+            assert!(diff <= tolerance, "batch {batch}: max diff {diff}");
         }
     }
 }

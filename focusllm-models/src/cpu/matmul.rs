@@ -7,7 +7,9 @@
 //! bandwidth. Here the weight is cut into contiguous blocks of rows, one `gemm` call each on
 //! rayon's pool (still its GEMV for a single row), and the partial products added; for the LM
 //! head's `embed · xᵀ` the table's rows are split. So all cores stream their share of the weights.
-//! Results equal burn's product up to the order of the sums.
+//! Results equal burn's product up to the order of the sums, and a row's bits do not depend on
+//! how many rows (2 to [`MAX_THIN`]) share the product: the split follows `k` and the core count
+//! only. A lone row is `gemm`'s GEMV, which adds in another order.
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
@@ -215,6 +217,58 @@ mod tests {
             let got = ops::linear(x, &layer, true);
             let diff = (got - want).abs().max().into_scalar();
             assert!(diff < 1e-4, "{rows} rows: differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_among_two_or_among_many() {
+        // An exact step batches two rows per chunk with however many chunks share the batch
+        // (sharded runs batch differently): a row's product must not change in the last bit
+        // with the number of rows beside it, from 2 to MAX_THIN. (A lone row is gemm's GEMV,
+        // which adds in another order once a piece is deep, as at 4096 x 14336: `ops::project`
+        // gives no product a lone row per chunk.)
+        let bits = |t: burn::tensor::Tensor<B, 2>| t.into_data().to_vec::<f32>().unwrap();
+        for (k, n) in [
+            (576, 1536),
+            (1536, 576),
+            (576, 192),
+            (576, 49152),
+            (4096, 14336),
+        ] {
+            let (x, w) = (random([MAX_THIN, k]), random([k, n]));
+            let all = bits(super::super::thin_matmul(x.clone(), w.clone()));
+            for rows in [2, 3, 6] {
+                let part = bits(super::super::thin_matmul(
+                    x.clone().narrow(0, 0, rows),
+                    w.clone(),
+                ));
+                let same = part
+                    .iter()
+                    .zip(&all)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{k}x{n}: {rows} rows differ from the same rows among {MAX_THIN}"
+                );
+            }
+        }
+        // The LM head's orientation, `embed · xᵀ`: a few columns or many.
+        let (embed, x) = (random([4099, 576]), random([576, MAX_THIN]));
+        let all = super::super::thin_matmul(embed.clone(), x.clone());
+        for cols in [2, 3] {
+            let part = bits(super::super::thin_matmul(
+                embed.clone(),
+                x.clone().narrow(1, 0, cols),
+            ));
+            let want = bits(all.clone().narrow(1, 0, cols));
+            let same = want
+                .iter()
+                .zip(&part)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{cols} columns differ from the same columns among {MAX_THIN}"
+            );
         }
     }
 }

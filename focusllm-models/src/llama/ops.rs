@@ -23,12 +23,18 @@ pub(crate) fn project<B: Backend>(
             if seq == 1 {
                 return linear(x, cand, fused);
             }
-            let head = x.clone().narrow(1, 0, seq - 1);
-            let tail = x.narrow(1, seq - 1, 1);
-            Tensor::cat(
-                vec![linear(head, ordinary, fused), linear(tail, cand, fused)],
-                1,
-            )
+            // No product gets a lone row per chunk: gemm multiplies a lone row in another order
+            // (its GEMV) than two or more, and a chunk's candidates would then change in the last
+            // bit with how many chunks share its batch. So the candidate projection runs over
+            // the last two rows, and an exact step's ordinary one over both; the weights are
+            // read once either way, so the extra row costs little.
+            let head = if seq == 2 {
+                linear(x.clone(), ordinary, fused).narrow(1, 0, 1)
+            } else {
+                linear(x.clone().narrow(1, 0, seq - 1), ordinary, fused)
+            };
+            let tail = linear(x.narrow(1, seq - 2, 2), cand, fused).narrow(1, 1, 1);
+            Tensor::cat(vec![head, tail], 1)
         }
         _ => linear(x, ordinary, fused),
     }
