@@ -15,8 +15,8 @@ use burn_flex::FlexTensor;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::exp;
 use super::view::{KvView, View, inner_contiguous};
+use super::{exp, few_rows};
 
 /// Query rows (positions) per task.
 const ROWS: usize = 32;
@@ -321,6 +321,9 @@ impl Task<'_> {
         let mut scores = vec![0.0f32; rows * TILE];
         let mut state = Softmax::empty(rows, dim);
         let Softmax { max, sum, acc } = &mut state;
+        // A step's few rows (the same rule as the key segments: it depends on the sequence's
+        // shape only) skip `gemm`, whose set-up costs more than such a tile's products.
+        let few = self.dims.seq <= STEP_ROWS;
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         let mut j0 = lo;
         while j0 < hi {
@@ -328,28 +331,32 @@ impl Task<'_> {
             let n = j1 - j0;
             let (k_tile, k_row) = k.rows(self.b, self.kv_head, j0, n, dim, &mut k_scratch);
             // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
-            unsafe {
-                gemm(
-                    rows,
-                    n,
-                    dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    TILE as isize,
-                    false,
-                    qt.as_ptr(),
-                    1,
-                    dim as isize,
-                    k_tile,
-                    k_row as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            if few {
+                unsafe { few_rows::scores((rows, n, dim), qt, k_tile, k_row, &mut scores, TILE) };
+            } else {
+                unsafe {
+                    gemm(
+                        rows,
+                        n,
+                        dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        TILE as isize,
+                        false,
+                        qt.as_ptr(),
+                        1,
+                        dim as isize,
+                        k_tile,
+                        k_row as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
             }
             let masked = self.vis.needs_mask(pad, self.i0, j0, j1);
             for r in 0..rows {
@@ -384,28 +391,34 @@ impl Task<'_> {
             }
             let (v_tile, v_row) = v.rows(self.b, self.kv_head, j0, n, dim, &mut v_scratch);
             // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
-            unsafe {
-                gemm(
-                    rows,
-                    dim,
-                    n,
-                    acc.as_mut_ptr(),
-                    1,
-                    dim as isize,
-                    true,
-                    scores.as_ptr(),
-                    1,
-                    TILE as isize,
-                    v_tile,
-                    1,
-                    v_row as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            if few {
+                unsafe {
+                    few_rows::weighted_sum((rows, n, dim), &scores, TILE, v_tile, v_row, acc)
+                };
+            } else {
+                unsafe {
+                    gemm(
+                        rows,
+                        dim,
+                        n,
+                        acc.as_mut_ptr(),
+                        1,
+                        dim as isize,
+                        true,
+                        scores.as_ptr(),
+                        1,
+                        TILE as isize,
+                        v_tile,
+                        1,
+                        v_row as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
             }
             j0 = j1;
         }
@@ -820,9 +833,8 @@ mod tests {
             k.clone(),
             v.clone(),
         );
-        for b in 0..batch {
+        for (b, &pad) in pads.iter().enumerate() {
             // Alone, the sequence has no padding.
-            let pad = pads[b];
             let one = |t: &Tensor<B, 4>| t.clone().narrow(0, b, 1);
             let unpadded = |t: &Tensor<B, 4>| one(t).narrow(2, pad, keys - pad);
             let (alone, _) = step_plan(1, seq, past - pad, kv_heads, groups, &[0], true).attend(

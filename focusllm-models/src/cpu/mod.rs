@@ -19,6 +19,7 @@
 mod attention;
 mod cache;
 mod exp;
+mod few_rows;
 mod matmul;
 mod rope;
 mod view;

@@ -1,0 +1,230 @@
+//! The two products of a decoding step's attention tile, for the few query rows of a step (a
+//! head group's `groups × seq` rows): scores `q · kᵀ` and the weighted sum `p · v`.
+//!
+//! A step's tile is tiny (3 rows × 128 keys × 64 dims for SmolLM2), and `gemm` spends more time
+//! choosing block sizes, taking its thread-local scratch and packing than multiplying: `perf` put
+//! the step attention's `gemm` calls at a quarter of a 2K-context step. Here each score is a dot
+//! product over the key's row in place and each weighted sum streams the value rows once per
+//! query row, with AVX2 and FMA where the CPU has them.
+
+/// Whether the CPU runs the AVX2 + FMA versions.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `scores[r · stride + j] = Σ_d q[r · dim + d] · k[j · k_row + d]` for `r < rows`, `j < n`.
+///
+/// # Safety
+/// `k` points at `n` rows of `dim` floats, `k_row` apart.
+pub(super) unsafe fn scores(
+    (rows, n, dim): (usize, usize, usize),
+    q: &[f32],
+    k: *const f32,
+    k_row: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if dim % 8 == 0 && has_avx2_fma() {
+        // SAFETY: the CPU has the features; the caller vouches for `k`.
+        return unsafe { avx2::scores((rows, n, dim), q, k, k_row, scores, stride) };
+    }
+    for j in 0..n {
+        // SAFETY: the caller vouches for row j of `k`.
+        let key = unsafe { std::slice::from_raw_parts(k.add(j * k_row), dim) };
+        for r in 0..rows {
+            let query = &q[r * dim..(r + 1) * dim];
+            scores[r * stride + j] = query.iter().zip(key).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// `acc[r · dim + d] += Σ_j p[r · stride + j] · v[j · v_row + d]` for `r < rows`, `d < dim`.
+///
+/// # Safety
+/// `v` points at `n` rows of `dim` floats, `v_row` apart.
+pub(super) unsafe fn weighted_sum(
+    (rows, n, dim): (usize, usize, usize),
+    p: &[f32],
+    stride: usize,
+    v: *const f32,
+    v_row: usize,
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if dim % 32 == 0 && has_avx2_fma() {
+        // SAFETY: the CPU has the features; the caller vouches for `v`.
+        return unsafe { avx2::weighted_sum((rows, n, dim), p, stride, v, v_row, acc) };
+    }
+    for j in 0..n {
+        // SAFETY: the caller vouches for row j of `v`.
+        let value = unsafe { std::slice::from_raw_parts(v.add(j * v_row), dim) };
+        for r in 0..rows {
+            let weight = p[r * stride + j];
+            for (a, x) in acc[r * dim..(r + 1) * dim].iter_mut().zip(value) {
+                *a += weight * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The sum of a vector's eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn lane_sum(x: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+    }
+
+    /// [`super::scores`] for `dim` a multiple of 8: one key row against every query row while
+    /// it is in L1, two accumulators per dot product.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(
+        (rows, n, dim): (usize, usize, usize),
+        q: &[f32],
+        k: *const f32,
+        k_row: usize,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        assert!(q.len() >= rows * dim && scores.len() >= (rows.max(1) - 1) * stride + n);
+        for j in 0..n {
+            // SAFETY (all loads): `key` has `dim` floats (the caller), `query` has `dim` (the
+            // assert), and `d + 8 <= dim` with `dim` a multiple of 8.
+            let key = unsafe { k.add(j * k_row) };
+            for r in 0..rows {
+                let query = q[r * dim..].as_ptr();
+                let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut d = 0;
+                while d + 16 <= dim {
+                    unsafe {
+                        even = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(query.add(d)),
+                            _mm256_loadu_ps(key.add(d)),
+                            even,
+                        );
+                        odd = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(query.add(d + 8)),
+                            _mm256_loadu_ps(key.add(d + 8)),
+                            odd,
+                        );
+                    }
+                    d += 16;
+                }
+                if d < dim {
+                    unsafe {
+                        even = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(query.add(d)),
+                            _mm256_loadu_ps(key.add(d)),
+                            even,
+                        );
+                    }
+                }
+                scores[r * stride + j] = lane_sum(_mm256_add_ps(even, odd));
+            }
+        }
+    }
+
+    /// [`super::weighted_sum`] for `dim` a multiple of 32: per query row and block of 32 dims,
+    /// four accumulators in registers over all `n` value rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(
+        (rows, n, dim): (usize, usize, usize),
+        p: &[f32],
+        stride: usize,
+        v: *const f32,
+        v_row: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(acc.len() >= rows * dim && p.len() >= (rows.max(1) - 1) * stride + n);
+        for r in 0..rows {
+            let weights = &p[r * stride..r * stride + n];
+            for d in (0..dim).step_by(32) {
+                // SAFETY (all loads and stores): `acc` row r has `dim` floats (the assert), value
+                // row j has `dim` (the caller), and `d + 32 <= dim`.
+                let out = acc[r * dim + d..].as_mut_ptr();
+                let mut sums = unsafe { [0, 8, 16, 24].map(|o| _mm256_loadu_ps(out.add(o))) };
+                for (j, &w) in weights.iter().enumerate() {
+                    let weight = _mm256_set1_ps(w);
+                    let value = unsafe { v.add(j * v_row + d) };
+                    for (o, sum) in sums.iter_mut().enumerate() {
+                        *sum = _mm256_fmadd_ps(
+                            weight,
+                            unsafe { _mm256_loadu_ps(value.add(8 * o)) },
+                            *sum,
+                        );
+                    }
+                }
+                for (o, sum) in sums.into_iter().enumerate() {
+                    unsafe { _mm256_storeu_ps(out.add(8 * o), sum) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Random-ish values in [-1, 1) from a fixed sequence.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn few_row_products_equal_plain_sums() {
+        // Head sizes with and without the vector path (64, 128; 40 is not a multiple of 32 and
+        // 12 not of 8), a ragged key count, and rows kept `stride` apart.
+        for (rows, n, dim) in [(3, 128, 64), (12, 37, 128), (1, 5, 40), (2, 9, 12)] {
+            let stride = n + 3;
+            let (q, k, v) = (
+                values(rows * dim, 1),
+                values(n * 2 * dim, 2),
+                values(n * dim, 3),
+            );
+            let mut got = vec![0.0f32; rows * stride];
+            // Keys are every other row of `k` (a row stride of 2·dim).
+            unsafe { super::scores((rows, n, dim), &q, k.as_ptr(), 2 * dim, &mut got, stride) };
+            for r in 0..rows {
+                for j in 0..n {
+                    let want: f64 = (0..dim)
+                        .map(|d| q[r * dim + d] as f64 * k[j * 2 * dim + d] as f64)
+                        .sum();
+                    let diff = (got[r * stride + j] as f64 - want).abs();
+                    assert!(
+                        diff < 1e-4,
+                        "score ({r}, {j}) of {rows}x{n}x{dim}: off by {diff}"
+                    );
+                }
+            }
+            let start = values(rows * dim, 4);
+            let mut acc = start.clone();
+            unsafe { super::weighted_sum((rows, n, dim), &got, stride, v.as_ptr(), dim, &mut acc) };
+            for r in 0..rows {
+                for d in 0..dim {
+                    let want: f64 = start[r * dim + d] as f64
+                        + (0..n)
+                            .map(|j| got[r * stride + j] as f64 * v[j * dim + d] as f64)
+                            .sum::<f64>();
+                    let diff = (acc[r * dim + d] as f64 - want).abs();
+                    assert!(
+                        diff < 1e-3,
+                        "sum ({r}, {d}) of {rows}x{n}x{dim}: off by {diff}"
+                    );
+                }
+            }
+        }
+    }
+}
