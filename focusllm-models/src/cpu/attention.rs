@@ -322,8 +322,8 @@ impl Task<'_> {
         let mut state = Softmax::empty(rows, dim);
         let Softmax { max, sum, acc } = &mut state;
         // A step's few rows (the same rule as the key segments: it depends on the sequence's
-        // shape only) skip `gemm`, whose set-up costs more than such a tile's products.
-        let few = self.dims.seq <= STEP_ROWS;
+        // shape and the CPU only) skip `gemm`, whose set-up costs more than such a tile's products.
+        let few = self.dims.seq <= STEP_ROWS && few_rows::vectorised(dim);
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         let mut j0 = lo;
         while j0 < hi {
