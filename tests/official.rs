@@ -193,7 +193,8 @@ fn batched_and_one_by_one_chunks_agree() {
         logits
     };
     // With the fused kernels a chunk gets the same bits in batches of one to three (as the
-    // sharded `ask` test batches them): no split of a sum depends on the batch. From four
+    // sharded `ask` test batches them): no split of a sum depends on the batch (up to 8 chunks,
+    // 16 rows, per step product; beyond, burn's products take over). From four
     // chunks on, the prefill's last bits move (2e-6 in the logits) in an operation left to
     // burn, not yet found (the projections as one matrix change nothing). Burn's operations
     // agree to rounding.

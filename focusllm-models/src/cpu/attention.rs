@@ -23,8 +23,8 @@ const ROWS: usize = 32;
 /// Keys per tile: a `groups·ROWS × TILE` score tile stays in L2.
 const TILE: usize = 128;
 /// Keys per segment of a decoding step's split key axis: four tiles, so that a step after 1K
-/// keys already gives two cores two segments each (one task per key/value head), and a segment
-/// still amortises its merge.
+/// keys already gives each key/value head (one task each) two segments, and a segment still
+/// amortises its merge.
 const SEGMENT: usize = 4 * TILE;
 /// New rows per sequence up to which a call counts as a decoding step and splits its keys: a
 /// generated token, an exact step's two rows per chunk, a few batched tokens.
@@ -239,9 +239,11 @@ impl Softmax {
 /// Into how many segments of [`SEGMENT`] keys each task's keys are cut: 1 for blocks of more than
 /// [`STEP_ROWS`] new rows (a prefill has tasks enough) or keys that fit in one segment.
 ///
-/// The cut depends on the shape of one sequence only, never on the batch or the core count: a
-/// chunk's numbers must not depend on which chunks share its batch (sharded and unsharded runs
-/// agree to the bit), and the merge order changes the last bits.
+/// The cut never depends on the core count, and its non-empty segments not on the batch: each
+/// starts at a multiple of [`SEGMENT`] from the sequence's first visible key, and the empty
+/// segments a padded sequence gets beyond its last key merge exactly (their weight is 0 and its
+/// own is `exp(0) = 1`). So a chunk's numbers do not depend on which chunks share its batch
+/// (sharded and unsharded runs agree to the bit), as they would if the merge order moved.
 fn key_segments(seq: usize, keys: usize) -> usize {
     if seq > STEP_ROWS {
         return 1;
@@ -278,9 +280,9 @@ impl Task<'_> {
         focus.map(|n| self.focus_share(&qt, k, pad, &state.max, &state.sum, n))
     }
 
-    /// [`Task::run`]'s state over segment `seg` of the visible keys only: [`SEGMENT`] keys from
-    /// the first visible one (after the padding, so a padded sequence is cut as it is alone), or
-    /// none past the last. The caller merges the segments and writes the rows.
+    /// [`Task::run`]'s state over segment `seg` of the visible keys only: [`SEGMENT`] keys counted
+    /// from the first visible one (the first after the padding, so that a padded sequence is cut
+    /// as it is alone), or none past the last. The caller merges the segments and writes the rows.
     fn run_segment(&self, q: &View<'_>, k: &KvView<'_>, v: &KvView<'_>, seg: usize) -> Softmax {
         let qt = self.queries(q);
         let pad = self.vis.pad(self.b);

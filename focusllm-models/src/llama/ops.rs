@@ -23,11 +23,12 @@ pub(crate) fn project<B: Backend>(
             if seq == 1 {
                 return linear(x, cand, fused);
             }
-            // No product gets a lone row per chunk: gemm multiplies a lone row in another order
-            // (its GEMV) than two or more, and a chunk's candidates would then change in the last
-            // bit with how many chunks share its batch. So the candidate projection runs over
-            // the last two rows, and an exact step's ordinary one over both; the weights are
-            // read once either way, so the extra row costs little.
+            // With two rows or more per chunk, no product gets a lone row per chunk: gemm
+            // multiplies a lone row in another order (its GEMV) than two or more, and a chunk's
+            // candidates would then change in the last bit with how many chunks share its batch.
+            // So the candidate projection runs over the last two rows, and an exact step's
+            // ordinary one over both; the weights are read once either way, so the extra row
+            // costs little.
             let head = if seq == 2 {
                 linear(x.clone(), ordinary, fused).narrow(1, 0, 1)
             } else {
