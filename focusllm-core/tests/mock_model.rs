@@ -525,14 +525,14 @@ fn a_cancelled_frozen_prefill_resumes_from_its_checkpoint() {
         assert!(resumed.seconds >= 0.0);
     }
 
-    // Another input (or model identity) refuses the directory, naming the file; nothing is
-    // overwritten.
     // A prefill in a new session with the checkpoint set.
     let resume = |ids: &[u32]| {
         let mut session = engine.session();
         session.set_checkpoint(checkpoint());
         session.prefill(ids)
     };
+    // Another input (or model identity) refuses the directory, naming the file; nothing is
+    // overwritten.
     let mut other = ids.clone();
     other[3] = 7;
     let err = resume(&other).unwrap_err().to_string();

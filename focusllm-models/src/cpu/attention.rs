@@ -852,11 +852,10 @@ mod tests {
                     .unwrap(),
                 alone.into_data().to_vec::<f32>().unwrap(),
             );
-            let same = want
-                .iter()
-                .zip(&got)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "sequence {b} differs alone and in a batch of {batch}");
+            assert!(
+                super::super::same_bits(&want, &got),
+                "sequence {b} differs alone and in a batch of {batch}"
+            );
         }
     }
 }

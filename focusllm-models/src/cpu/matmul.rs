@@ -242,12 +242,8 @@ mod tests {
                     x.clone().narrow(0, 0, rows),
                     w.clone(),
                 ));
-                let same = part
-                    .iter()
-                    .zip(&all)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
-                    same,
+                    super::super::same_bits(&part, &all[..part.len()]),
                     "{k}x{n}: {rows} rows differ from the same rows among {MAX_THIN}"
                 );
             }
@@ -261,12 +257,8 @@ mod tests {
                 x.clone().narrow(1, 0, cols),
             ));
             let want = bits(all.clone().narrow(1, 0, cols));
-            let same = want
-                .iter()
-                .zip(&part)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
-                same,
+                super::super::same_bits(&want, &part),
                 "{cols} columns differ from the same columns among {MAX_THIN}"
             );
         }

@@ -217,3 +217,9 @@ pub(crate) fn write_rows<B: Backend>(
 pub(crate) fn storage_address<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
     to_flex(t.clone()).bytes().as_ptr() as usize
 }
+
+/// Whether two float slices are equal bit for bit (the batch-invariance tests).
+#[cfg(test)]
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
