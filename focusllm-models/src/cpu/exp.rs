@@ -1,9 +1,11 @@
-//! A vectorisable `exp` for the softmax rows of the attention kernel.
+//! A vectorised `exp` (and row maximum) for the softmax rows of the attention kernel, and SwiGLU.
 //!
 //! `f32::exp` is a libm call per element (8% of a FocusLLM prefill's cycles on flex). This is the
 //! Cephes `expf` scheme (range reduction by `n·ln 2` in two parts, a degree-6 polynomial, `2^n`
-//! by exponent bits), branch-free so that the compiler turns the loop into AVX2 code: relative
-//! error below 2e-7, exact 0 below the f32 range (a masked `-inf` gives 0, as in softmax).
+//! by exponent bits), branch-free, in AVX2 with fused multiply-adds where the CPU has them
+//! (every x86-64 CPU with AVX2 but a few has FMA too): relative error below 2e-7, exact 0 below
+//! the f32 range (a masked `-inf` gives 0, as in softmax). The scalar path (remainders, other
+//! CPUs) does the same operations with `mul_add`, so both give the same bits.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -24,13 +26,13 @@ const POLY: [f32; 6] = [
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
     let xc = x.clamp(MIN_ARG, MAX_ARG);
-    let n = (xc * LOG2E + 0.5).floor();
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    let n = xc.mul_add(LOG2E, 0.5).floor();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
     let mut p = POLY[0];
     for c in &POLY[1..] {
-        p = p * r + c;
+        p = p.mul_add(r, *c);
     }
-    let e = p * r * r + r + 1.0;
+    let e = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if x < MIN_ARG { 0.0 } else { e * scale }
 }
@@ -54,30 +56,24 @@ fn exp_sub_sum_body(row: &mut [f32], max: f32) -> f32 {
     sum
 }
 
-/// Eight lanes of [`exp_approx`]: the same operations in the same order, so both give the same
-/// bits (the compiler does not vectorise the scalar loop: the float-to-int conversion and the
-/// select stop it).
+/// Eight lanes of [`exp_approx`]: the same operations in the same order, fused multiply-adds
+/// where it has `mul_add`, so both give the same bits (the compiler does not vectorise the scalar
+/// loop: the float-to-int conversion and the select stop it).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let splat = _mm256_set1_ps;
     let (min_arg, max_arg) = (splat(MIN_ARG), splat(MAX_ARG));
     let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, min_arg);
     let xc = _mm256_min_ps(_mm256_max_ps(x, min_arg), max_arg);
-    let n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(xc, splat(LOG2E)), splat(0.5)));
-    let r = _mm256_sub_ps(
-        _mm256_sub_ps(xc, _mm256_mul_ps(n, splat(LN2_HI))),
-        _mm256_mul_ps(n, splat(LN2_LO)),
-    );
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(xc, splat(LOG2E), splat(0.5)));
+    let r = _mm256_fnmadd_ps(n, splat(LN2_LO), _mm256_fnmadd_ps(n, splat(LN2_HI), xc));
     let mut poly = splat(POLY[0]);
     for c in &POLY[1..] {
-        poly = _mm256_add_ps(_mm256_mul_ps(poly, r), splat(*c));
+        poly = _mm256_fmadd_ps(poly, r, splat(*c));
     }
-    let e = _mm256_add_ps(
-        _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(poly, r), r), r),
-        splat(1.0),
-    );
+    let e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(poly, r), r, r), splat(1.0));
     let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
@@ -86,7 +82,7 @@ fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn exp_sub_sum_avx2(row: &mut [f32], max: f32) -> f32 {
     use std::arch::x86_64::*;
     let vmax = _mm256_set1_ps(max);
@@ -119,7 +115,7 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     use std::arch::x86_64::*;
     let n = gate.len() / 8 * 8;
@@ -135,21 +131,53 @@ fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     swiglu_body(tail, &up[n..]);
 }
 
-/// `gate ← silu(gate)·up` (SwiGLU's activation), AVX2 code where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn max_avx2(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        // SAFETY: `chunk` holds 8 floats; an unaligned load.
+        acc = _mm256_max_ps(acc, unsafe { _mm256_loadu_ps(chunk.as_ptr()) });
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lanes
+        .iter()
+        .chain(rest)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The largest value of `row` (`-inf` when empty), AVX2 code where the CPU has it (`f32::max`'s
+/// NaN rule stops the compiler from vectorising the fold; scores are never NaN).
+pub(crate) fn max(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { max_avx2(row) };
+    }
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `gate ← silu(gate)·up` (SwiGLU's activation), AVX2 + FMA code where the CPU has it.
 pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if super::avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { swiglu_avx2(gate, up) };
     }
     swiglu_body(gate, up)
 }
 
-/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (AVX2 code where the CPU
-/// has it).
+/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (AVX2 + FMA code where the
+/// CPU has it).
 pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if super::avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { exp_sub_sum_avx2(row, max) };
     }
@@ -184,6 +212,21 @@ mod tests {
         let mut scalar = row;
         exp_sub_sum_body(&mut scalar, 2.0);
         assert_eq!(vector, scalar);
+    }
+
+    #[test]
+    fn max_is_the_largest_value_at_every_length() {
+        for len in [0, 1, 7, 8, 9, 31, 128, 133] {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25)
+                .collect();
+            let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&row), want, "length {len}");
+        }
+        let mut row = vec![f32::NEG_INFINITY; 19];
+        assert_eq!(max(&row), f32::NEG_INFINITY);
+        row[17] = -3.0;
+        assert_eq!(max(&row), -3.0);
     }
 
     #[test]

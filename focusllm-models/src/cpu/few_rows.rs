@@ -12,10 +12,7 @@
 /// loops.
 pub(super) fn vectorised(dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if dim.is_multiple_of(32)
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
+    if dim.is_multiple_of(32) && super::avx2_fma() {
         return true;
     }
     let _ = dim;

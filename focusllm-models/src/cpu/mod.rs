@@ -33,6 +33,13 @@ use crate::kernels::Kernels;
 
 pub(crate) use attention::Visibility;
 
+/// Whether this CPU runs the kernels' hand-written vector code (x86-64 with AVX2 and FMA: every
+/// x86-64 CPU with AVX2 but a few has FMA too).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// Whether the fused kernels serve tensors of backend `B` in `dtype` under `kernels`.
 pub(crate) fn applies<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
     kernels == Kernels::Fused && dtype == DType::F32 && TypeId::of::<B>() == TypeId::of::<Flex>()
