@@ -107,7 +107,9 @@ fn exp_sub_sum_avx2(row: &mut [f32], max: f32) -> f32 {
     sum
 }
 
-/// `silu(g)·u = g·u / (1 + exp(−g))`, element by element, into `gate`.
+/// `silu(g)·u = g·u / (1 + exp(−g))`, element by element, into `gate` (inlined into the vector
+/// code's tail, where its `mul_add`s are instructions).
+#[inline(always)]
 fn swiglu_body(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g * *u / (1.0 + exp_approx(-*g));
@@ -186,6 +188,19 @@ pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
 
 /// `exp(x)` with the kernel's accuracy (for single values: the online softmax's corrections).
 pub(crate) fn exp(x: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { exp_fma(x) };
+    }
+    exp_approx(x)
+}
+
+/// [`exp_approx`] compiled with FMA, so that its `mul_add`s are instructions: elsewhere they are
+/// calls to libm's `fmaf`, several times slower.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn exp_fma(x: f32) -> f32 {
     exp_approx(x)
 }
 
