@@ -222,3 +222,78 @@ fn bad_shard_devices_are_refused_by_name() {
         );
     }
 }
+
+/// `bench --json` on the real model (a short input in 3 chunks of 256, and plain decoding): every
+/// row reports its times, rates, work and memory as positive numbers that agree with each other,
+/// and the calibration is the better of the two measured before and after the rows.
+#[test]
+fn bench_json_rows_carry_rates_work_and_both_calibrations() {
+    let Some(model) = common::smollm2_path() else {
+        return;
+    };
+    let args = [
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--lengths",
+        "1024",
+        "--local-window",
+        "256",
+        "--chunk-size",
+        "256",
+        "--prompt-cap",
+        "64",
+        "--threshold",
+        "1",
+        "--steps",
+        "2",
+        "--batch-compare",
+        "0",
+        "--json",
+        "--quiet",
+    ];
+    let output = focusllm(&args, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let both: Vec<f64> = json["calibration_before_after"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{json}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(both.len(), 2, "{json}");
+    assert!(both.iter().all(|&g| g > 0.0), "{json}");
+    assert_eq!(
+        json["calibration_gflops"].as_f64(),
+        Some(both[0].max(both[1]))
+    );
+    let rows = json["rows"].as_array().unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["focus", "plain"], "{json}");
+    for row in rows {
+        let number = |key: &str| {
+            let x = row[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} in {row}"));
+            assert!(x.is_finite() && x > 0.0, "{key} = {x} in {row}");
+            x
+        };
+        let tokens = row["tokens"].as_u64().unwrap() as f64;
+        assert!(tokens >= 1024.0, "{row}");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        assert!(
+            close(number("tokens_per_s"), tokens / number("prefill_s")),
+            "{row}"
+        );
+        assert!(
+            close(number("generated_per_s"), 1.0 / number("step_s")),
+            "{row}"
+        );
+        number("prefill_gflops");
+        number("step_gflops");
+        assert!(number("peak_rss_mb") > 100.0, "{row}");
+    }
+    // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
+    assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");
+    assert_eq!(rows[1]["chunk_cache_mb"].as_f64(), Some(0.0), "{json}");
+}
