@@ -216,6 +216,45 @@ fn batched_and_one_by_one_chunks_agree() {
 }
 
 #[test]
+fn prefills_in_blocks_agree_with_one_forward() {
+    // A long prefill runs in blocks that read the cache the blocks before them filled: the chunk
+    // pass (with the padding of batch 3, and the candidate in the last block), the main pass over
+    // the local window after the candidates, and a plain prefill. Block sizes that cut C's
+    // chunks and window unevenly, a lone-row remainder included, must give one forward's numbers.
+    use focusllm::core::MainDecoder;
+    let (_, dir) = official("C");
+    let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);
+    let run = |kernels: Kernels, block: usize| {
+        let (mut model, _) = official("C");
+        model.set_kernels(kernels);
+        model.set_prefill_block(block);
+        let engine = engine(&model, official_config(&dir).with_chunk_batch_size(3));
+        let mut session = engine.session();
+        let mut logits = vec![session.prefill(&long).unwrap()];
+        for t in [5u32, 17] {
+            logits.push(session.step(t).unwrap());
+        }
+        let mut cache = model.start(None).unwrap();
+        logits.push(model.feed(&mut cache, &long[..1500]).unwrap());
+        logits.push(model.feed(&mut cache, &long[1500..1501]).unwrap());
+        logits
+    };
+    for kernels in [Kernels::Fused, Kernels::Burn] {
+        let whole = run(kernels, 0);
+        for block in [64, 100, 333] {
+            let blocked = run(kernels, block);
+            for (i, (a, b)) in whole.iter().zip(&blocked).enumerate() {
+                let diff = max_abs_diff(a, b);
+                assert!(
+                    diff <= 1e-5,
+                    "{kernels:?}, blocks of {block}: logits {i} max diff {diff}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn errors_not_panics() {
     let (model, dir) = official("D");
     let engine = engine(&model, official_config(&dir));

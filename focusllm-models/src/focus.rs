@@ -145,6 +145,24 @@ pub(crate) fn candidates_as_past<B: Backend>(
         .collect()
 }
 
+/// `0..len` cut into blocks of `block` positions (0: one block); a last piece shorter than half
+/// a block joins the block before it (a lone row or two would be multiplied as a decoding step
+/// is). See [`LlamaModel::set_prefill_block`].
+pub(crate) fn prefill_blocks(len: usize, block: usize) -> Vec<std::ops::Range<usize>> {
+    if block == 0 || len <= block {
+        return std::iter::once(0..len).collect();
+    }
+    let mut blocks: Vec<std::ops::Range<usize>> = (0..len)
+        .step_by(block)
+        .map(|start| start..(start + block).min(len))
+        .collect();
+    if blocks.last().is_some_and(|b| b.len() < block / 2) {
+        let tail = blocks.pop().expect("more than one block");
+        blocks.last_mut().expect("more than one block").end = tail.end;
+    }
+    blocks
+}
+
 /// Positions of `len` main-pass tokens after a past of `past` candidates: the candidates take
 /// positions `0..past`, the tokens follow.
 pub(crate) fn main_positions(past: usize, len: usize) -> Vec<usize> {
@@ -187,32 +205,84 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             left_pad,
             len,
         } = left_padded(sequences.iter().map(|s| s.tokens.as_slice()));
-        let out = self.forward(ForwardInput {
-            ids: self.ids_tensor(&rows),
-            positions: &positions,
-            past: Past::None,
-            left_pad: Some(&left_pad),
-            candidates: Candidates::Last,
-            logits_last: 0,
-            focus_keys: 0,
-        });
-        let mut raw = Vec::with_capacity(out.kv.len());
-        let mut candidates = Vec::with_capacity(out.kv.len());
+        let blocks = prefill_blocks(len, self.prefill_block());
+        // Every block but the last fills a cache the next ones read; the last one's keys and
+        // values hold the candidate.
+        let mut filled: Vec<KvBuffer<B>> = Vec::new();
+        let mut last_kv = Vec::new();
+        for (i, block) in blocks.iter().enumerate() {
+            let last = i + 1 == blocks.len();
+            let cut = |rows: &[Vec<u32>]| -> Vec<Vec<u32>> {
+                rows.iter().map(|r| r[block.clone()].to_vec()).collect()
+            };
+            let block_positions: Vec<Vec<usize>> = positions
+                .iter()
+                .map(|p| p[block.clone()].to_vec())
+                .collect();
+            let out = self.forward(ForwardInput {
+                ids: self.ids_tensor(&cut(&rows)),
+                positions: &block_positions,
+                past: if i == 0 {
+                    Past::None
+                } else {
+                    Past::Cache(&mut filled)
+                },
+                left_pad: Some(&left_pad),
+                candidates: if last {
+                    Candidates::Last
+                } else {
+                    Candidates::None
+                },
+                logits_last: 0,
+                focus_keys: 0,
+            });
+            if last {
+                last_kv = out.kv;
+            } else if i == 0 {
+                filled = out
+                    .kv
+                    .into_iter()
+                    .map(|kv| {
+                        let mut layer = KvBuffer::new(LayerKv {
+                            k: kv.k_rotated,
+                            v: kv.v,
+                        });
+                        layer.reserve(len - block.end);
+                        layer
+                    })
+                    .collect();
+            }
+        }
+        let mut raw = Vec::with_capacity(last_kv.len());
+        let mut candidates = Vec::with_capacity(last_kv.len());
+        let block_len = blocks.last().map_or(len, ExactSizeIterator::len);
         let last = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(vec![(len - 1) as i64], [1]),
+            TensorData::new(vec![(block_len - 1) as i64], [1]),
             &self.device(),
         );
-        for kv in out.kv {
-            // The candidate's row stays behind as spare capacity (the first exact step needs two
-            // rows, so it moves the prefix to a larger buffer).
-            raw.push(KvBuffer::with_prefix(
-                LayerKv {
-                    k: kv.k_rotated,
-                    v: kv.v.clone(),
+        let mut filled = filled.into_iter();
+        for kv in last_kv {
+            // The candidate's row stays behind as spare capacity (an exact step writes two rows
+            // there).
+            raw.push(match filled.next() {
+                None => KvBuffer::with_prefix(
+                    LayerKv {
+                        k: kv.k_rotated,
+                        v: kv.v.clone(),
+                    },
+                    len - 1,
+                    self.cache_dtype(),
+                ),
+                Some(mut layer) => match self.cache_dtype() {
+                    Some(dtype) if dtype != layer.dtype() => {
+                        KvBuffer::with_prefix(layer.view(), len - 1, Some(dtype))
+                    }
+                    _ => {
+                        layer.truncate(len - 1);
+                        layer
+                    }
                 },
-                len - 1,
-                self.cache_dtype(),
-            ));
+            });
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size),
             // and the values of every position after frozen mode has dropped the raw cache.
@@ -355,46 +425,92 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             return Err(FocusError::EmptyInput);
         }
         check_vocab(tokens, self.config().vocab_size)?;
-        let positions = vec![main_positions(cache.len(), tokens.len())];
-        let empty = cache.is_empty();
-        let out = self.forward(ForwardInput {
-            ids: self.ids_tensor(&[tokens.to_vec()]),
-            positions: &positions,
-            past: if empty {
-                Past::None
-            } else {
-                Past::Cache(&mut cache.layers)
-            },
-            left_pad: None,
-            candidates: Candidates::None,
-            logits_last: 1,
-            focus_keys: cache.candidates,
-        });
-        cache.focus = match out.focus {
-            Some(f) => Some(
-                f.into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .map_err(|e| FocusError::Decoder(format!("reading the focus: {e:?}")))?,
-            ),
-            None => None,
-        };
-        if empty {
-            cache.layers = out
-                .kv
-                .into_iter()
-                .map(|kv| {
-                    KvBuffer::new(LayerKv {
-                        k: kv.k_rotated,
-                        v: kv.v,
+        let blocks = prefill_blocks(tokens.len(), self.prefill_block());
+        let mut logits = None;
+        for (i, block) in blocks.iter().enumerate() {
+            let last = i + 1 == blocks.len();
+            let positions = vec![main_positions(cache.len(), block.len())];
+            let empty = cache.is_empty();
+            if !empty && i == 0 && blocks.len() > 1 {
+                for layer in &mut cache.layers {
+                    layer.reserve(tokens.len());
+                }
+            }
+            let out = self.forward(ForwardInput {
+                ids: self.ids_tensor(&[tokens[block.clone()].to_vec()]),
+                positions: &positions,
+                past: if empty {
+                    Past::None
+                } else {
+                    Past::Cache(&mut cache.layers)
+                },
+                left_pad: None,
+                candidates: Candidates::None,
+                logits_last: usize::from(last),
+                focus_keys: if last { cache.candidates } else { 0 },
+            });
+            if empty {
+                cache.layers = out
+                    .kv
+                    .into_iter()
+                    .map(|kv| {
+                        let mut layer = KvBuffer::new(LayerKv {
+                            k: kv.k_rotated,
+                            v: kv.v,
+                        });
+                        if !last {
+                            layer.reserve(tokens.len() - block.end);
+                        }
+                        layer
                     })
-                })
-                .collect();
+                    .collect();
+            }
+            if last {
+                cache.focus =
+                    match out.focus {
+                        Some(f) => Some(f.into_data().convert::<f32>().to_vec::<f32>().map_err(
+                            |e| FocusError::Decoder(format!("reading the focus: {e:?}")),
+                        )?),
+                        None => None,
+                    };
+                logits = out.logits;
+            }
         }
-        logits_to_vec(out.logits)
+        logits_to_vec(logits)
     }
 
     fn focus(&self, cache: &LlamaKvCache<B>) -> Option<Vec<f32>> {
         cache.focus.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefill_blocks;
+
+    #[test]
+    fn prefill_blocks_cover_the_input_once_and_never_end_on_a_short_piece() {
+        assert_eq!(prefill_blocks(10, 0), vec![0..10]);
+        assert_eq!(prefill_blocks(512, 512), vec![0..512]);
+        assert_eq!(prefill_blocks(1024, 512), vec![0..512, 512..1024]);
+        // 1 and 255 left over join the block before; 256 stand alone.
+        assert_eq!(prefill_blocks(1025, 512), vec![0..512, 512..1025]);
+        assert_eq!(prefill_blocks(1279, 512), vec![0..512, 512..1279]);
+        assert_eq!(
+            prefill_blocks(1280, 512),
+            vec![0..512, 512..1024, 1024..1280]
+        );
+        for len in 1..300 {
+            for block in [0, 1, 2, 3, 7, 64] {
+                let blocks = prefill_blocks(len, block);
+                assert_eq!(blocks.first().map(|b| b.start), Some(0));
+                assert_eq!(blocks.last().map(|b| b.end), Some(len));
+                assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(blocks.iter().all(|b| !b.is_empty()));
+                if blocks.len() > 1 {
+                    assert!(blocks.iter().all(|b| b.len() >= block / 2));
+                }
+            }
+        }
     }
 }

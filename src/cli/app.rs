@@ -180,6 +180,10 @@ pub struct EngineArgs {
     /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
+    /// Tokens per forward of a long prefill (the main decoder's and each chunk batch's): larger
+    /// blocks take more memory for the same arithmetic; 0 runs a whole input in one forward.
+    #[arg(long, default_value_t = focusllm_models::DEFAULT_PREFILL_BLOCK)]
+    pub prefill_block: usize,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -291,6 +295,7 @@ impl EngineArgs {
                 other => parse_dtype(other),
             })?;
         loaded.model.set_kernels(parse_kernels(&self.kernels));
+        loaded.model.set_prefill_block(self.prefill_block);
         Ok(loaded)
     }
 }

@@ -163,6 +163,50 @@ impl<B: Backend> Attention<B> {
         self.finish(out, (b, s, fused), candidates, k, k_rotated, v, focus)
     }
 
+    /// Only the new positions' keys and values (appended to the caches of `past`, as
+    /// [`Attention::forward`] appends them): what the last layer of a forward must still give
+    /// when nothing reads its output (no logits, no focus). The queries, the attention and the
+    /// output projection are skipped.
+    pub(crate) fn kv_only(
+        &self,
+        x: Tensor<B, 3>,
+        (cos, sin): RopeTables<'_, B>,
+        past: LayerPast<'_, B>,
+        candidates: Candidates,
+        fused: bool,
+    ) -> super::NewKv<B> {
+        let [b, s, _] = x.dims();
+        let cand = self.candidate.as_ref();
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.kv_heads, self.head_dim]);
+        let k = split(project(
+            x.clone(),
+            &self.k,
+            cand.map(|c| &c.k),
+            candidates,
+            fused,
+        ));
+        let v = split(project(x, &self.v, cand.map(|c| &c.v), candidates, fused)).swap_dims(1, 2);
+        let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
+        match past {
+            LayerPast::None | LayerPast::Read(..) => {}
+            LayerPast::Cache(cache) => cache.append(k_rotated.clone(), v.clone()),
+            LayerPast::Batches(batches) => {
+                let mut start = 0;
+                for (cache, batch_plan) in batches {
+                    let rows = batch_plan.batch();
+                    let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
+                    cache.append(part(&k_rotated), part(&v));
+                    start += rows;
+                }
+            }
+        }
+        super::NewKv {
+            k_unrotated: k.swap_dims(1, 2),
+            k_rotated,
+            v,
+        }
+    }
+
     /// The output projection of attention's `out` `[b, heads, s, d]` (`fused`: see
     /// [`super::ops::linear`]), and what the layer returns.
     #[allow(clippy::too_many_arguments)]

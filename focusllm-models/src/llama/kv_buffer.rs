@@ -154,10 +154,11 @@ impl<B: Backend> KvBuffer<B> {
     }
 
     /// Makes room for at least `additional` more positions without growing again (one copy now
-    /// instead of later, if the capacity is short).
+    /// instead of later, if the capacity is short), with the usual spare room after them.
     pub fn reserve(&mut self, additional: usize) {
-        if self.len + additional > self.capacity() {
-            self.grow(self.len + additional);
+        let needed = self.len + additional;
+        if needed > self.capacity() {
+            self.grow(capacity_for(needed));
         }
     }
 
@@ -216,7 +217,10 @@ mod tests {
         assert!(buffer.capacity() <= buffer.len() + buffer.len() / 32 + 40);
         let len = buffer.len();
         buffer.reserve(100);
-        assert_eq!(buffer.capacity(), len + 100);
+        assert_eq!(buffer.capacity(), len + 100 + (len + 100) / 32 + 32);
+        let capacity = buffer.capacity();
+        buffer.reserve(capacity - len);
+        assert_eq!(buffer.capacity(), capacity, "room enough: no growth");
         assert_same(buffer.view().k, want);
     }
 

@@ -44,6 +44,21 @@ impl<B: Backend> DecoderLayer<B> {
         (x + self.mlp.forward(h, candidates, plan.fused()), kv, focus)
     }
 
+    /// The new positions' keys and values only (see [`Attention::kv_only`]): the last layer of a
+    /// forward whose output nothing reads.
+    pub(crate) fn kv_only(
+        &self,
+        x: Tensor<B, 3>,
+        rope: RopeTables<'_, B>,
+        past: LayerPast<'_, B>,
+        plan: &AttentionPlan<B>,
+        candidates: Candidates,
+        eps: f64,
+    ) -> NewKv<B> {
+        let h = rms_norm(x, &self.input_norm, eps);
+        self.attn.kv_only(h, rope, past, candidates, plan.fused())
+    }
+
     /// Loads layer `w` (`model.layers.{i}`): `input_layernorm`, `self_attn`,
     /// `post_attention_layernorm` and `mlp`, as in HF checkpoints.
     pub fn load(

@@ -35,6 +35,12 @@ use crate::weights::{WeightSource, Weights};
 use masked_attention::AttentionPlan;
 use ops::{CastParams, from_f32, rms_norm};
 
+/// Positions per forward of a long prefill unless set otherwise (see
+/// [`LlamaModel::set_prefill_block`]). Measured on SmolLM2-135M with 2 cores: a plain prefill
+/// of 8K tokens as fast as in one forward with a quarter less peak memory (1049 MiB against
+/// 1395), FocusLLM's prefill of 16K at reference sizes 5-8% faster.
+pub const DEFAULT_PREFILL_BLOCK: usize = 512;
+
 /// Where a model's candidate projections came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CandidateSource {
@@ -69,6 +75,8 @@ pub struct LlamaModel<B: Backend> {
     kernels: Kernels,
     #[module(skip)]
     work: WorkCounter,
+    #[module(skip)]
+    prefill_block: usize,
 }
 
 /// Logits `[b, k, vocab]` of `x` `[b, k, hidden]` through tied embeddings `[vocab, hidden]`.
@@ -172,6 +180,8 @@ pub struct ForwardInput<'a, B: Backend> {
     /// Which new positions are candidate tokens (they use the candidate projections).
     pub candidates: Candidates,
     /// For how many of the last positions to compute next-token logits (0: none, skips the LM head).
+    /// With neither logits nor focus asked for, nothing reads the last layer's output: that layer
+    /// then computes only the new keys and values.
     pub logits_last: usize,
     /// Measure the last position's attention share over the first `focus_keys` past positions
     /// (the candidates of a main pass; 0: nothing measured). See [`ForwardOutput::focus`].
@@ -289,6 +299,7 @@ impl<B: Backend> LlamaModel<B> {
             cache_dtype: None,
             kernels: Kernels::default(),
             work: WorkCounter::default(),
+            prefill_block: DEFAULT_PREFILL_BLOCK,
         }
     }
 
@@ -322,6 +333,21 @@ impl<B: Backend> LlamaModel<B> {
         self.kernels
     }
 
+    /// Sets how many positions one forward of a long input takes: a prefill (of the main decoder
+    /// or of a chunk batch) runs in blocks of `block` tokens, each attending to the cache the
+    /// blocks before it filled (0: the whole input in one forward). The default,
+    /// [`DEFAULT_PREFILL_BLOCK`], keeps a block's activations in the CPU's caches and its buffers
+    /// reused; larger blocks use more memory for the same arithmetic. Results equal one forward's
+    /// up to rounding.
+    pub fn set_prefill_block(&mut self, block: usize) {
+        self.prefill_block = block;
+    }
+
+    /// Positions per forward of a long input (see [`LlamaModel::set_prefill_block`]).
+    pub fn prefill_block(&self) -> usize {
+        self.prefill_block
+    }
+
     /// The analytic FLOPs of every forward of this model and its clones so far (see
     /// [`WorkCounter`]): divide a difference by the time taken for effective GFLOP/s.
     pub fn work(&self) -> &WorkCounter {
@@ -329,7 +355,7 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Whether this model's forwards run the fused CPU kernels.
-    fn fused(&self) -> bool {
+    pub(crate) fn fused(&self) -> bool {
         kernels::fused::<B>(self.kernels, self.compute_dtype())
     }
 
@@ -409,6 +435,10 @@ impl<B: Backend> LlamaModel<B> {
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
     pub fn forward(&self, mut input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         let device = self.device();
+        // Without logits or focus nothing reads the last layer's output, only its keys and values
+        // (a chunk pass, a prefill block before the last): its queries, attention, output
+        // projection and MLP are skipped (3% of a forward of SmolLM2's 30 layers).
+        let kv_only_last = input.logits_last == 0 && input.focus_keys == 0;
         let (cos, sin) = self.rope_tables(input.positions);
         let past_tables = match input.past {
             Past::Unrotated(_, pos) => Some(self.rope_tables(pos)),
@@ -446,6 +476,7 @@ impl<B: Backend> LlamaModel<B> {
                         seq,
                         past,
                         input.logits_last.min(seq),
+                        kv_only_last,
                     ));
                     AttentionPlan::new(
                         b.left_pad.len(),
@@ -467,6 +498,7 @@ impl<B: Backend> LlamaModel<B> {
                     seq,
                     past_len,
                     input.logits_last.min(seq),
+                    kv_only_last,
                 ));
                 Vec::new()
             }
@@ -491,6 +523,10 @@ impl<B: Backend> LlamaModel<B> {
                         .collect(),
                 ),
             };
+            if kv_only_last && i + 1 == self.layers.len() {
+                kv.push(layer.kv_only(x.clone(), (&cos, &sin), past, &plan, input.candidates, eps));
+                break;
+            }
             let (out, new_kv, layer_focus) =
                 layer.forward(x, (&cos, &sin), past, &plan, input.candidates, eps);
             x = out;

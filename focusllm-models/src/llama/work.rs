@@ -24,12 +24,14 @@ impl WorkCounter {
 /// logits at `logits` positions per row. Linear layers cost 2 FLOPs per weight per token; each
 /// (query, visible key) pair costs `4 · heads · head_dim` (scores and weighted values), with the
 /// keys a causal query sees (padding and exact-mode candidates see fewer: an upper bound there).
+/// `kv_only_last`: the last layer computes only keys and values.
 pub(crate) fn forward_flops(
     config: &LlamaConfig,
     batch: usize,
     seq: usize,
     past: usize,
     logits: usize,
+    kv_only_last: bool,
 ) -> u64 {
     let (hidden, inter) = (config.hidden_size as u64, config.intermediate_size as u64);
     let q_out = (config.num_attention_heads * config.head_dim()) as u64;
@@ -40,5 +42,11 @@ pub(crate) fn forward_flops(
     let per_pair = 4 * q_out;
     let layers = config.num_hidden_layers as u64;
     let head = 2 * hidden * config.vocab_size as u64 * logits as u64;
-    batch as u64 * (layers * (seq * linear_per_token + pairs * per_pair) + head)
+    let (full, kv_only) = match (kv_only_last, layers) {
+        (true, 1..) => (layers - 1, 1),
+        _ => (layers, 0),
+    };
+    let kv_per_token = 2 * hidden * 2 * kv_out;
+    batch as u64
+        * (full * (seq * linear_per_token + pairs * per_pair) + kv_only * seq * kv_per_token + head)
 }
