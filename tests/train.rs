@@ -86,22 +86,28 @@ fn training_loss_is_the_inference_nll_with_frozen_candidates() {
         step_mode: StepMode::FrozenCandidates,
     };
 
-    // The adapter holds copies of C's trained candidate projections: the same model.
-    let trainer = LlamaTrainer::new(model_c::<A>());
-    let adapter = CandidateAdapter::full(trainer.model());
-    let out = trainer.example_loss(&adapter, &example).unwrap();
-    let loss: f32 = out.loss.into_scalar();
-
     let engine = engine(&inference, config);
     let mut session = engine.session();
     let first = session.prefill(&long).unwrap();
     let second = session.step(targets[0]).unwrap();
     let expected = (nll(&first, targets[0]).unwrap() + nll(&second, targets[1]).unwrap()) / 2.0;
-    assert!(
-        (loss as f64 - expected).abs() < 1e-4,
-        "training loss {loss} vs inference {expected}"
-    );
-    assert_eq!(out.targets, 2);
+
+    // The adapter holds copies of C's trained candidate projections: the same model. Its chunk
+    // passes run as inference runs them: in one block, or (blocks of 50) over the caches of the
+    // blocks before.
+    for block in [focusllm::models::DEFAULT_PREFILL_BLOCK, 50] {
+        let mut model = model_c::<A>();
+        model.set_prefill_block(block);
+        let trainer = LlamaTrainer::new(model);
+        let adapter = CandidateAdapter::full(trainer.model());
+        let out = trainer.example_loss(&adapter, &example).unwrap();
+        let loss: f32 = out.loss.into_scalar();
+        assert!(
+            (loss as f64 - expected).abs() < 1e-4,
+            "blocks of {block}: training loss {loss} vs inference {expected}"
+        );
+        assert_eq!(out.targets, 2);
+    }
 }
 
 /// The engine's exact-mode NLL of `target` after prefilling `ids` and stepping through `generated`

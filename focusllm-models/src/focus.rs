@@ -7,7 +7,7 @@ use focusllm_core::{
     Result, check_vocab,
 };
 
-use crate::llama::{CacheBatch, Candidates, ForwardInput, KvBuffer, LlamaModel, Past};
+use crate::llama::{CacheBatch, Candidates, ForwardInput, KvBuffer, LlamaModel, NewKv, Past};
 
 /// Token used to fill left padding (any valid id: padded positions are masked).
 const PAD_ID: u32 = 0;
@@ -181,6 +181,89 @@ impl<B: Backend> Model for LlamaModel<B> {
     }
 }
 
+/// What [`LlamaModel::chunk_forward`] computed for a batch of chunk rows.
+pub(crate) struct ChunkForward<B: Backend> {
+    /// Per layer, the keys (rotated) and values of every position, padding included.
+    pub caches: Vec<KvBuffer<B>>,
+    /// Per layer, the new keys and values of the last block (the candidate's among them).
+    pub last: Vec<NewKv<B>>,
+    /// The last block's length.
+    pub last_len: usize,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// The chunk pass over left-padded rows, shared by inference and training: blocks of
+    /// [`LlamaModel::prefill_block`] positions, each over the caches the blocks before it filled,
+    /// with `candidates` applying to the last block (no logits: the last layer computes only
+    /// keys and values).
+    pub(crate) fn chunk_forward(
+        &self,
+        padded: &PaddedRows,
+        candidates: Candidates,
+    ) -> ChunkForward<B> {
+        let PaddedRows {
+            rows,
+            positions,
+            left_pad,
+            len,
+        } = padded;
+        let blocks = prefill_blocks(*len, self.prefill_block());
+        let mut caches: Vec<KvBuffer<B>> = Vec::new();
+        for (i, block) in blocks.iter().enumerate() {
+            let last = i + 1 == blocks.len();
+            let block_rows: Vec<Vec<u32>> =
+                rows.iter().map(|r| r[block.clone()].to_vec()).collect();
+            let block_positions: Vec<Vec<usize>> = positions
+                .iter()
+                .map(|p| p[block.clone()].to_vec())
+                .collect();
+            let out = self.forward(ForwardInput {
+                ids: self.ids_tensor(&block_rows),
+                positions: &block_positions,
+                past: if i == 0 {
+                    Past::None
+                } else {
+                    Past::Cache(&mut caches)
+                },
+                left_pad: Some(left_pad),
+                candidates: if last {
+                    candidates
+                } else {
+                    Candidates::None
+                },
+                logits_last: 0,
+                focus_keys: 0,
+            });
+            if i == 0 {
+                // The first block's keys and values become the caches (in place when they are all
+                // there is), with room for the blocks after it.
+                caches = out
+                    .kv
+                    .iter()
+                    .map(|kv| {
+                        let mut layer = KvBuffer::new(LayerKv {
+                            k: kv.k_rotated.clone(),
+                            v: kv.v.clone(),
+                        });
+                        if !last {
+                            layer.reserve(len - block.end);
+                        }
+                        layer
+                    })
+                    .collect();
+            }
+            if last {
+                return ChunkForward {
+                    caches,
+                    last: out.kv,
+                    last_len: block.len(),
+                };
+            }
+        }
+        unreachable!("`prefill_blocks` gives at least one block")
+    }
+}
+
 impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
     type ChunkState = LlamaChunks<B>;
 
@@ -199,89 +282,31 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
             }
             check_vocab(&s.tokens, vocab)?;
         }
-        let PaddedRows {
-            rows,
-            positions,
-            left_pad,
-            len,
-        } = left_padded(sequences.iter().map(|s| s.tokens.as_slice()));
-        let blocks = prefill_blocks(len, self.prefill_block());
-        // Every block but the last fills a cache the next ones read; the last one's keys and
-        // values hold the candidate.
-        let mut filled: Vec<KvBuffer<B>> = Vec::new();
-        let mut last_kv = Vec::new();
-        for (i, block) in blocks.iter().enumerate() {
-            let last = i + 1 == blocks.len();
-            let cut = |rows: &[Vec<u32>]| -> Vec<Vec<u32>> {
-                rows.iter().map(|r| r[block.clone()].to_vec()).collect()
-            };
-            let block_positions: Vec<Vec<usize>> = positions
-                .iter()
-                .map(|p| p[block.clone()].to_vec())
-                .collect();
-            let out = self.forward(ForwardInput {
-                ids: self.ids_tensor(&cut(&rows)),
-                positions: &block_positions,
-                past: if i == 0 {
-                    Past::None
-                } else {
-                    Past::Cache(&mut filled)
-                },
-                left_pad: Some(&left_pad),
-                candidates: if last {
-                    Candidates::Last
-                } else {
-                    Candidates::None
-                },
-                logits_last: 0,
-                focus_keys: 0,
-            });
-            if last {
-                last_kv = out.kv;
-            } else if i == 0 {
-                filled = out
-                    .kv
-                    .into_iter()
-                    .map(|kv| {
-                        let mut layer = KvBuffer::new(LayerKv {
-                            k: kv.k_rotated,
-                            v: kv.v,
-                        });
-                        layer.reserve(len - block.end);
-                        layer
-                    })
-                    .collect();
-            }
-        }
+        let padded = left_padded(sequences.iter().map(|s| s.tokens.as_slice()));
+        let len = padded.len;
+        let ChunkForward {
+            caches,
+            last: last_kv,
+            last_len: block_len,
+        } = self.chunk_forward(&padded, Candidates::Last);
+        let left_pad = padded.left_pad;
         let mut raw = Vec::with_capacity(last_kv.len());
         let mut candidates = Vec::with_capacity(last_kv.len());
-        let block_len = blocks.last().map_or(len, ExactSizeIterator::len);
         let last = Tensor::<B, 1, Int>::from_data(
             TensorData::new(vec![(block_len - 1) as i64], [1]),
             &self.device(),
         );
-        let mut filled = filled.into_iter();
-        for kv in last_kv {
+        for (mut layer, kv) in caches.into_iter().zip(last_kv) {
             // The candidate's row stays behind as spare capacity (an exact step writes two rows
             // there).
-            raw.push(match filled.next() {
-                None => KvBuffer::with_prefix(
-                    LayerKv {
-                        k: kv.k_rotated,
-                        v: kv.v.clone(),
-                    },
-                    len - 1,
-                    self.cache_dtype(),
-                ),
-                Some(mut layer) => match self.cache_dtype() {
-                    Some(dtype) if dtype != layer.dtype() => {
-                        KvBuffer::with_prefix(layer.view(), len - 1, Some(dtype))
-                    }
-                    _ => {
-                        layer.truncate(len - 1);
-                        layer
-                    }
-                },
+            raw.push(match self.cache_dtype() {
+                Some(dtype) if dtype != layer.dtype() => {
+                    KvBuffer::with_prefix(layer.view(), len - 1, Some(dtype))
+                }
+                _ => {
+                    layer.truncate(len - 1);
+                    layer
+                }
             });
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size),

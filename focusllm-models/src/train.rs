@@ -27,7 +27,7 @@ use focusllm_core::{FocusError, LayerKv, Model, ModelSpec, Result, check_vocab};
 
 use crate::adapter::CandidateAdapter;
 use crate::focus::{PaddedRows, candidates_as_past, left_padded, main_positions};
-use crate::llama::{Candidates, ForwardInput, LlamaModel, Past};
+use crate::llama::{Candidates, ForwardInput, KvBuffer, LlamaModel, Past};
 use crate::tokenizer::Tokenizer;
 
 /// One chunk's raw cache (rotated keys and values per layer, `[1, kv_heads, len, d]`).
@@ -215,21 +215,16 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
             }
         }
         if !missing.is_empty() {
-            let PaddedRows {
-                rows,
-                positions,
-                left_pad,
-                len,
-            } = left_padded(missing.iter().map(|&i| chunks[i]));
-            let raw = self.inner.forward(ForwardInput {
-                ids: self.inner.ids_tensor(&rows),
-                positions: &positions,
-                past: Past::None,
-                left_pad: Some(&left_pad),
-                candidates: Candidates::None,
-                logits_last: 0,
-                focus_keys: 0,
-            });
+            let padded = left_padded(missing.iter().map(|&i| chunks[i]));
+            // The chunk pass of inference (in prefill blocks), without candidates.
+            let raw: Vec<LayerKv<B::InnerBackend>> = self
+                .inner
+                .chunk_forward(&padded, Candidates::None)
+                .caches
+                .iter()
+                .map(KvBuffer::view)
+                .collect();
+            let PaddedRows { left_pad, len, .. } = padded;
             let device = self.inner.device();
             for (row, &i) in missing.iter().enumerate() {
                 let (pad, n) = (left_pad[row], len - left_pad[row]);
@@ -254,10 +249,9 @@ impl<B: AutodiffBackend> LlamaTrainer<B> {
                     }
                 };
                 let kv: Vec<LayerKv<B::InnerBackend>> = raw
-                    .kv
                     .iter()
                     .map(|kv| LayerKv {
-                        k: copy(&kv.k_rotated),
+                        k: copy(&kv.k),
                         v: copy(&kv.v),
                     })
                     .collect();
