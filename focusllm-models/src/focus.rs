@@ -226,11 +226,7 @@ impl<B: Backend> LlamaModel<B> {
                     Past::Cache(&mut caches)
                 },
                 left_pad: Some(left_pad),
-                candidates: if last {
-                    candidates
-                } else {
-                    Candidates::None
-                },
+                candidates: if last { candidates } else { Candidates::None },
                 logits_last: 0,
                 focus_keys: 0,
             });
