@@ -107,25 +107,20 @@ impl<B: Backend> Attention<B> {
         let cand = self.candidate.as_ref();
         // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
         // heads move forward for attention.
-        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, self.head_dim]);
         let fused = plan.fused();
-        let q = split(
-            project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, fused),
+        let q = project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, fused).reshape([
+            b,
+            s,
             self.heads,
-        );
-        let k = split(
-            project(x.clone(), &self.k, cand.map(|c| &c.k), candidates, fused),
-            self.kv_heads,
-        );
-        let v = split(
-            project(x, &self.v, cand.map(|c| &c.v), candidates, fused),
-            self.kv_heads,
-        )
-        .swap_dims(1, 2);
+            self.head_dim,
+        ]);
         let (cos, sin) = rope;
         let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
-        let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
-        let k = k.swap_dims(1, 2);
+        let super::NewKv {
+            k_unrotated: k,
+            k_rotated,
+            v,
+        } = self.new_kv(x, rope, candidates, fused);
         let (keys, values) = match past {
             LayerPast::None => (k_rotated.clone(), v.clone()),
             LayerPast::Read(kv, past_rope) => {
@@ -170,8 +165,36 @@ impl<B: Backend> Attention<B> {
     pub(crate) fn kv_only(
         &self,
         x: Tensor<B, 3>,
-        (cos, sin): RopeTables<'_, B>,
+        rope: RopeTables<'_, B>,
         past: LayerPast<'_, B>,
+        candidates: Candidates,
+        fused: bool,
+    ) -> super::NewKv<B> {
+        let new = self.new_kv(x, rope, candidates, fused);
+        let (k_rotated, v) = (&new.k_rotated, &new.v);
+        match past {
+            LayerPast::None | LayerPast::Read(..) => {}
+            LayerPast::Cache(cache) => cache.append(k_rotated.clone(), v.clone()),
+            LayerPast::Batches(batches) => {
+                let mut start = 0;
+                for (cache, batch_plan) in batches {
+                    let rows = batch_plan.batch();
+                    let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
+                    cache.append(part(k_rotated), part(v));
+                    start += rows;
+                }
+            }
+        }
+        new
+    }
+
+    /// The new positions' keys (before and after RoPE) and values, `[b, kv_heads, s, d]`: the
+    /// part of [`Attention::forward`] that [`Attention::kv_only`] keeps. RoPE is applied in the
+    /// projection's own `[b, s, heads, d]` layout (contiguous), then the heads move forward.
+    fn new_kv(
+        &self,
+        x: Tensor<B, 3>,
+        (cos, sin): RopeTables<'_, B>,
         candidates: Candidates,
         fused: bool,
     ) -> super::NewKv<B> {
@@ -186,23 +209,9 @@ impl<B: Backend> Attention<B> {
             fused,
         ));
         let v = split(project(x, &self.v, cand.map(|c| &c.v), candidates, fused)).swap_dims(1, 2);
-        let k_rotated = apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2);
-        match past {
-            LayerPast::None | LayerPast::Read(..) => {}
-            LayerPast::Cache(cache) => cache.append(k_rotated.clone(), v.clone()),
-            LayerPast::Batches(batches) => {
-                let mut start = 0;
-                for (cache, batch_plan) in batches {
-                    let rows = batch_plan.batch();
-                    let part = |t: &Tensor<B, 4>| t.clone().narrow(0, start, rows);
-                    cache.append(part(&k_rotated), part(&v));
-                    start += rows;
-                }
-            }
-        }
         super::NewKv {
+            k_rotated: apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2),
             k_unrotated: k.swap_dims(1, 2),
-            k_rotated,
             v,
         }
     }
