@@ -21,7 +21,7 @@ use focusllm::backends::Cpu;
 use focusllm::core::LayerKv;
 use focusllm::models::kernels::{Kernels, causal_attention, linear};
 use focusllm::models::llama::{
-    Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past,
+    Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past, Projection,
 };
 use focusllm::models::{CandidateSource, LlamaConfig, LlamaModel};
 
@@ -83,9 +83,11 @@ fn one_layer() -> LlamaModel<Cpu> {
         VOCAB, HIDDEN, MLP, 1, HEADS, KV_HEADS, 100_000.0, 1e-5, 8192,
     );
     let linear = |input, output| {
-        LinearConfig::new(input, output)
-            .with_bias(false)
-            .init::<Cpu>(&device)
+        Projection::from(
+            LinearConfig::new(input, output)
+                .with_bias(false)
+                .init::<Cpu>(&device),
+        )
     };
     let kv = KV_HEADS * HEAD_DIM;
     let layer = DecoderLayer {

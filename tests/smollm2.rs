@@ -232,3 +232,73 @@ fn gguf_tokenizer_renders_its_chatml_template() {
         .unwrap();
     assert_eq!(ids.first().copied(), tokenizer.bos_id());
 }
+
+/// The GGUF's projections kept in their Q4_1 blocks (`LoadOptions::keep_quantized`) decode to the
+/// values of the f32 model: every logit of a plain forward (a prompt's many-row products, then
+/// decoding steps' few-row ones) and of FocusLLM's passkey prefill (chunk batches, candidates, the
+/// main decoder) agrees with the f32 model's within rounding, and with transformers' and the
+/// official code's as closely as the f32 model does.
+#[test]
+fn quantized_weights_give_the_f32_models_numbers() {
+    let Some(dense) = smollm2() else { return };
+    let options = focusllm::models::LoadOptions {
+        keep_quantized: true,
+        ..Default::default()
+    };
+    let quantized = focusllm::models::load_model_with::<B>(
+        &smollm2_path().unwrap(),
+        &Default::default(),
+        &options,
+    )
+    .expect("load SmolLM2 with quantized weights");
+    let layer = &quantized.model.layers[0];
+    assert!(
+        [&layer.attn.q, &layer.attn.k, &layer.mlp.down]
+            .iter()
+            .all(|p| p.is_quantized()),
+        "the projections are kept quantized"
+    );
+    assert!(!dense.model.layers[0].attn.q.is_quantized());
+
+    let fixture = json(&fixtures().join("smollm2/plain_forward.json"));
+    for case in fixture["cases"].as_array().unwrap() {
+        let input = ids(&case["ids"]);
+        let got = greedy(&quantized, FocusConfig::default(), &input, 4);
+        let want = greedy(dense, FocusConfig::default(), &input, 4);
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            let diff = max_abs_diff(g, w);
+            assert!(
+                diff < 1e-4,
+                "{}: step {step}: max diff {diff} against f32",
+                case["text"]
+            );
+        }
+        let diff = max_abs_diff(&got[0], &floats(&case["last_logits_full"]));
+        assert!(
+            diff < TOL,
+            "{}: max diff {diff} against transformers",
+            case["text"]
+        );
+    }
+
+    let fixture = json(&fixtures().join("smollm2/focus_passkey.json"));
+    let input = ids(&fixture["input_ids"]);
+    let config = FocusConfig::default()
+        .with_local_window(2048)
+        .with_chunk_size(2048)
+        .with_plain_threshold(Some(4096));
+    let got = greedy(&quantized, config.clone(), &input, 2);
+    let want = greedy(dense, config, &input, 2);
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        let diff = max_abs_diff(g, w);
+        assert!(
+            diff < 1e-4,
+            "passkey step {step}: max diff {diff} against f32"
+        );
+    }
+    let diff = max_abs_diff(&got[0], &floats(&fixture["prefill_last_logits_full"]));
+    assert!(
+        diff < TOL,
+        "passkey prefill: max diff {diff} against the official code"
+    );
+}

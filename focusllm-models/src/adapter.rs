@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::ModelError;
-use crate::llama::{CandidateProjections, CandidateSource, LlamaModel};
+use crate::llama::{CandidateProjections, CandidateSource, LlamaModel, Projection};
 use crate::weights::{SafetensorsWeights, WeightSource, transposed_host};
 
 /// A low-rank delta `down·up` on an ordinary projection weight `[in, out]`.
@@ -96,17 +96,18 @@ impl<B: Backend> CandidateLayer<B> {
 }
 
 impl<B: Backend> CandidateWeight<B> {
-    /// The candidate weight `[in, out]` given the ordinary one.
-    fn merged(&self, ordinary: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// The candidate weight `[in, out]` given the ordinary one (asked for only by a low-rank
+    /// delta: a quantized ordinary weight is decoded then).
+    fn merged(&self, ordinary: impl FnOnce() -> Tensor<B, 2>) -> Tensor<B, 2> {
         match self {
             Self::Full(w) => w.val(),
-            Self::LowRank(d) => ordinary + d.down.val().matmul(d.up.val()),
+            Self::LowRank(d) => ordinary() + d.down.val().matmul(d.up.val()),
         }
     }
 }
 
-/// The ordinary q, k, v, o weights of layer `i`, `[in, out]`.
-fn ordinary<B: Backend>(model: &LlamaModel<B>, i: usize) -> [&Linear<B>; 4] {
+/// The ordinary q, k, v, o projections of layer `i`.
+fn ordinary<B: Backend>(model: &LlamaModel<B>, i: usize) -> [&Projection<B>; 4] {
     let a = &model.layers[i].attn;
     [&a.q, &a.k, &a.v, &a.o]
 }
@@ -129,8 +130,8 @@ impl<B: Backend> CandidateAdapter<B> {
         let mut rng = StdRng::seed_from_u64(seed);
         let layers = (0..model.layers.len())
             .map(|i| {
-                let mut make = |linear: &Linear<B>| {
-                    let [inp, out] = linear.weight.val().dims();
+                let mut make = |projection: &Projection<B>| {
+                    let [inp, out] = projection.dims();
                     let bound = (3.0 / inp as f32).sqrt();
                     let down: Vec<f32> = (0..inp * rank)
                         .map(|_| rng.random_range(-bound..bound))
@@ -159,11 +160,11 @@ impl<B: Backend> CandidateAdapter<B> {
             .enumerate()
             .map(|(i, layer)| {
                 let source = match &layer.attn.candidate {
-                    Some(c) => [&c.q, &c.k, &c.v, &c.o],
-                    None => ordinary(model, i),
+                    Some(c) => [&c.q, &c.k, &c.v, &c.o].map(|l| l.weight.val()),
+                    None => ordinary(model, i).map(|p| p.dense_weight(&model.device())),
                 };
-                let [q, k, v, o] = source
-                    .map(|l| CandidateWeight::Full(Param::from_tensor(l.weight.val().detach())));
+                let [q, k, v, o] =
+                    source.map(|w| CandidateWeight::Full(Param::from_tensor(w.detach())));
                 CandidateLayer { q, k, v, o }
             })
             .collect();
@@ -195,7 +196,7 @@ impl<B: Backend> CandidateAdapter<B> {
                 .zip(layer.weights())
                 .zip(ordinary(model, i))
             {
-                let expected = base.weight.val().dims();
+                let expected = base.dims();
                 let found = match w {
                     CandidateWeight::Full(p) => p.val().dims(),
                     CandidateWeight::LowRank(d) => [d.down.val().dims()[0], d.up.val().dims()[1]],
@@ -225,9 +226,10 @@ impl<B: Backend> CandidateAdapter<B> {
             .enumerate()
             .map(|(i, layer)| {
                 let base = ordinary(model, i);
+                let device = model.device();
                 let [q, k, v, o] = [0, 1, 2, 3].map(|j| Linear {
-                    weight: param(layer.weights()[j].merged(base[j].weight.val())),
-                    bias: base[j].bias.clone(),
+                    weight: param(layer.weights()[j].merged(|| base[j].dense_weight(&device))),
+                    bias: base[j].bias().cloned(),
                 });
                 CandidateProjections { q, k, v, o }
             })
@@ -379,8 +381,8 @@ impl<B: Backend> CandidateAdapter<B> {
             .map(|i| {
                 let base = ordinary(model, i);
                 let mut out = Vec::with_capacity(4);
-                for (name, linear) in PROJECTIONS.iter().zip(base) {
-                    let [inp, outf] = linear.weight.val().dims();
+                for (name, projection) in PROJECTIONS.iter().zip(base) {
+                    let [inp, outf] = projection.dims();
                     let w = match &low_rank {
                         Some(shape) => {
                             let rank = shape[0];

@@ -77,6 +77,14 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A load option cannot be honoured with this backend or dtype.
+    #[error("{option}: {reason}")]
+    UnsupportedOption {
+        /// The option (a field of [`crate::LoadOptions`]).
+        option: &'static str,
+        /// Why, and what would work.
+        reason: String,
+    },
     /// The checkpoint is of an architecture this crate does not implement.
     #[error("unsupported architecture `{arch}` (supported: {supported})")]
     UnsupportedArchitecture {

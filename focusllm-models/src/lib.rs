@@ -20,6 +20,7 @@ pub mod hub;
 pub mod kernels;
 pub mod llama;
 pub mod loader;
+pub mod quantized;
 pub mod rope;
 pub mod tokenizer;
 #[cfg(feature = "train")]

@@ -14,6 +14,8 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
+use crate::llama::{Projection, QuantizedLinear};
+use crate::quantized::QuantizedMatrix;
 
 /// A checkpoint's tensors, by HF name (`model.layers.0.self_attn.q_proj.weight`, ...).
 pub trait WeightSource {
@@ -23,6 +25,12 @@ pub trait WeightSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// Tensor `name` as f32, with its row-major shape.
     fn load_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError>;
+    /// Matrix `name` in the quantized blocks it is stored in, rows in HF order, or `None` when it
+    /// is stored as plain floats (or the format has no quantized types: the default).
+    fn load_quantized(&self, name: &str) -> Result<Option<QuantizedMatrix>, ModelError> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 struct SafetensorsEntry {
@@ -165,6 +173,7 @@ pub struct Weights<'a, B: Backend> {
     source: &'a dyn WeightSource,
     device: &'a B::Device,
     prefix: String,
+    keep_quantized: bool,
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
@@ -174,6 +183,16 @@ impl<'a, B: Backend> Weights<'a, B> {
             source,
             device,
             prefix: String::new(),
+            keep_quantized: false,
+        }
+    }
+
+    /// These weights with [`Weights::projection`] keeping quantized matrices as stored (`true`)
+    /// or decoding them to dense `f32` (`false`, the default).
+    pub fn keep_quantized(self, keep: bool) -> Self {
+        Self {
+            keep_quantized: keep,
+            ..self
         }
     }
 
@@ -183,6 +202,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             source: self.source,
             device: self.device,
             prefix: self.name(name),
+            keep_quantized: self.keep_quantized,
         }
     }
 
@@ -262,6 +282,44 @@ impl<'a, B: Backend> Weights<'a, B> {
             weight: Param::from_tensor(weight),
             bias,
         })
+    }
+
+    /// Linear layer `name` as a decoder projection: its quantized blocks as stored when these
+    /// weights keep them ([`Weights::keep_quantized`]) and the file has them, else dense as
+    /// [`Weights::linear`] loads it.
+    pub fn projection(
+        &self,
+        name: &str,
+        out_features: usize,
+        in_features: usize,
+        bias: bool,
+    ) -> Result<Projection<B>, ModelError> {
+        if self.keep_quantized {
+            let weight_name = self.name(&format!("{name}.weight"));
+            if let Some(weight) = self.source.load_quantized(&weight_name)? {
+                if [weight.rows(), weight.cols()] != [out_features, in_features] {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: weight_name,
+                        expected: vec![out_features, in_features],
+                        found: vec![weight.rows(), weight.cols()],
+                    });
+                }
+                let bias = if bias {
+                    Some(Param::from_tensor(
+                        self.vector(&format!("{name}.bias"), out_features)?,
+                    ))
+                } else {
+                    None
+                };
+                return Ok(Projection::Quantized(QuantizedLinear { weight, bias }));
+            }
+        }
+        Ok(Projection::Dense(self.linear(
+            name,
+            out_features,
+            in_features,
+            bias,
+        )?))
     }
 }
 

@@ -21,6 +21,7 @@ mod cache;
 mod exp;
 mod few_rows;
 mod matmul;
+mod quantized;
 mod rope;
 mod view;
 
@@ -141,6 +142,21 @@ pub(crate) fn is_thin(m: usize, n: usize, dtype: DType) -> bool {
 /// along `m` when `n` is (`B` must be [`Flex`] and the product thin: check [`is_thin`] first).
 pub(crate) fn thin_matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     from_flex(matmul::thin_matmul(&to_flex(a), &to_flex(b)))
+}
+
+/// `x` `[m, k]` times `wᵀ` for a quantized weight `w` `[n, k]` (see [`quantized::matmul`];
+/// `B` must be [`Flex`] and `x` f32).
+pub(crate) fn quantized_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &crate::quantized::QuantizedMatrix,
+) -> Tensor<B, 2> {
+    let x = to_flex(x).to_contiguous();
+    let m = x.layout().shape()[0];
+    let out = quantized::matmul(x.storage::<f32>(), m, w);
+    from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
+        out,
+        [m, w.rows()],
+    )))
 }
 
 /// `silu(gate) · up` (SwiGLU's activation) in one pass.

@@ -211,6 +211,15 @@ pub fn dequantize(
     data: &[u8],
     n_elements: usize,
 ) -> Result<Vec<f32>, DequantError> {
+    let mut out = vec![0.0f32; n_elements];
+    dequantize_into(ggml_type, data, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize`] into `out`: its length is the number of elements, `data` must be exactly their
+/// bytes. Nothing is written when the input is refused.
+pub fn dequantize_into(ggml_type: u32, data: &[u8], out: &mut [f32]) -> Result<(), DequantError> {
+    let n_elements = out.len();
     if !is_supported(ggml_type) {
         return Err(DequantError::Unsupported(ggml_type));
     }
@@ -228,25 +237,24 @@ pub fn dequantize(
             found: data.len(),
         });
     }
-    let mut out = vec![0.0f32; n_elements];
     match ggml_type {
-        GGML_TYPE_F32 => decode_elems::<4>(data, &mut out, |b| f32::from_le_bytes(*b)),
-        GGML_TYPE_F16 => decode_elems::<2>(data, &mut out, |b| f16::from_le_bytes(*b).to_f32()),
-        GGML_TYPE_BF16 => decode_elems::<2>(data, &mut out, |b| bf16::from_le_bytes(*b).to_f32()),
-        GGML_TYPE_Q4_0 => decode_blocks::<18, 32>(data, &mut out, q4_0),
-        GGML_TYPE_Q4_1 => decode_blocks::<20, 32>(data, &mut out, q4_1),
-        GGML_TYPE_Q5_0 => decode_blocks::<22, 32>(data, &mut out, q5_0),
-        GGML_TYPE_Q5_1 => decode_blocks::<24, 32>(data, &mut out, q5_1),
-        GGML_TYPE_Q8_0 => decode_blocks::<34, 32>(data, &mut out, q8_0),
-        GGML_TYPE_Q2_K => decode_blocks::<84, QK_K>(data, &mut out, q2_k),
-        GGML_TYPE_Q3_K => decode_blocks::<110, QK_K>(data, &mut out, q3_k),
-        GGML_TYPE_Q4_K => decode_blocks::<144, QK_K>(data, &mut out, q4_k),
-        GGML_TYPE_Q5_K => decode_blocks::<176, QK_K>(data, &mut out, q5_k),
-        GGML_TYPE_Q6_K => decode_blocks::<210, QK_K>(data, &mut out, q6_k),
-        GGML_TYPE_Q8_K => decode_blocks::<292, QK_K>(data, &mut out, q8_k),
+        GGML_TYPE_F32 => decode_elems::<4>(data, out, |b| f32::from_le_bytes(*b)),
+        GGML_TYPE_F16 => decode_elems::<2>(data, out, |b| f16::from_le_bytes(*b).to_f32()),
+        GGML_TYPE_BF16 => decode_elems::<2>(data, out, |b| bf16::from_le_bytes(*b).to_f32()),
+        GGML_TYPE_Q4_0 => decode_blocks::<18, 32>(data, out, q4_0),
+        GGML_TYPE_Q4_1 => decode_blocks::<20, 32>(data, out, q4_1),
+        GGML_TYPE_Q5_0 => decode_blocks::<22, 32>(data, out, q5_0),
+        GGML_TYPE_Q5_1 => decode_blocks::<24, 32>(data, out, q5_1),
+        GGML_TYPE_Q8_0 => decode_blocks::<34, 32>(data, out, q8_0),
+        GGML_TYPE_Q2_K => decode_blocks::<84, QK_K>(data, out, q2_k),
+        GGML_TYPE_Q3_K => decode_blocks::<110, QK_K>(data, out, q3_k),
+        GGML_TYPE_Q4_K => decode_blocks::<144, QK_K>(data, out, q4_k),
+        GGML_TYPE_Q5_K => decode_blocks::<176, QK_K>(data, out, q5_k),
+        GGML_TYPE_Q6_K => decode_blocks::<210, QK_K>(data, out, q6_k),
+        GGML_TYPE_Q8_K => decode_blocks::<292, QK_K>(data, out, q8_k),
         _ => return Err(DequantError::Unsupported(ggml_type)),
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Decode one-element-per-block types. The lengths were checked by the caller, so the two

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::ModelError;
+use crate::quantized::QuantizedMatrix;
 
 pub use tokenizer::{GgufTokenizer, tokenizer_from_gguf};
 pub use weights::{GgufWeights, gguf_name, unpermute_qk_rows};
@@ -384,6 +385,30 @@ impl GgufFile {
                 v.type_name()
             ),
         )
+    }
+
+    /// Matrix `name` in its quantized blocks as stored, `[rows, cols]` row-major (the GGUF dims
+    /// reversed), or `None` when it is stored as plain floats (`F32`, `F16`, `BF16`) or is not a
+    /// matrix.
+    ///
+    /// Errors: as [`GgufFile::tensor_f32`].
+    pub fn tensor_quantized(&self, name: &str) -> Result<Option<QuantizedMatrix>, ModelError> {
+        let (info, data) = self.info_and_data(name)?;
+        if matches!(
+            info.ggml_type,
+            dequant::GGML_TYPE_F32 | dequant::GGML_TYPE_F16 | dequant::GGML_TYPE_BF16
+        ) {
+            return Ok(None);
+        }
+        let [rows, cols] = info.shape()[..] else {
+            return Ok(None);
+        };
+        if !dequant::is_supported(info.ggml_type) {
+            return Err(self.unsupported(info));
+        }
+        QuantizedMatrix::new(info.ggml_type, rows, cols, data.to_vec())
+            .map(Some)
+            .map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))
     }
 
     fn unsupported(&self, info: &GgufTensorInfo) -> ModelError {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::GgufFile;
 use crate::error::ModelError;
+use crate::quantized::QuantizedMatrix;
 use crate::weights::WeightSource;
 
 /// A GGUF file's tensors under HF names; Q/K rows are un-permuted back to HF's `rotate_half` layout.
@@ -73,6 +74,36 @@ impl WeightSource for GgufWeights {
         }
         Ok((shape, unpermute_qk_rows(&data, rows, cols, heads)))
     }
+
+    fn load_quantized(&self, name: &str) -> Result<Option<QuantizedMatrix>, ModelError> {
+        let missing = || ModelError::MissingTensor {
+            path: self.gguf.path().into(),
+            tensor: name.into(),
+        };
+        let (gguf, heads) = self.gguf_name(name).ok_or_else(missing)?;
+        let Some(matrix) = self.gguf.tensor_quantized(&gguf)? else {
+            return Ok(None);
+        };
+        if heads == 0 {
+            return Ok(Some(matrix));
+        }
+        let rows = matrix.rows();
+        if !rows.is_multiple_of(heads.saturating_mul(2)) {
+            return Err(ModelError::ShapeMismatch {
+                tensor: gguf,
+                expected: vec![heads * (rows / heads.max(1)), matrix.cols()],
+                found: vec![rows, matrix.cols()],
+            });
+        }
+        // A row is a whole number of blocks: rows move as runs of bytes.
+        let bytes = unpermute_qk_rows(matrix.row_data(0, rows), rows, matrix.row_bytes(), heads);
+        QuantizedMatrix::new(matrix.ggml_type(), rows, matrix.cols(), bytes)
+            .map(Some)
+            .map_err(|e| ModelError::Gguf {
+                path: self.gguf.path().into(),
+                reason: format!("tensor `{gguf}`: {e}"),
+            })
+    }
 }
 
 /// Undo llama.cpp's permutation of the rows of `attn_q`/`attn_k` weights.
@@ -80,7 +111,8 @@ impl WeightSource for GgufWeights {
 /// `convert_hf_to_gguf.py` reorders the rows of each head of the Hugging Face `q_proj`/`k_proj`
 /// weights so that ggml's RoPE, which rotates adjacent pairs, matches Hugging Face's
 /// `rotate_half`, which rotates the two halves of each head. Given the row-major `[rows, cols]`
-/// GGUF weight and the number of heads (`n_head` for Q, `n_kv_head` for K), this returns the
+/// GGUF weight (any element type: quantized rows move as runs of `cols` bytes) and the number of
+/// heads (`n_head` for Q, `n_kv_head` for K), this returns the
 /// Hugging Face layout:
 /// `w.reshape(n_heads, rows / n_heads / 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
 ///
@@ -88,7 +120,7 @@ impl WeightSource for GgufWeights {
 ///
 /// If `data.len() != rows * cols`, or `rows` is not a multiple of `2 * n_heads` (including
 /// `n_heads == 0`). Callers check the tensor shape against the configuration first.
-pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+pub fn unpermute_qk_rows<T: Copy>(data: &[T], rows: usize, cols: usize, n_heads: usize) -> Vec<T> {
     assert_eq!(
         Some(data.len()),
         rows.checked_mul(cols),

@@ -6,6 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::masked_attention::AttentionPlan;
 use super::ops::project;
+use super::projection::Projection;
 use super::{CacheRead, KvBuffer, PastKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -29,13 +30,13 @@ pub struct CandidateProjections<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection.
-    pub q: Linear<B>,
+    pub q: Projection<B>,
     /// Key projection.
-    pub k: Linear<B>,
+    pub k: Projection<B>,
     /// Value projection.
-    pub v: Linear<B>,
+    pub v: Projection<B>,
     /// Output projection.
-    pub o: Linear<B>,
+    pub o: Projection<B>,
     /// Candidate projections (`None`: the ordinary ones serve the candidate too).
     pub candidate: Option<CandidateProjections<B>>,
     #[module(skip)]
@@ -249,10 +250,10 @@ impl<B: Backend> Attention<B> {
 impl<B: Backend> Attention<B> {
     /// Assembles an attention block.
     pub fn new(
-        q: Linear<B>,
-        k: Linear<B>,
-        v: Linear<B>,
-        o: Linear<B>,
+        q: Projection<B>,
+        k: Projection<B>,
+        v: Projection<B>,
+        o: Projection<B>,
         candidate: Option<CandidateProjections<B>>,
         config: &LlamaConfig,
     ) -> Self {
@@ -292,10 +293,10 @@ impl<B: Backend> Attention<B> {
             None
         };
         Ok(Self::new(
-            w.linear("q_proj", q_out, hidden, bias)?,
-            w.linear("k_proj", kv_out, hidden, bias)?,
-            w.linear("v_proj", kv_out, hidden, bias)?,
-            w.linear("o_proj", hidden, q_out, false)?,
+            w.projection("q_proj", q_out, hidden, bias)?,
+            w.projection("k_proj", kv_out, hidden, bias)?,
+            w.projection("v_proj", kv_out, hidden, bias)?,
+            w.projection("o_proj", hidden, q_out, false)?,
             candidate,
             config,
         ))

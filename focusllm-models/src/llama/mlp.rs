@@ -6,7 +6,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::Candidates;
-use super::ops::{linear, project};
+use super::ops::project;
+use super::projection::Projection;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -24,11 +25,11 @@ pub struct CandidateMlp<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Gate projection.
-    pub gate: Linear<B>,
+    pub gate: Projection<B>,
     /// Up projection.
-    pub up: Linear<B>,
+    pub up: Projection<B>,
     /// Down projection.
-    pub down: Linear<B>,
+    pub down: Projection<B>,
     /// Candidate up/down projections, if the checkpoint has them.
     pub candidate: Option<CandidateMlp<B>>,
 }
@@ -52,7 +53,7 @@ impl<B: Backend> Mlp<B> {
         candidates: Candidates,
         fused: bool,
     ) -> Tensor<B, 3> {
-        let gate = linear(x.clone(), &self.gate, fused);
+        let gate = self.gate.forward(x.clone(), fused);
         let up = project(
             x,
             &self.up,
@@ -87,9 +88,9 @@ impl<B: Backend> Mlp<B> {
             None
         };
         Ok(Self {
-            gate: w.linear("gate_proj", inter, hidden, false)?,
-            up: w.linear("up_proj", inter, hidden, false)?,
-            down: w.linear("down_proj", hidden, inter, false)?,
+            gate: w.projection("gate_proj", inter, hidden, false)?,
+            up: w.projection("up_proj", inter, hidden, false)?,
+            down: w.projection("down_proj", hidden, inter, false)?,
             candidate,
         })
     }

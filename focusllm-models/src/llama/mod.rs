@@ -12,6 +12,7 @@ mod layer;
 pub(crate) mod masked_attention;
 mod mlp;
 pub(crate) mod ops;
+mod projection;
 mod work;
 
 use burn::module::{Module, Param};
@@ -24,6 +25,7 @@ pub(crate) use kv_buffer::CacheRead;
 pub use kv_buffer::KvBuffer;
 pub use layer::DecoderLayer;
 pub use mlp::{CandidateMlp, Mlp};
+pub use projection::{Projection, QuantizedLinear};
 pub use work::WorkCounter;
 
 use crate::config::LlamaConfig;
@@ -50,6 +52,32 @@ pub enum CandidateSource {
     CopiedFromBase,
     /// Candidate projections from a [`crate::adapter::CandidateAdapter`] (trained separately).
     Adapter,
+}
+
+/// Refuses [`LoadOptions::keep_quantized`] where its kernels cannot run: another backend than
+/// flex (CPU), or another compute dtype than `F32`.
+fn check_keeps_quantized<B: Backend>(dtype: DType) -> Result<(), ModelError> {
+    #[cfg(feature = "cpu")]
+    let flex = crate::cpu::is_flex::<B>();
+    #[cfg(not(feature = "cpu"))]
+    let flex = false;
+    let reason = if !flex {
+        format!(
+            "quantized weights are multiplied by CPU kernels: they need the cpu backend (flex), \
+             not {}",
+            std::any::type_name::<B>()
+        )
+    } else if dtype != DType::F32 {
+        format!(
+            "quantized weights are multiplied in f32: the compute dtype must be f32, not {dtype:?}"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ModelError::UnsupportedOption {
+        option: "keep_quantized",
+        reason,
+    })
 }
 
 /// The whole decoder.
@@ -233,7 +261,10 @@ impl<B: Backend> LlamaModel<B> {
         options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         config.validate(source.location())?;
-        let w = Weights::<B>::new(source, device);
+        if options.keep_quantized {
+            check_keeps_quantized::<B>(options.dtype)?;
+        }
+        let w = Weights::<B>::new(source, device).keep_quantized(options.keep_quantized);
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let trained =
             options.trained_candidates && w.has("model.layers.0.self_attn.beacon_q_proj.weight");

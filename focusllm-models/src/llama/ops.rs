@@ -6,12 +6,13 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::attention::Candidates;
+use super::projection::Projection;
 
 /// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones (`fused`:
 /// see [`linear`]).
 pub(crate) fn project<B: Backend>(
     x: Tensor<B, 3>,
-    ordinary: &Linear<B>,
+    ordinary: &Projection<B>,
     candidate: Option<&Linear<B>>,
     candidates: Candidates,
     fused: bool,
@@ -30,14 +31,14 @@ pub(crate) fn project<B: Backend>(
             // ordinary one over both; the weights are read once either way, so the extra row
             // costs little.
             let head = if seq == 2 {
-                linear(x.clone(), ordinary, fused).narrow(1, 0, 1)
+                ordinary.forward(x.clone(), fused).narrow(1, 0, 1)
             } else {
-                linear(x.clone().narrow(1, 0, seq - 1), ordinary, fused)
+                ordinary.forward(x.clone().narrow(1, 0, seq - 1), fused)
             };
             let tail = linear(x.narrow(1, seq - 2, 2), cand, fused).narrow(1, 1, 1);
             Tensor::cat(vec![head, tail], 1)
         }
-        _ => linear(x, ordinary, fused),
+        _ => ordinary.forward(x, fused),
     }
 }
 

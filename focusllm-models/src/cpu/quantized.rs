@@ -1,0 +1,430 @@
+//! Products of `f32` activations with a [`QuantizedMatrix`] (a GGUF's blocks as stored).
+//!
+//! - **A few rows** (a decoding step, up to [`MAX_THIN`]): memory-bound, so the weight is read
+//!   once, in its quantized size, and decoded in registers block by block right before its
+//!   multiply-adds (AVX2 + FMA + F16C code for `Q4_0`, `Q4_1` and `Q8_0`; other types decode a
+//!   few rows at a time into a buffer in L1). The output rows are split across rayon's pool, and
+//!   each dot product is computed the same way whatever the number of rows, so a row's bits do not
+//!   depend on what shares its product.
+//! - **Many rows** (a prefill block): compute-bound, so the weight is decoded whole (on every
+//!   core) into a reused buffer and multiplied by `gemm`, the kernel of the `f32` model; decoding
+//!   costs about one pass over the weight against the product's hundreds of multiply-adds per
+//!   weight.
+//!
+//! The decoded values are those of [`crate::gguf::dequant`] operation for operation (a `Q4_1`
+//! weight is `q · d` rounded, then `+ m` rounded, never a fused multiply-add), so results differ
+//! from the `f32` model's only in the order of their sums.
+
+use std::cell::RefCell;
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use super::matmul::MAX_THIN;
+use crate::gguf::dequant::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0};
+use crate::quantized::QuantizedMatrix;
+
+/// Output rows (weight rows) per task at least: enough to cover a task's overhead.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Weight rows decoded at a time by the generic path (types without register decoding).
+const DECODE_ROWS: usize = 8;
+
+thread_local! {
+    /// The decoded weight of a many-row product, reused from one product to the next: a new
+    /// buffer per product would have the kernel clear its pages every time.
+    static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `x` `[m, k]` (row-major) times `wᵀ` (`w` is `[n, k]`), as a row-major `[m, n]` vector.
+///
+/// # Panics
+/// If `x` is not `m` rows of `w.cols()` values.
+pub(crate) fn matmul(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), m * k, "quantized matmul: x is not [{m}, {k}]");
+    if m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
+    if m <= MAX_THIN {
+        few_rows(x, m, w)
+    } else {
+        many_rows(x, m, w)
+    }
+}
+
+/// [`matmul`] for a few rows: output rows in tasks, the weight decoded in registers.
+fn few_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    let n = w.rows();
+    let tasks = rayon::current_num_threads() * 4;
+    let per_task = n.div_ceil(tasks).max(MIN_ROWS_PER_TASK).min(n);
+    // `[n, m]`: each task owns whole weight rows' outputs.
+    let mut by_row = vec![0.0f32; n * m];
+    by_row
+        .par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(i, out)| dots(x, m, w, i * per_task, out));
+    if m == 1 {
+        return by_row;
+    }
+    let mut out = vec![0.0f32; m * n];
+    for (j, row) in by_row.chunks_exact(m).enumerate() {
+        for (r, &v) in row.iter().enumerate() {
+            out[r * n + j] = v;
+        }
+    }
+    out
+}
+
+/// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`.
+fn dots(x: &[f32], m: usize, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::applies(w.ggml_type()) {
+        // SAFETY: `applies` checked the CPU's features and the type; `out` holds whole rows of
+        // `m` outputs, and `x` `m` rows of `w.cols()` (asserted by `matmul`).
+        unsafe { avx2::dots(x, m, w, start, out) };
+        return;
+    }
+    let k = w.cols();
+    let rows = out.len() / m;
+    let mut decoded = vec![0.0f32; DECODE_ROWS.min(rows) * k];
+    for first in (0..rows).step_by(DECODE_ROWS) {
+        let count = DECODE_ROWS.min(rows - first);
+        let decoded = &mut decoded[..count * k];
+        w.decode_rows(start + first, decoded);
+        for (j, weights) in decoded.chunks_exact(k).enumerate() {
+            for (r, xs) in x.chunks_exact(k).enumerate() {
+                out[(first + j) * m + r] = dot(xs, weights);
+            }
+        }
+    }
+}
+
+/// `a · b` in eight lanes (the compiler vectorises it), the lanes then added in order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, a_rest) = a.as_chunks::<8>();
+    let (b8, b_rest) = b.as_chunks::<8>();
+    for (x, y) in a8.iter().zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// [`matmul`] for many rows: the weight decoded whole into a reused buffer, then `gemm`.
+fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    let mut out = vec![0.0f32; m * n];
+    DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        decoded.resize(n * k, 0.0);
+        let per_task = n.div_ceil(rayon::current_num_threads() * 4).max(1);
+        decoded
+            .par_chunks_mut(per_task * k)
+            .enumerate()
+            .for_each(|(i, rows)| w.decode_rows(i * per_task, rows));
+        // SAFETY: `x` is `[m, k]` row-major (asserted by `matmul`), `decoded` `[n, k]` row-major
+        // read as `[k, n]` with column stride `k`, `out` `[m, n]` row-major.
+        unsafe {
+            gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                decoded.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            );
+        }
+    });
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, QuantizedMatrix};
+
+    /// Whether this CPU and type take the register-decoding path.
+    pub(super) fn applies(ggml_type: u32) -> bool {
+        matches!(ggml_type, GGML_TYPE_Q4_0 | GGML_TYPE_Q4_1 | GGML_TYPE_Q8_0)
+            && super::super::avx2_fma()
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    /// The `f16` at `p` (little-endian) as `f32` (exact, as `half`'s conversion).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_at(p: *const u8) -> f32 {
+        // SAFETY: the caller's block has two bytes at `p`.
+        let bits = unsafe { u16::from_le_bytes([*p, *p.add(1)]) };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Bytes 0-7 of `v` as eight floats (unsigned).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn low_u8(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    /// The 32 weights of the block at `p`, as `crate::gguf::dequant` decodes them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode<const T: u32>(p: *const u8) -> [__m256; 4] {
+        // SAFETY: the caller passes a whole block of type `T` at `p`.
+        unsafe {
+            let d = _mm256_set1_ps(half_at(p));
+            match T {
+                GGML_TYPE_Q8_0 => {
+                    let q = p.add(2);
+                    let at = |o: usize| _mm_loadl_epi64(q.add(o) as *const __m128i);
+                    let (a, b, c, e) = (at(0), at(8), at(16), at(24));
+                    [a, b, c, e]
+                        .map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d))
+                }
+                GGML_TYPE_Q4_1 | GGML_TYPE_Q4_0 => {
+                    let offset = if T == GGML_TYPE_Q4_1 { 4 } else { 2 };
+                    let bytes = _mm_loadu_si128(p.add(offset) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0F);
+                    // Element j is the low nibble of byte j, element j + 16 its high nibble.
+                    let lo = _mm_and_si128(bytes, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), mask);
+                    let q = [
+                        low_u8(lo),
+                        low_u8(_mm_srli_si128::<8>(lo)),
+                        low_u8(hi),
+                        low_u8(_mm_srli_si128::<8>(hi)),
+                    ];
+                    if T == GGML_TYPE_Q4_1 {
+                        let m = _mm256_set1_ps(half_at(p.add(2)));
+                        q.map(|q| _mm256_add_ps(_mm256_mul_ps(q, d), m))
+                    } else {
+                        let eight = _mm256_set1_ps(8.0);
+                        q.map(|q| _mm256_mul_ps(_mm256_sub_ps(q, eight), d))
+                    }
+                }
+                _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
+            }
+        }
+    }
+
+    /// The sum of a vector's eight lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lane_sum(x: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+    }
+
+    /// [`super::dots`] in registers.
+    ///
+    /// # Safety
+    /// [`applies`] holds for `w`'s type; `x` is `m` rows of `w.cols()`, `out` whole rows of `m`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots(
+        x: &[f32],
+        m: usize,
+        w: &QuantizedMatrix,
+        start: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match w.ggml_type() {
+                GGML_TYPE_Q4_0 => dots_of::<GGML_TYPE_Q4_0>(x, m, w, start, out),
+                GGML_TYPE_Q4_1 => dots_of::<GGML_TYPE_Q4_1>(x, m, w, start, out),
+                _ => dots_of::<GGML_TYPE_Q8_0>(x, m, w, start, out),
+            }
+        }
+    }
+
+    /// [`dots`] for blocks of type `T`: activation rows in groups of up to 3 (each decoded block
+    /// serves the group), every row with the same two accumulators, so a row's sum is formed the
+    /// same way whatever group it falls in.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_of<const T: u32>(
+        x: &[f32],
+        m: usize,
+        w: &QuantizedMatrix,
+        start: usize,
+        out: &mut [f32],
+    ) {
+        let k = w.cols();
+        let rows = out.len() / m;
+        assert!(x.len() >= m * k && k.is_multiple_of(32));
+        for j in 0..rows {
+            let blocks = w.row_data(start + j, 1).as_ptr();
+            let out = &mut out[j * m..(j + 1) * m];
+            let mut r = 0;
+            // SAFETY: row `start + j` has `k / 32` blocks of `row_bytes / (k / 32)` bytes, and
+            // every activation row `k` floats.
+            unsafe {
+                while r + 3 <= m {
+                    group::<T, 3>(x, k, r, blocks, w.row_bytes(), &mut out[r..]);
+                    r += 3;
+                }
+                match m - r {
+                    2 => group::<T, 2>(x, k, r, blocks, w.row_bytes(), &mut out[r..]),
+                    1 => group::<T, 1>(x, k, r, blocks, w.row_bytes(), &mut out[r..]),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `out[i] = x_{r0 + i} · w_row` for `i < R`: the even eighths of each block into one
+    /// accumulator, the odd into another, added at the end.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group<const T: u32, const R: usize>(
+        x: &[f32],
+        k: usize,
+        r0: usize,
+        blocks: *const u8,
+        row_bytes: usize,
+        out: &mut [f32],
+    ) {
+        let block_bytes = row_bytes / (k / 32);
+        let mut even = [_mm256_setzero_ps(); R];
+        let mut odd = [_mm256_setzero_ps(); R];
+        for b in 0..k / 32 {
+            // SAFETY: block `b` of the row, and 32 floats of each row from `b · 32`.
+            unsafe {
+                let [w0, w1, w2, w3] = decode::<T>(blocks.add(b * block_bytes));
+                for i in 0..R {
+                    let xs = x.as_ptr().add((r0 + i) * k + b * 32);
+                    even[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs), even[i]);
+                    odd[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs.add(8)), odd[i]);
+                    even[i] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xs.add(16)), even[i]);
+                    odd[i] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xs.add(24)), odd[i]);
+                }
+            }
+        }
+        for i in 0..R {
+            out[i] = lane_sum(_mm256_add_ps(even[i], odd[i]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::dequant::{GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, block_layout};
+
+    /// Random-ish bytes and values from a fixed sequence.
+    fn sequence(n: usize, seed: u32) -> Vec<u32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            })
+            .collect()
+    }
+
+    /// A `[rows, cols]` matrix of random blocks of `ggml_type`, with sane `f16` scales (random
+    /// bits there could be infinities or NaNs).
+    fn random_matrix(ggml_type: u32, rows: usize, cols: usize, seed: u32) -> QuantizedMatrix {
+        let layout = block_layout(ggml_type).unwrap();
+        let blocks = rows * cols / layout.block_elems;
+        let mut data: Vec<u8> = sequence(blocks * layout.block_bytes, seed)
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
+        // Where each type keeps its f16 scales (byte offsets in a block).
+        let scales: &[usize] = match ggml_type {
+            GGML_TYPE_Q4_0 | GGML_TYPE_Q8_0 => &[0],
+            GGML_TYPE_Q4_1 => &[0, 2],
+            GGML_TYPE_Q4_K => &[0, 2],
+            GGML_TYPE_Q6_K => &[208],
+            other => panic!("no scale offsets for type {other}"),
+        };
+        for (b, block) in data.chunks_exact_mut(layout.block_bytes).enumerate() {
+            for (i, &at) in scales.iter().enumerate() {
+                let v = half::f16::from_f32(0.01 + ((b * 7 + i * 3) % 13) as f32 * 0.003);
+                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        QuantizedMatrix::new(ggml_type, rows, cols, data).unwrap()
+    }
+
+    fn activations(m: usize, k: usize, seed: u32) -> Vec<f32> {
+        sequence(m * k, seed)
+            .into_iter()
+            .map(|v| (v % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn products_equal_the_decoded_matrix_products() {
+        // Register-decoded types and two decoded through a buffer; one row to more than
+        // `MAX_THIN` (the `gemm` path); output counts not a multiple of any task size.
+        for (ty, n, k) in [
+            (GGML_TYPE_Q4_1, 37, 96),
+            (GGML_TYPE_Q8_0, 100, 64),
+            (GGML_TYPE_Q4_0, 65, 32),
+            (GGML_TYPE_Q4_K, 9, 256),
+            (GGML_TYPE_Q6_K, 33, 512),
+        ] {
+            let w = random_matrix(ty, n, k, ty + 1);
+            let dense = w.to_f32();
+            for m in [1, 2, 3, 5, 7, MAX_THIN, MAX_THIN + 1, 40] {
+                let x = activations(m, k, m as u32);
+                let got = matmul(&x, m, &w);
+                for r in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|i| x[r * k + i] as f64 * dense[j * k + i] as f64)
+                            .sum();
+                        let scale: f64 = (0..k)
+                            .map(|i| (x[r * k + i] as f64 * dense[j * k + i] as f64).abs())
+                            .sum();
+                        let diff = (got[r * n + j] as f64 - want).abs();
+                        assert!(
+                            diff <= 1e-5 * scale.max(1.0),
+                            "type {ty}, {m}x{k} by {n}: ({r}, {j}) is {} against {want}",
+                            got[r * n + j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
+        // A chunk's candidate must not change with how many chunks share its batch: every row
+        // of a few-row product is computed alone.
+        for ty in [GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K] {
+            let k = if ty == GGML_TYPE_Q4_K { 256 } else { 160 };
+            let w = random_matrix(ty, 70, k, 9);
+            let x = activations(MAX_THIN, k, 3);
+            let all = matmul(&x, MAX_THIN, &w);
+            for m in [1, 2, 3, 6] {
+                let some = matmul(&x[..m * k], m, &w);
+                for r in 0..m {
+                    let (a, b) = (&all[r * 70..(r + 1) * 70], &some[r * 70..(r + 1) * 70]);
+                    assert!(
+                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "type {ty}: row {r} of {m} differs from the same row of {MAX_THIN}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A linear layer of the decoder: dense (burn's `Linear`), or a GGUF's quantized blocks kept as
+//! stored and multiplied directly (see [`crate::LoadOptions::keep_quantized`]).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use super::ops::linear;
+use crate::quantized::QuantizedMatrix;
+
+/// A linear layer whose weight is a GGUF's quantized blocks, multiplied as stored: a decoding
+/// step reads the weight in its quantized size (a quarter to a seventh of `f32`), and the model
+/// holds it in that size. Only the flex (CPU) backend with `f32` compute runs it.
+#[derive(Module, Debug)]
+pub struct QuantizedLinear<B: Backend> {
+    /// The weight `[out, in]`, as stored.
+    #[module(skip)]
+    pub weight: QuantizedMatrix,
+    /// The bias `[out]`, if any.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+/// A linear layer of the decoder: `x · W + b`.
+#[derive(Module, Debug)]
+pub enum Projection<B: Backend> {
+    /// A dense weight (`[in, out]`, any backend and dtype; what training differentiates).
+    Dense(Linear<B>),
+    /// A GGUF's quantized weight, multiplied as stored.
+    Quantized(QuantizedLinear<B>),
+}
+
+impl<B: Backend> From<Linear<B>> for Projection<B> {
+    fn from(linear: Linear<B>) -> Self {
+        Self::Dense(linear)
+    }
+}
+
+impl<B: Backend> Projection<B> {
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(l) => l.weight.dims(),
+            Self::Quantized(q) => [q.weight.cols(), q.weight.rows()],
+        }
+    }
+
+    /// The weight `[in, out]` as a dense tensor on `device` (a quantized one decoded: the values
+    /// the `f32` model holds).
+    pub fn dense_weight(&self, device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(l) => l.weight.val(),
+            Self::Quantized(q) => {
+                let [rows, cols] = [q.weight.rows(), q.weight.cols()];
+                let rows_major = Tensor::<B, 2>::from_data(
+                    TensorData::new(q.weight.to_f32(), [rows, cols]),
+                    device,
+                );
+                rows_major.transpose()
+            }
+        }
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Param<Tensor<B, 1>>> {
+        match self {
+            Self::Dense(l) => l.bias.as_ref(),
+            Self::Quantized(q) => q.bias.as_ref(),
+        }
+    }
+
+    /// Whether the weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quantized(_))
+    }
+
+    /// `x` `[b, s, in]` through the layer. `fused`: see [`crate::kernels::fused`] (a quantized
+    /// weight always runs the CPU kernels of [`crate::quantized`]).
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, fused: bool) -> Tensor<B, 3> {
+        match self {
+            Self::Dense(l) => linear(x, l, fused),
+            Self::Quantized(q) => {
+                let [b, s, k] = x.dims();
+                let n = q.weight.rows();
+                let y = quantized_product(x.reshape([b * s, k]), &q.weight).reshape([b, s, n]);
+                match &q.bias {
+                    Some(bias) => y + bias.val().unsqueeze::<3>(),
+                    None => y,
+                }
+            }
+        }
+    }
+}
+
+/// `x` `[m, in]` times the quantized `w` `[out, in]` transposed.
+fn quantized_product<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
+    #[cfg(feature = "cpu")]
+    if crate::cpu::is_flex::<B>() {
+        return crate::cpu::quantized_matmul(x, w);
+    }
+    // The loader keeps weights quantized on flex only; a model built by hand elsewhere still gets
+    // the right numbers, from the decoded weight.
+    let device = x.device();
+    let dense =
+        Tensor::<B, 2>::from_data(TensorData::new(w.to_f32(), [w.rows(), w.cols()]), &device);
+    x.matmul(dense.transpose())
+}
