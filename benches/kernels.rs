@@ -4,7 +4,9 @@
 //! - `attention`: causal grouped-query attention alone (`kernels::causal_attention`), a prefill
 //!   (every position a query) and a step (one query after the context);
 //! - `linear`: one projection (576 → 1536, the MLP's up projection) over the rows of a decoding
-//!   step: one generated token, or the two rows of each of 4 chunks in an exact step;
+//!   step: one generated token, or the two rows of each of 4 chunks in an exact step; and the
+//!   same weight in `Q8_0` and `Q4_1` blocks (`--weights quantized`), also over a prefill block
+//!   of 512 rows;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer.
 //!
@@ -19,10 +21,13 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use focusllm::backends::Cpu;
 use focusllm::core::LayerKv;
-use focusllm::models::kernels::{Kernels, causal_attention, linear};
+use focusllm::models::gguf::dequant::{GGML_TYPE_Q4_1, GGML_TYPE_Q8_0};
+use focusllm::models::kernels::{Kernels, causal_attention, linear, projection};
 use focusllm::models::llama::{
     Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past, Projection,
+    QuantizedLinear,
 };
+use focusllm::models::quantized::QuantizedMatrix;
 use focusllm::models::{CandidateSource, LlamaConfig, LlamaModel};
 
 #[global_allocator]
@@ -65,11 +70,33 @@ fn linear_benches(c: &mut Criterion) {
     let layer = LinearConfig::new(HIDDEN, MLP)
         .with_bias(false)
         .init::<Cpu>(&device);
-    for rows in [1, 8] {
+    // The same weight in GGUF blocks (`--weights quantized`): 8 and 4.5 bits per weight.
+    let values: Vec<f32> = layer
+        .weight
+        .val()
+        .transpose()
+        .into_data()
+        .into_vec()
+        .unwrap();
+    let quantized = [(GGML_TYPE_Q8_0, "q8_0"), (GGML_TYPE_Q4_1, "q4_1")].map(|(ty, name)| {
+        let weight = QuantizedMatrix::quantize(ty, MLP, HIDDEN, &values).unwrap();
+        (
+            Projection::Quantized(QuantizedLinear { weight, bias: None }),
+            name,
+        )
+    });
+    for rows in [1, 8, 512] {
         let x = Tensor::<Cpu, 3>::random([1, rows, HIDDEN], Distribution::Default, &device);
-        for (kernels, name) in KERNELS {
+        if rows < 512 {
+            for (kernels, name) in KERNELS {
+                group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
+                    b.iter(|| black_box(linear(kernels, x.clone(), &layer)))
+                });
+            }
+        }
+        for (weight, name) in &quantized {
             group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
-                b.iter(|| black_box(linear(kernels, x.clone(), &layer)))
+                b.iter(|| black_box(projection(Kernels::Fused, x.clone(), weight)))
             });
         }
     }

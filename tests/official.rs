@@ -386,6 +386,38 @@ fn half_precision_compute_stays_close_to_the_reference() {
     }
 }
 
+/// `keep_quantized` keeps nothing quantized in a safetensors checkpoint (its weights are plain
+/// floats), and is refused, by name, with a compute dtype its kernels do not run.
+#[test]
+fn keep_quantized_loads_plain_floats_dense_and_refuses_half_precision() {
+    let dir = fixtures().join("official").join("C");
+    let options = focusllm::models::LoadOptions {
+        keep_quantized: true,
+        ..Default::default()
+    };
+    let model = focusllm::models::load_model_with::<B>(&dir, &Default::default(), &options)
+        .unwrap()
+        .model;
+    assert!(!model.layers[0].attn.q.is_quantized());
+    assert!(matches!(
+        model.embed,
+        focusllm::models::llama::TokenTable::Dense(_)
+    ));
+    let options = focusllm::models::LoadOptions {
+        keep_quantized: true,
+        dtype: burn::tensor::DType::F16,
+        ..Default::default()
+    };
+    let err = focusllm::models::load_model_with::<B>(&dir, &Default::default(), &options)
+        .err()
+        .expect("f16 compute with quantized weights is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("keep_quantized") && text.contains("F16"),
+        "{text}"
+    );
+}
+
 #[test]
 fn frozen_candidates_mode_equals_main_pass_over_prefill_candidates() {
     use focusllm::core::{

@@ -106,3 +106,41 @@ pub fn linear<B: Backend>(
     let fused = fused::<B>(kernels, x.dtype());
     crate::llama::ops::linear(x, layer, fused)
 }
+
+/// `projection` applied to `x` `[batch, seq, in]` as a model's forward applies it: a dense one as
+/// [`linear`] does, a quantized one ([`crate::LoadOptions::keep_quantized`]) by the CPU kernels of
+/// its blocks whatever `kernels` says. Exposed so that dense and quantized weights can be
+/// benchmarked and compared on any input.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::module::Param;
+/// use burn::nn::Linear;
+/// use burn::tensor::{Distribution, Tensor, TensorData};
+/// use focusllm_models::gguf::dequant::GGML_TYPE_Q8_0;
+/// use focusllm_models::kernels::{Kernels, projection};
+/// use focusllm_models::llama::{Projection, QuantizedLinear};
+/// use focusllm_models::quantized::QuantizedMatrix;
+///
+/// let device = Default::default();
+/// // A `[out, in]` = `[300, 64]` weight, quantized, and the dense weight its blocks decode to.
+/// let values: Vec<f32> = (0..300 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+/// let weight = QuantizedMatrix::quantize(GGML_TYPE_Q8_0, 300, 64, &values)?;
+/// let decoded = Tensor::<Flex, 2>::from_data(TensorData::new(weight.to_f32(), [300, 64]), &device);
+/// let dense = Projection::Dense(Linear { weight: Param::from_tensor(decoded.transpose()), bias: None });
+/// let quantized = Projection::Quantized(QuantizedLinear { weight, bias: None });
+/// let x = Tensor::<Flex, 3>::random([1, 2, 64], Distribution::Default, &device);
+/// let a = projection(Kernels::Fused, x.clone(), &quantized);
+/// let b = projection(Kernels::Fused, x, &dense);
+/// assert_eq!(a.dims(), [1, 2, 300]);
+/// assert!((a - b).abs().max().into_scalar() < 1e-4);
+/// # Ok::<(), focusllm_models::gguf::dequant::DequantError>(())
+/// ```
+pub fn projection<B: Backend>(
+    kernels: Kernels,
+    x: Tensor<B, 3>,
+    projection: &crate::llama::Projection<B>,
+) -> Tensor<B, 3> {
+    let fused = fused::<B>(kernels, x.dtype());
+    projection.forward(x, fused)
+}

@@ -49,13 +49,13 @@ pub struct LoadOptions {
     /// Compute dtype (`F32`, `F16` or `BF16`; the backend must support it). Weights are converted
     /// once at load.
     pub dtype: DType,
-    /// Keep a GGUF's quantized projection weights (`Q4_0`, `Q4_1`, `Q8_0`, the K-quants, ...) in
-    /// their blocks as stored and multiply them directly, instead of decoding them to `f32` at
-    /// load: the model takes a quarter to a seventh of the memory for them, and a decoding step,
-    /// which reads every weight once, runs faster. The numbers are those of the `f32` model up to
-    /// the order of the sums (the blocks decode to the same values). Needs the flex (CPU) backend
-    /// and `F32` compute; plain-float weights (and safetensors checkpoints) load dense either way.
-    /// The embeddings (and LM head) stay dense.
+    /// Keep a GGUF's quantized matrices (`Q4_0`, `Q4_1`, `Q8_0`, the K-quants, ...: the
+    /// projections, the token table and the LM head) in their blocks as stored and multiply them
+    /// directly, instead of decoding them to `f32` at load: the model takes a quarter to a
+    /// seventh of the memory for them, and a decoding step, which reads every weight once, runs
+    /// faster. The numbers are those of the `f32` model up to rounding (the blocks hold the same
+    /// weights; sums run in another order). Needs the flex (CPU) backend and `F32` compute;
+    /// plain-float tensors (and safetensors checkpoints) load dense either way.
     pub keep_quantized: bool,
 }
 

@@ -1,9 +1,9 @@
 //! A weight matrix kept in a GGUF's quantized blocks, as stored: a quarter to a seventh of its
 //! `f32` size, decoded block by block when it is multiplied (see [`crate::llama::Projection`]).
 //!
-//! The decoded values are exactly those [`crate::gguf::dequant`] gives when the whole model is
-//! loaded in `f32`, so a product with a quantized matrix differs from the `f32` model's only in
-//! the order its sums are added.
+//! The blocks hold exactly the weights [`crate::gguf::dequant`] gives when the whole model is
+//! loaded in `f32`, so a product with a quantized matrix differs from the `f32` model's only by
+//! rounding (the order of its sums; see [`crate::llama::Projection`]).
 
 use std::sync::Arc;
 
@@ -87,6 +87,72 @@ impl QuantizedMatrix {
         })
     }
 
+    /// `data` (`[rows, cols]` row-major) quantized to `Q8_0`, `Q4_0` or `Q4_1` the way ggml's
+    /// reference quantizers (`quantize_row_*_ref`) do: per block of 32, the scale (and for
+    /// `Q4_1` the minimum) from the block's range, each value rounded to the nearest level.
+    ///
+    /// Errors: another type, a row that is not a whole number of blocks, or `data` not
+    /// `rows · cols` values.
+    pub fn quantize(
+        ggml_type: u32,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self, DequantError> {
+        let block = match ggml_type {
+            dequant::GGML_TYPE_Q8_0 | dequant::GGML_TYPE_Q4_0 | dequant::GGML_TYPE_Q4_1 => 32,
+            other => return Err(DequantError::Unsupported(other)),
+        };
+        if !cols.is_multiple_of(block) {
+            return Err(DequantError::PartialBlock {
+                n_elements: cols,
+                block_elems: block,
+            });
+        }
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(DequantError::WrongLength {
+                expected: rows.saturating_mul(cols),
+                found: data.len(),
+            });
+        }
+        let mut bytes = Vec::new();
+        let half = |v: f32| half::f16::from_f32(v).to_le_bytes();
+        let inverse = |d: f32| if d != 0.0 { 1.0 / d } else { 0.0 };
+        for x in data.chunks_exact(block) {
+            match ggml_type {
+                dequant::GGML_TYPE_Q8_0 => {
+                    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = inverse(d);
+                    bytes.extend_from_slice(&half(d));
+                    bytes.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+                }
+                dequant::GGML_TYPE_Q4_0 => {
+                    // The value of largest magnitude, with its sign, maps to -8.
+                    let max = x
+                        .iter()
+                        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = max / -8.0;
+                    let id = inverse(d);
+                    bytes.extend_from_slice(&half(d));
+                    let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                    bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+                }
+                _ => {
+                    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (max - min) / 15.0;
+                    let id = inverse(d);
+                    bytes.extend_from_slice(&half(d));
+                    bytes.extend_from_slice(&half(min));
+                    let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+                    bytes.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+                }
+            }
+        }
+        Self::new(ggml_type, rows, cols, bytes)
+    }
+
     /// The ggml type id of its blocks.
     pub fn ggml_type(&self) -> u32 {
         self.ggml_type
@@ -141,5 +207,71 @@ impl QuantizedMatrix {
         let mut out = vec![0.0f32; self.rows * self.cols];
         self.decode_rows(0, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::dequant::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0};
+
+    #[test]
+    fn quantized_values_are_within_half_a_level_of_the_input() {
+        let (rows, cols) = (3, 64);
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i % 3) as f32)
+            .collect();
+        for ty in [GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1] {
+            let m = QuantizedMatrix::quantize(ty, rows, cols, &data).unwrap();
+            assert_eq!((m.rows(), m.cols(), m.ggml_type()), (rows, cols, ty));
+            let back = m.to_f32();
+            for (block, (x, y)) in data.chunks(32).zip(back.chunks(32)).enumerate() {
+                let (lo, hi) = x
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let amax = lo.abs().max(hi.abs());
+                // The step between levels, plus the f16 rounding of the scale and minimum.
+                let step = match ty {
+                    GGML_TYPE_Q8_0 => amax / 127.0,
+                    GGML_TYPE_Q4_0 => amax / 8.0,
+                    _ => (hi - lo) / 15.0,
+                };
+                // Q4_0's levels run from -8 to 7 steps: the side opposite the largest magnitude
+                // clips at 7 steps, up to a whole step away.
+                let reach = if ty == GGML_TYPE_Q4_0 { 1.0 } else { 0.5 };
+                for (a, b) in x.iter().zip(y) {
+                    assert!(
+                        (a - b).abs() <= step * reach + amax * 4e-3,
+                        "type {ty}, block {block}: {a} came back as {b} (step {step})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_types_are_refused() {
+        assert_eq!(
+            QuantizedMatrix::quantize(GGML_TYPE_Q6_K, 1, 256, &[0.0; 256]).unwrap_err(),
+            DequantError::Unsupported(GGML_TYPE_Q6_K)
+        );
+        assert!(matches!(
+            QuantizedMatrix::quantize(GGML_TYPE_Q8_0, 1, 48, &[0.0; 48]),
+            Err(DequantError::PartialBlock {
+                n_elements: 48,
+                block_elems: 32
+            })
+        ));
+        assert!(matches!(
+            QuantizedMatrix::quantize(GGML_TYPE_Q8_0, 2, 32, &[0.0; 32]),
+            Err(DequantError::WrongLength { .. })
+        ));
+        assert!(matches!(
+            QuantizedMatrix::new(GGML_TYPE_Q4_1, 2, 32, vec![0u8; 39]),
+            Err(DequantError::WrongLength {
+                expected: 40,
+                found: 39
+            })
+        ));
     }
 }

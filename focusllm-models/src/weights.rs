@@ -14,7 +14,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
-use crate::llama::{Projection, QuantizedLinear};
+use crate::llama::{Projection, QuantizedLinear, TokenTable};
 use crate::quantized::QuantizedMatrix;
 
 /// A checkpoint's tensors, by HF name (`model.layers.0.self_attn.q_proj.weight`, ...).
@@ -282,6 +282,32 @@ impl<'a, B: Backend> Weights<'a, B> {
             weight: Param::from_tensor(weight),
             bias,
         })
+    }
+
+    /// Token table `name` `[vocab, hidden]`: its quantized blocks as stored when these weights
+    /// keep them ([`Weights::keep_quantized`]) and the file has them, else dense.
+    pub fn token_table(
+        &self,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<TokenTable<B>, ModelError> {
+        if self.keep_quantized {
+            let full = self.name(name);
+            if let Some(table) = self.source.load_quantized(&full)? {
+                if [table.rows(), table.cols()] != [vocab, hidden] {
+                    return Err(ModelError::ShapeMismatch {
+                        tensor: full,
+                        expected: vec![vocab, hidden],
+                        found: vec![table.rows(), table.cols()],
+                    });
+                }
+                return Ok(TokenTable::quantized(table));
+            }
+        }
+        Ok(TokenTable::Dense(Param::from_tensor(
+            self.matrix(name, vocab, hidden)?,
+        )))
     }
 
     /// Linear layer `name` as a decoder projection: its quantized blocks as stored when these

@@ -182,7 +182,7 @@ pub struct EngineArgs {
     pub kernels: String,
     /// Projection weights of a GGUF with quantized ones: `f32` (decoded at load) or `quantized`
     /// (kept in their blocks as stored and multiplied directly: a quarter to a seventh of the
-    /// memory, faster decoding steps, the same numbers up to the order of the sums; cpu backend
+    /// memory, faster decoding steps, the f32 model's numbers up to rounding; cpu backend
     /// with f32 compute only).
     #[arg(long, default_value = "f32", value_parser = ["f32", "quantized"])]
     pub weights: String,

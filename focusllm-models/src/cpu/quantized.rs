@@ -1,19 +1,19 @@
 //! Products of `f32` activations with a [`QuantizedMatrix`] (a GGUF's blocks as stored).
 //!
 //! - **A few rows** (a decoding step, up to [`MAX_THIN`]): memory-bound, so the weight is read
-//!   once, in its quantized size, and decoded in registers block by block right before its
-//!   multiply-adds (AVX2 + FMA + F16C code for `Q4_0`, `Q4_1` and `Q8_0`; other types decode a
-//!   few rows at a time into a buffer in L1). The output rows are split across rayon's pool, and
-//!   each dot product is computed the same way whatever the number of rows, so a row's bits do not
-//!   depend on what shares its product.
+//!   once, in its quantized size, and decoded in registers block by block (AVX2 + FMA + F16C code
+//!   for `Q4_0`, `Q4_1` and `Q8_0`; other types decode a few rows at a time into a buffer in L1).
+//!   A block's dot product is `d · Σ q_i x_i + m · Σ x_i`, the sum of its weights `q_i · d + m`
+//!   times the activations with the scale and offset factored out. The output rows are split
+//!   across rayon's pool, and each dot product is computed the same way whatever the number of
+//!   rows, so a row's bits do not depend on what shares its product.
 //! - **Many rows** (a prefill block): compute-bound, so the weight is decoded whole (on every
-//!   core) into a reused buffer and multiplied by `gemm`, the kernel of the `f32` model; decoding
-//!   costs about one pass over the weight against the product's hundreds of multiply-adds per
-//!   weight.
+//!   core, to the values of [`crate::gguf::dequant`]) into a reused buffer and multiplied by
+//!   `gemm`, the kernel of the `f32` model; decoding costs about one pass over the weight against
+//!   the product's hundreds of multiply-adds per weight.
 //!
-//! The decoded values are those of [`crate::gguf::dequant`] operation for operation (a `Q4_1`
-//! weight is `q · d` rounded, then `+ m` rounded, never a fused multiply-add), so results differ
-//! from the `f32` model's only in the order of their sums.
+//! Results differ from the `f32` model's only by rounding: the order of the sums, and for a few
+//! rows the factored scale.
 
 use std::cell::RefCell;
 
@@ -182,19 +182,21 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
     }
 
-    /// The 32 weights of the block at `p`, as `crate::gguf::dequant` decodes them.
+    /// A block of 32 weights `w_i = q_i · d + m` as its integers `q_i` (exact in f32), its scale
+    /// `d` and its offset `m` (`Q8_0`: `m = 0`; `Q4_0`: `q - 8` folded into `m = -8d`).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode<const T: u32>(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode<const T: u32>(p: *const u8) -> ([__m256; 4], f32, f32) {
         // SAFETY: the caller passes a whole block of type `T` at `p`.
         unsafe {
-            let d = _mm256_set1_ps(half_at(p));
+            let d = half_at(p);
             match T {
                 GGML_TYPE_Q8_0 => {
                     let q = p.add(2);
-                    let at = |o: usize| _mm_loadl_epi64(q.add(o) as *const __m128i);
-                    let (a, b, c, e) = (at(0), at(8), at(16), at(24));
-                    [a, b, c, e]
-                        .map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d))
+                    let widen = |o: usize| {
+                        let bytes = _mm_loadl_epi64(q.add(o) as *const __m128i);
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+                    };
+                    ([widen(0), widen(8), widen(16), widen(24)], d, 0.0)
                 }
                 GGML_TYPE_Q4_1 | GGML_TYPE_Q4_0 => {
                     let offset = if T == GGML_TYPE_Q4_1 { 4 } else { 2 };
@@ -209,13 +211,12 @@ mod avx2 {
                         low_u8(hi),
                         low_u8(_mm_srli_si128::<8>(hi)),
                     ];
-                    if T == GGML_TYPE_Q4_1 {
-                        let m = _mm256_set1_ps(half_at(p.add(2)));
-                        q.map(|q| _mm256_add_ps(_mm256_mul_ps(q, d), m))
+                    let m = if T == GGML_TYPE_Q4_1 {
+                        half_at(p.add(2))
                     } else {
-                        let eight = _mm256_set1_ps(8.0);
-                        q.map(|q| _mm256_mul_ps(_mm256_sub_ps(q, eight), d))
-                    }
+                        -8.0 * d
+                    };
+                    (q, d, m)
                 }
                 _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
             }
@@ -252,9 +253,12 @@ mod avx2 {
         }
     }
 
-    /// [`dots`] for blocks of type `T`: activation rows in groups of up to 3 (each decoded block
-    /// serves the group), every row with the same two accumulators, so a row's sum is formed the
-    /// same way whatever group it falls in.
+    /// [`dots`] for blocks of type `T`. A block's dot product is `d · Σ q_i x_i + m · Σ x_i`: the
+    /// integers times the activations, scaled once per block, and the block's offset times the
+    /// activations' sum (computed once per row here), which saves a multiply and an add per
+    /// weight over decoding each weight first. Activation rows go in groups of up to 3, each
+    /// decoded block serving the group, and every row is summed the same way whatever its group,
+    /// so its bits do not depend on the rows beside it.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dots_of<const T: u32>(
         x: &[f32],
@@ -264,57 +268,84 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let k = w.cols();
+        let blocks = k / 32;
         let rows = out.len() / m;
         assert!(x.len() >= m * k && k.is_multiple_of(32));
+        // Σ x_i over each block of each row (for the offsets).
+        let sums: Vec<f32> = x[..m * k]
+            .chunks_exact(32)
+            .map(|b| {
+                let (a, c) = b.split_at(16);
+                let mut lanes = [0.0f32; 16];
+                for l in 0..16 {
+                    lanes[l] = a[l] + c[l];
+                }
+                lanes.iter().sum()
+            })
+            .collect();
         for j in 0..rows {
-            let blocks = w.row_data(start + j, 1).as_ptr();
+            let data = w.row_data(start + j, 1).as_ptr();
             let out = &mut out[j * m..(j + 1) * m];
             let mut r = 0;
-            // SAFETY: row `start + j` has `k / 32` blocks of `row_bytes / (k / 32)` bytes, and
-            // every activation row `k` floats.
+            // SAFETY: row `start + j` has `blocks` blocks of `row_bytes / blocks` bytes, every
+            // activation row `k` floats and `blocks` sums.
             unsafe {
                 while r + 3 <= m {
-                    group::<T, 3>(x, k, r, blocks, w.row_bytes(), &mut out[r..]);
+                    group::<T, 3>((x, &sums), (k, blocks), r, data, &mut out[r..]);
                     r += 3;
                 }
                 match m - r {
-                    2 => group::<T, 2>(x, k, r, blocks, w.row_bytes(), &mut out[r..]),
-                    1 => group::<T, 1>(x, k, r, blocks, w.row_bytes(), &mut out[r..]),
+                    2 => group::<T, 2>((x, &sums), (k, blocks), r, data, &mut out[r..]),
+                    1 => group::<T, 1>((x, &sums), (k, blocks), r, data, &mut out[r..]),
                     _ => {}
                 }
             }
         }
     }
 
-    /// `out[i] = x_{r0 + i} · w_row` for `i < R`: the even eighths of each block into one
-    /// accumulator, the odd into another, added at the end.
+    /// `out[i] = x_{r0 + i} · w_row` for `i < R`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn group<const T: u32, const R: usize>(
-        x: &[f32],
-        k: usize,
+        (x, sums): (&[f32], &[f32]),
+        (k, blocks): (usize, usize),
         r0: usize,
-        blocks: *const u8,
-        row_bytes: usize,
+        data: *const u8,
         out: &mut [f32],
     ) {
-        let block_bytes = row_bytes / (k / 32);
-        let mut even = [_mm256_setzero_ps(); R];
-        let mut odd = [_mm256_setzero_ps(); R];
-        for b in 0..k / 32 {
-            // SAFETY: block `b` of the row, and 32 floats of each row from `b · 32`.
+        let block_bytes = match T {
+            GGML_TYPE_Q4_0 => 18,
+            GGML_TYPE_Q4_1 => 20,
+            _ => 34,
+        };
+        let mut scaled = [_mm256_setzero_ps(); R];
+        let mut offsets = [0.0f32; R];
+        for b in 0..blocks {
+            // SAFETY: block `b` of the row, 32 floats of each row from `b · 32`, and the row's
+            // `blocks` sums (`dots_of` computed `m · blocks`).
             unsafe {
-                let [w0, w1, w2, w3] = decode::<T>(blocks.add(b * block_bytes));
+                let ([q0, q1, q2, q3], d, m) = decode::<T>(data.add(b * block_bytes));
+                let d = _mm256_set1_ps(d);
                 for i in 0..R {
                     let xs = x.as_ptr().add((r0 + i) * k + b * 32);
-                    even[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs), even[i]);
-                    odd[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs.add(8)), odd[i]);
-                    even[i] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xs.add(16)), even[i]);
-                    odd[i] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xs.add(24)), odd[i]);
+                    let front = _mm256_fmadd_ps(
+                        q1,
+                        _mm256_loadu_ps(xs.add(8)),
+                        _mm256_mul_ps(q0, _mm256_loadu_ps(xs)),
+                    );
+                    let back = _mm256_fmadd_ps(
+                        q3,
+                        _mm256_loadu_ps(xs.add(24)),
+                        _mm256_mul_ps(q2, _mm256_loadu_ps(xs.add(16))),
+                    );
+                    scaled[i] = _mm256_fmadd_ps(_mm256_add_ps(front, back), d, scaled[i]);
+                    if T != GGML_TYPE_Q8_0 {
+                        offsets[i] += m * *sums.get_unchecked((r0 + i) * blocks + b);
+                    }
                 }
             }
         }
         for i in 0..R {
-            out[i] = lane_sum(_mm256_add_ps(even[i], odd[i]));
+            out[i] = lane_sum(scaled[i]) + offsets[i];
         }
     }
 }

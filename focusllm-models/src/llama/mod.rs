@@ -13,10 +13,10 @@ pub(crate) mod masked_attention;
 mod mlp;
 pub(crate) mod ops;
 mod projection;
+mod token_table;
 mod work;
 
 use burn::module::{Module, Param};
-use burn::tensor::module::embedding;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use attention::LayerPast;
@@ -26,6 +26,7 @@ pub use kv_buffer::KvBuffer;
 pub use layer::DecoderLayer;
 pub use mlp::{CandidateMlp, Mlp};
 pub use projection::{Projection, QuantizedLinear};
+pub use token_table::{QuantizedTable, TokenTable};
 pub use work::WorkCounter;
 
 use crate::config::LlamaConfig;
@@ -83,14 +84,14 @@ fn check_keeps_quantized<B: Backend>(dtype: DType) -> Result<(), ModelError> {
 /// The whole decoder.
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
-    /// Token embeddings `[vocab, hidden]`.
-    pub embed: Param<Tensor<B, 2>>,
+    /// Token embeddings `[vocab, hidden]` (also the LM head when `lm_head` is `None`).
+    pub embed: TokenTable<B>,
     /// Decoder layers.
     pub layers: Vec<DecoderLayer<B>>,
     /// Final RMSNorm weight.
     pub norm: Param<Tensor<B, 1>>,
-    /// LM head `[hidden, vocab]` (`None`: tied to the embeddings).
-    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// LM head, hidden to vocab (`None`: tied to the embeddings).
+    pub lm_head: Option<Projection<B>>,
     #[module(skip)]
     config: LlamaConfig,
     #[module(skip)]
@@ -105,24 +106,6 @@ pub struct LlamaModel<B: Backend> {
     work: WorkCounter,
     #[module(skip)]
     prefill_block: usize,
-}
-
-/// Logits `[b, k, vocab]` of `x` `[b, k, hidden]` through tied embeddings `[vocab, hidden]`.
-///
-/// `x · embedᵀ` makes CPU backends copy the transposed table (113 MB for SmolLM2) at every call,
-/// which dominated short-context generation. For the few rows of decoding steps the product is
-/// taken the other way round, `embed · xᵀ`, reading the table as stored; only the small result is
-/// transposed. Many rows (perplexity) keep the direct product, whose copy is then amortised.
-/// `fused`: see [`ops::matmul`].
-fn tied_head<B: Backend>(x: Tensor<B, 3>, embed: Tensor<B, 2>, fused: bool) -> Tensor<B, 3> {
-    let [b, k, hidden] = x.dims();
-    if b * k > 64 {
-        return x.matmul(embed.transpose().unsqueeze::<3>());
-    }
-    let vocab = embed.dims()[0];
-    ops::matmul(embed, x.reshape([b * k, hidden]).transpose(), fused)
-        .transpose()
-        .reshape([b, k, vocab])
 }
 
 /// The past a forward's new tokens attend to, besides themselves.
@@ -288,20 +271,19 @@ impl<B: Backend> LlamaModel<B> {
                 trained,
             )?);
         }
-        let embed = w.matrix("model.embed_tokens.weight", vocab, hidden)?;
+        let embed = w.token_table("model.embed_tokens.weight", vocab, hidden)?;
         let norm = w.vector("model.norm.weight", hidden)?;
         let lm_head = if config.tie_word_embeddings && !w.has("lm_head.weight") {
             None
         } else {
-            // Stored `[hidden, vocab]` so the head is one plain matmul.
-            Some(w.transposed("lm_head.weight", vocab, hidden)?)
+            Some(w.projection("lm_head", vocab, hidden, false)?)
         };
         let source_kind = if trained {
             CandidateSource::Trained
         } else {
             CandidateSource::CopiedFromBase
         };
-        let model = Self::from_parts(config, embed, layers, norm, lm_head, source_kind);
+        let model = Self::from_table(config, embed, layers, norm, lm_head, source_kind);
         Ok(if options.dtype == DType::F32 {
             model
         } else {
@@ -318,12 +300,32 @@ impl<B: Backend> LlamaModel<B> {
         lm_head: Option<Tensor<B, 2>>,
         candidate_source: CandidateSource,
     ) -> Self {
+        let lm_head = lm_head.map(|weight| {
+            Projection::Dense(burn::nn::Linear {
+                weight: Param::from_tensor(weight),
+                bias: None,
+            })
+        });
+        let embed = TokenTable::Dense(Param::from_tensor(embed));
+        Self::from_table(config, embed, layers, norm, lm_head, candidate_source)
+    }
+
+    /// [`LlamaModel::from_parts`] with a token table and an LM head as they are (`[hidden, vocab]`
+    /// as a projection).
+    pub fn from_table(
+        config: LlamaConfig,
+        embed: TokenTable<B>,
+        layers: Vec<DecoderLayer<B>>,
+        norm: Tensor<B, 1>,
+        lm_head: Option<Projection<B>>,
+        candidate_source: CandidateSource,
+    ) -> Self {
         let rope = Rope::new(&config);
         Self {
-            embed: Param::from_tensor(embed),
+            embed,
             layers,
             norm: Param::from_tensor(norm),
-            lm_head: lm_head.map(Param::from_tensor),
+            lm_head,
             config,
             rope,
             candidate_source,
@@ -403,7 +405,9 @@ impl<B: Backend> LlamaModel<B> {
 
     /// The compute dtype (that of the weights).
     pub fn compute_dtype(&self) -> DType {
-        self.embed.val().dtype()
+        // The final norm's weight is converted with every other dense weight (a quantized table
+        // is not).
+        self.norm.val().dtype()
     }
 
     /// The model with `projections` (one per layer) as its candidate q, k, v, o projections.
@@ -440,7 +444,7 @@ impl<B: Backend> LlamaModel<B> {
 
     /// The device the weights live on.
     pub fn device(&self) -> B::Device {
-        self.embed.val().device()
+        self.norm.val().device()
     }
 
     /// Token ids `[batch][seq]` as a tensor (rows must have equal length).
@@ -534,7 +538,7 @@ impl<B: Backend> LlamaModel<B> {
                 Vec::new()
             }
         };
-        let mut x = embedding(self.embed.val(), input.ids);
+        let mut x = self.embed.lookup(input.ids);
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
         let mut focus: Option<Tensor<B, 2>> = None;
@@ -574,13 +578,8 @@ impl<B: Backend> LlamaModel<B> {
             let last = rms_norm(x.narrow(1, s - k, k), &self.norm, eps);
             let fused = kernels::fused::<B>(self.kernels, last.dtype());
             match &self.lm_head {
-                Some(head) => {
-                    let [b, k, hidden] = last.dims();
-                    let vocab = head.dims()[1];
-                    ops::matmul(last.reshape([b * k, hidden]), head.val(), fused)
-                        .reshape([b, k, vocab])
-                }
-                None => tied_head(last, self.embed.val(), fused),
+                Some(head) => head.forward(last, fused),
+                None => self.embed.logits(last, fused),
             }
         });
         ForwardOutput { logits, kv, focus }

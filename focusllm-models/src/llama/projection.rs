@@ -92,7 +92,7 @@ impl<B: Backend> Projection<B> {
 }
 
 /// `x` `[m, in]` times the quantized `w` `[out, in]` transposed.
-fn quantized_product<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
+pub(super) fn quantized_product<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
     #[cfg(feature = "cpu")]
     if crate::cpu::is_flex::<B>() {
         return crate::cpu::quantized_matmul(x, w);
