@@ -87,12 +87,10 @@ fn linear_benches(c: &mut Criterion) {
     });
     for rows in [1, 8, 512] {
         let x = Tensor::<Cpu, 3>::random([1, rows, HIDDEN], Distribution::Default, &device);
-        if rows < 512 {
-            for (kernels, name) in KERNELS {
-                group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
-                    b.iter(|| black_box(linear(kernels, x.clone(), &layer)))
-                });
-            }
+        for (kernels, name) in KERNELS {
+            group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
+                b.iter(|| black_box(linear(kernels, x.clone(), &layer)))
+            });
         }
         for (weight, name) in &quantized {
             group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {

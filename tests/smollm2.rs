@@ -259,6 +259,10 @@ fn quantized_weights_give_the_f32_models_numbers() {
         "the projections are kept quantized"
     );
     assert!(!dense.model.layers[0].attn.q.is_quantized());
+    // Q4_1 projections (5 bits a weight) and a Q8_0 table (8.5) against f32 (32).
+    let (q_bytes, f_bytes) = (quantized.model.weight_bytes(), dense.model.weight_bytes());
+    eprintln!("weights: {q_bytes} bytes quantized, {f_bytes} in f32");
+    assert!(q_bytes * 5 < f_bytes, "{q_bytes} against {f_bytes}");
 
     let fixture = json(&fixtures().join("smollm2/plain_forward.json"));
     for case in fixture["cases"].as_array().unwrap() {
@@ -267,6 +271,7 @@ fn quantized_weights_give_the_f32_models_numbers() {
         let want = greedy(dense, FocusConfig::default(), &input, 4);
         for (step, (g, w)) in got.iter().zip(&want).enumerate() {
             let diff = max_abs_diff(g, w);
+            eprintln!("{}: step {step}: max diff {diff} against f32", case["text"]);
             assert!(
                 diff < 1e-4,
                 "{}: step {step}: max diff {diff} against f32",
@@ -291,6 +296,7 @@ fn quantized_weights_give_the_f32_models_numbers() {
     let want = greedy(dense, config, &input, 2);
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
         let diff = max_abs_diff(g, w);
+        eprintln!("passkey step {step}: max diff {diff} against f32");
         assert!(
             diff < 1e-4,
             "passkey step {step}: max diff {diff} against f32"

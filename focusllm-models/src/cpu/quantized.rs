@@ -30,6 +30,9 @@ const MIN_ROWS_PER_TASK: usize = 32;
 /// Weight rows decoded at a time by the generic path (types without register decoding).
 const DECODE_ROWS: usize = 8;
 
+/// Weights decoded at a time by a many-row product: 16 MiB of `f32`.
+const DECODED_FLOATS: usize = 1 << 22;
+
 thread_local! {
     /// The decoded weight of a many-row product, reused from one product to the next: a new
     /// buffer per product would have the kernel clear its pages every time.
@@ -114,42 +117,50 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// [`matmul`] for many rows: the weight decoded whole into a reused buffer, then `gemm`.
+/// [`matmul`] for many rows: the weight decoded into a reused buffer, then `gemm`, in tiles of
+/// at most [`DECODED_FLOATS`] weights (a large table, such as an LM head's, never needs its whole
+/// `f32` size).
 fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
     let mut out = vec![0.0f32; m * n];
+    let tile = (DECODED_FLOATS / k.max(1)).max(64).min(n);
     DECODED.with(|decoded| {
         let mut decoded = decoded.borrow_mut();
-        decoded.resize(n * k, 0.0);
-        let per_task = n.div_ceil(rayon::current_num_threads() * 4).max(1);
-        decoded
-            .par_chunks_mut(per_task * k)
-            .enumerate()
-            .for_each(|(i, rows)| w.decode_rows(i * per_task, rows));
-        // SAFETY: `x` is `[m, k]` row-major (asserted by `matmul`), `decoded` `[n, k]` row-major
-        // read as `[k, n]` with column stride `k`, `out` `[m, n]` row-major.
-        unsafe {
-            gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                decoded.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(0),
-            );
+        decoded.resize(tile * k, 0.0);
+        for first in (0..n).step_by(tile) {
+            let rows = tile.min(n - first);
+            let decoded = &mut decoded[..rows * k];
+            let per_task = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+            decoded
+                .par_chunks_mut(per_task * k)
+                .enumerate()
+                .for_each(|(i, part)| w.decode_rows(first + i * per_task, part));
+            // SAFETY: `x` is `[m, k]` row-major (asserted by `matmul`), `decoded` `[rows, k]`
+            // row-major read as `[k, rows]` with column stride `k`, and the output columns
+            // `first..first + rows` of `out` `[m, n]` row-major.
+            unsafe {
+                gemm(
+                    m,
+                    rows,
+                    k,
+                    out.as_mut_ptr().add(first),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    decoded.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(0),
+                );
+            }
         }
     });
     out
@@ -411,6 +422,8 @@ mod tests {
             (GGML_TYPE_Q4_0, 65, 32),
             (GGML_TYPE_Q4_K, 9, 256),
             (GGML_TYPE_Q6_K, 33, 512),
+            // Several tiles of a many-row product (`DECODED_FLOATS` / 32 rows each).
+            (GGML_TYPE_Q8_0, (DECODED_FLOATS / 32) * 2 + 5, 32),
         ] {
             let w = random_matrix(ty, n, k, ty + 1);
             let dense = w.to_f32();

@@ -410,6 +410,36 @@ impl<B: Backend> LlamaModel<B> {
         self.norm.val().dtype()
     }
 
+    /// Bytes the weights take: dense parameters at their dtype's size, and quantized matrices
+    /// ([`LoadOptions::keep_quantized`]) in their blocks.
+    pub fn weight_bytes(&self) -> usize {
+        self.num_params() * self.compute_dtype().size() + self.quantized_bytes()
+    }
+
+    /// Bytes of the matrices kept quantized (0 when none is).
+    pub fn quantized_bytes(&self) -> usize {
+        let projection = |p: &Projection<B>| match p {
+            Projection::Quantized(q) => q.weight.size_bytes(),
+            Projection::Dense(_) => 0,
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.attn, &l.mlp);
+                [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+                    .into_iter()
+                    .map(projection)
+                    .sum::<usize>()
+            })
+            .sum();
+        let table = match &self.embed {
+            TokenTable::Quantized(q) => q.table.size_bytes(),
+            TokenTable::Dense(_) => 0,
+        };
+        layers + table + self.lm_head.as_ref().map_or(0, projection)
+    }
+
     /// The model with `projections` (one per layer) as its candidate q, k, v, o projections.
     ///
     /// # Panics

@@ -64,6 +64,9 @@ pub struct Args {
 pub struct Row {
     method: String,
     kernels: String,
+    /// `f32` or `quantized` (`--weights`), and the bytes the model's weights take in MiB.
+    weights: String,
+    weights_mb: f64,
     tokens: usize,
     prefill_s: f64,
     tokens_per_s: f64,
@@ -239,6 +242,8 @@ impl Args {
                 row: Row {
                     method: method.to_string(),
                     kernels: format!("{:?}", model.kernels()).to_lowercase(),
+                    weights: weights_kind(model),
+                    weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
                     tokens: ids.len(),
                     prefill_s,
                     tokens_per_s: f64::NAN,
@@ -276,6 +281,8 @@ impl Args {
         let row = Row {
             method: method.to_string(),
             kernels: format!("{:?}", model.kernels()).to_lowercase(),
+            weights: weights_kind(model),
+            weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
             tokens: ids.len(),
             prefill_s,
             tokens_per_s: ids.len() as f64 / prefill_s,
@@ -479,17 +486,19 @@ pub fn run(args: Args) -> Result<(), AppError> {
         "calibration matmul ([2048, hidden] x [hidden, intermediate]): {calibration_gflops:.1} GFLOP/s\n"
     );
     println!(
-        "| method | kernels | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
+        "| method | kernels | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let peak = r
             .peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
+            "| {} | {} | {} ({:.0}) | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
             r.method,
             r.kernels,
+            r.weights,
+            r.weights_mb,
             r.tokens,
             r.prefill_s,
             r.tokens_per_s,
@@ -549,4 +558,14 @@ pub fn run(args: Args) -> Result<(), AppError> {
         );
     }
     Ok(())
+}
+
+/// `quantized` when the model keeps quantized matrices (`--weights quantized`), else `f32` (or
+/// the compute dtype).
+fn weights_kind<B: Backend>(model: &focusllm::models::LlamaModel<B>) -> String {
+    if model.quantized_bytes() > 0 {
+        "quantized".into()
+    } else {
+        format!("{:?}", model.compute_dtype()).to_lowercase()
+    }
 }
