@@ -117,6 +117,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// [`QuantizedMatrix::decode_rows`], in AVX2 code for the types [`avx2::applies`] to (the same
+/// values: each weight `q · d` rounded, then `+ m` rounded, as `crate::gguf::dequant` computes
+/// it).
+fn decode_rows(w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::applies(w.ggml_type()) {
+        // SAFETY: `applies` checked the CPU's features and the type; `decode_rows_into` checks
+        // the sizes.
+        unsafe { avx2::decode_rows_into(w, start, out) };
+        return;
+    }
+    w.decode_rows(start, out);
+}
+
 /// [`matmul`] for many rows: the weight decoded into a reused buffer, then `gemm`, in tiles of
 /// at most [`DECODED_FLOATS`] weights (a large table, such as an LM head's, never needs its whole
 /// `f32` size).
@@ -134,7 +148,7 @@ fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
             decoded
                 .par_chunks_mut(per_task * k)
                 .enumerate()
-                .for_each(|(i, part)| w.decode_rows(first + i * per_task, part));
+                .for_each(|(i, part)| decode_rows(w, first + i * per_task, part));
             // SAFETY: `x` is `[m, k]` row-major (asserted by `matmul`), `decoded` `[rows, k]`
             // row-major read as `[k, rows]` with column stride `k`, and the output columns
             // `first..first + rows` of `out` `[m, n]` row-major.
@@ -230,6 +244,49 @@ mod avx2 {
                     (q, d, m)
                 }
                 _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
+            }
+        }
+    }
+
+    /// Rows `start..` of `w` decoded into `out` (whole rows), to the values
+    /// `crate::gguf::dequant` gives.
+    ///
+    /// # Safety
+    /// [`applies`] holds for `w`'s type.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn decode_rows_into(w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
+        let k = w.cols();
+        assert!(k.is_multiple_of(32) && out.len().is_multiple_of(k.max(1)));
+        let rows = out.len() / k.max(1);
+        let data = w.row_data(start, rows).as_ptr();
+        let block_bytes = w.row_bytes() / (k / 32).max(1);
+        // SAFETY: `rows` rows of `k / 32` blocks each at `data`, and `out` has 32 floats a block.
+        unsafe {
+            match w.ggml_type() {
+                GGML_TYPE_Q4_0 => decode_blocks::<GGML_TYPE_Q4_0>(data, block_bytes, out),
+                GGML_TYPE_Q4_1 => decode_blocks::<GGML_TYPE_Q4_1>(data, block_bytes, out),
+                _ => decode_blocks::<GGML_TYPE_Q8_0>(data, block_bytes, out),
+            }
+        }
+    }
+
+    /// `out.len() / 32` blocks of type `T` from `data`, `block_bytes` apart, decoded into `out`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode_blocks<const T: u32>(data: *const u8, block_bytes: usize, out: &mut [f32]) {
+        for (b, dst) in out.chunks_exact_mut(32).enumerate() {
+            // SAFETY: block `b` exists (the caller), and `dst` has 32 floats.
+            unsafe {
+                let (q, d, m) = decode::<T>(data.add(b * block_bytes));
+                let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+                for (v, &q) in q.iter().enumerate() {
+                    let w = match T {
+                        // `(q - 8) · d`: the offset folded into `m` would round differently.
+                        GGML_TYPE_Q4_0 => _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(8.0)), d),
+                        GGML_TYPE_Q4_1 => _mm256_add_ps(_mm256_mul_ps(q, d), m),
+                        _ => _mm256_mul_ps(q, d),
+                    };
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), w);
+                }
             }
         }
     }
@@ -447,6 +504,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn vector_decoding_gives_the_reference_values_bit_for_bit() {
+        for ty in [GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0] {
+            let w = random_matrix(ty, 23, 96, ty + 7);
+            let want = w.to_f32();
+            let mut got = vec![0.0f32; 20 * 96];
+            decode_rows(&w, 3, &mut got);
+            assert!(
+                got.iter()
+                    .zip(&want[3 * 96..])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "type {ty}: vector decoding differs from the reference"
+            );
         }
     }
 
