@@ -286,6 +286,28 @@ fn quantized_weights_give_the_f32_models_numbers() {
         );
     }
 
+    // Converted to f16 after loading, the dense weights compute in f16 and the quantized ones in
+    // f32 (their products convert): the model still runs, and predicts what f32 does.
+    let half = focusllm::models::LoadedModel {
+        model: quantized
+            .model
+            .clone()
+            .with_compute_dtype(burn::tensor::DType::F16),
+        tokenizer: None,
+        path: quantized.path.clone(),
+    };
+    let case = &fixture["cases"][0];
+    let input = ids(&case["ids"]);
+    let got = greedy(&half, FocusConfig::default(), &input, 3);
+    let want = greedy(dense, FocusConfig::default(), &input, 3);
+    let argmax = |steps: &[Vec<f32>]| -> Vec<u32> {
+        steps
+            .iter()
+            .map(|l| focusllm::core::argmax(l).unwrap())
+            .collect()
+    };
+    assert_eq!(argmax(&got), argmax(&want), "f16 with quantized weights");
+
     let fixture = json(&fixtures().join("smollm2/focus_passkey.json"));
     let input = ids(&fixture["input_ids"]);
     let config = FocusConfig::default()

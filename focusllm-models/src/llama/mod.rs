@@ -569,6 +569,10 @@ impl<B: Backend> LlamaModel<B> {
             }
         };
         let mut x = self.embed.lookup(input.ids);
+        // A quantized table gives f32 rows whatever the dense weights' dtype.
+        if x.dtype() != self.compute_dtype() {
+            x = x.cast(self.compute_dtype());
+        }
         let eps = self.config.rms_norm_eps;
         let mut kv = Vec::with_capacity(self.layers.len());
         let mut focus: Option<Tensor<B, 2>> = None;

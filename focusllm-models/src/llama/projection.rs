@@ -5,12 +5,14 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
-use super::ops::linear;
+use super::ops::{from_f32, linear, to_f32};
 use crate::quantized::QuantizedMatrix;
 
 /// A linear layer whose weight is a GGUF's quantized blocks, multiplied as stored: a decoding
 /// step reads the weight in its quantized size (a quarter to a seventh of `f32`), and the model
-/// holds it in that size. Only the flex (CPU) backend with `f32` compute runs it.
+/// holds it in that size. The loader keeps weights quantized on the flex (CPU) backend with `f32`
+/// compute, where the kernels of [`crate::quantized`] multiply them; a model assembled by hand for
+/// another backend gets the same numbers from the decoded weight, slowly.
 #[derive(Module, Debug)]
 pub struct QuantizedLinear<B: Backend> {
     /// The weight `[out, in]`, as stored.
@@ -91,8 +93,14 @@ impl<B: Backend> Projection<B> {
     }
 }
 
-/// `x` `[m, in]` times the quantized `w` `[out, in]` transposed.
+/// `x` `[m, in]` times the quantized `w` `[out, in]` transposed, in f32 (and back in `x`'s
+/// dtype: a model converted to another dtype after loading still runs).
 pub(super) fn quantized_product<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
+    let dtype = x.dtype();
+    from_f32(quantized_product_f32(to_f32(x), w), dtype)
+}
+
+fn quantized_product_f32<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
     #[cfg(feature = "cpu")]
     if crate::cpu::is_flex::<B>() {
         return crate::cpu::quantized_matmul(x, w);
