@@ -86,6 +86,11 @@ impl<B: Backend> TokenTable<B> {
         let [b, k, hidden] = x.dims();
         match self {
             Self::Dense(p) => {
+                // `x · embedᵀ` makes CPU backends copy the transposed table (113 MB for SmolLM2)
+                // at every call, which dominated short-context generation. For the few rows of
+                // decoding steps the product is taken the other way round, `embed · xᵀ`, reading
+                // the table as stored; only the small result is transposed. Many rows
+                // (perplexity) keep the direct product, whose copy is then amortised.
                 let embed = p.val();
                 if b * k > 64 {
                     return x.matmul(embed.transpose().unsqueeze::<3>());
