@@ -180,10 +180,10 @@ pub struct EngineArgs {
     /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
-    /// Projection weights of a GGUF with quantized ones: `f32` (decoded at load) or `quantized`
-    /// (kept in their blocks as stored and multiplied directly: a quarter to a seventh of the
-    /// memory, faster decoding steps, the f32 model's numbers up to rounding; cpu backend
-    /// with f32 compute only).
+    /// A GGUF's quantized matrices (projections, token table, LM head): `f32` (decoded at load)
+    /// or `quantized` (kept in their blocks as stored and multiplied directly: a quarter to a
+    /// seventh of the memory, faster decoding steps, the f32 model's numbers up to rounding; cpu
+    /// backend with f32 compute only).
     #[arg(long, default_value = "f32", value_parser = ["f32", "quantized"])]
     pub weights: String,
     /// Tokens per forward of a long prefill (the main decoder's and each chunk batch's): larger
