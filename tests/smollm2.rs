@@ -50,6 +50,22 @@ fn greedy(
     logits
 }
 
+/// The reference sizes of the passkey fixture (`smollm2/focus_passkey.json`).
+fn passkey_config() -> FocusConfig {
+    FocusConfig::default()
+        .with_local_window(2048)
+        .with_chunk_size(2048)
+        .with_plain_threshold(Some(4096))
+}
+
+/// The greedy token of each step's logits.
+fn argmaxes(steps: &[Vec<f32>]) -> Vec<u32> {
+    steps
+        .iter()
+        .map(|l| focusllm::core::argmax(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn plain_forward_matches_transformers() {
     let Some(loaded) = smollm2() else { return };
@@ -63,10 +79,7 @@ fn plain_forward_matches_transformers() {
         let steps = greedy(loaded, FocusConfig::default(), &input, 12);
         let diff = max_abs_diff(&steps[0], &floats(&case["last_logits_full"]));
         assert!(diff < TOL, "{}: last logits max diff {diff}", case["text"]);
-        let tokens: Vec<u32> = steps
-            .iter()
-            .map(|l| focusllm::core::argmax(l).unwrap())
-            .collect();
+        let tokens = argmaxes(&steps);
         assert_eq!(tokens, ids(&case["greedy_12"]), "{}", case["text"]);
     }
 }
@@ -76,10 +89,7 @@ fn focus_passkey_matches_official() {
     let Some(loaded) = smollm2() else { return };
     let fixture = json(&fixtures().join("smollm2/focus_passkey.json"));
     let input = ids(&fixture["input_ids"]);
-    let config = FocusConfig::default()
-        .with_local_window(2048)
-        .with_chunk_size(2048)
-        .with_plain_threshold(Some(4096));
+    let config = passkey_config();
     let engine = engine(&loaded.model, config.clone());
     assert_eq!(
         engine.plan(&input).unwrap().unwrap().chunks.len() as u64,
@@ -100,10 +110,7 @@ fn focus_passkey_matches_official() {
             assert!(d < TOL, "step {k}: token {id} logit diff {d}");
         }
     }
-    let tokens: Vec<u32> = steps
-        .iter()
-        .map(|l| focusllm::core::argmax(l).unwrap())
-        .collect();
+    let tokens = argmaxes(&steps);
     assert_eq!(tokens, ids(&fixture["greedy_tokens"]));
     let text = loaded.tokenizer.as_ref().unwrap().decode(&tokens).unwrap();
     assert_eq!(text, fixture["greedy_text"].as_str().unwrap());
@@ -300,20 +307,15 @@ fn quantized_weights_give_the_f32_models_numbers() {
     let input = ids(&case["ids"]);
     let got = greedy(&half, FocusConfig::default(), &input, 3);
     let want = greedy(dense, FocusConfig::default(), &input, 3);
-    let argmax = |steps: &[Vec<f32>]| -> Vec<u32> {
-        steps
-            .iter()
-            .map(|l| focusllm::core::argmax(l).unwrap())
-            .collect()
-    };
-    assert_eq!(argmax(&got), argmax(&want), "f16 with quantized weights");
+    assert_eq!(
+        argmaxes(&got),
+        argmaxes(&want),
+        "f16 with quantized weights"
+    );
 
     let fixture = json(&fixtures().join("smollm2/focus_passkey.json"));
     let input = ids(&fixture["input_ids"]);
-    let config = FocusConfig::default()
-        .with_local_window(2048)
-        .with_chunk_size(2048)
-        .with_plain_threshold(Some(4096));
+    let config = passkey_config();
     let got = greedy(&quantized, config.clone(), &input, 2);
     let want = greedy(dense, config, &input, 2);
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -261,6 +261,22 @@ impl<'a, B: Backend> Weights<'a, B> {
         ))
     }
 
+    /// Bias `name.bias` `[out_features]` when `present`.
+    fn bias(
+        &self,
+        name: &str,
+        out_features: usize,
+        present: bool,
+    ) -> Result<Option<Param<Tensor<B, 1>>>, ModelError> {
+        present
+            .then(|| {
+                Ok(Param::from_tensor(
+                    self.vector(&format!("{name}.bias"), out_features)?,
+                ))
+            })
+            .transpose()
+    }
+
     /// Linear layer `name` (`name.weight` `[out, in]` as in HF, and `name.bias` `[out]` when
     /// `bias`), as burn's `Linear` (weight `[in, out]`).
     pub fn linear(
@@ -271,17 +287,35 @@ impl<'a, B: Backend> Weights<'a, B> {
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
         let weight = self.transposed(&format!("{name}.weight"), out_features, in_features)?;
-        let bias = if bias {
-            Some(Param::from_tensor(
-                self.vector(&format!("{name}.bias"), out_features)?,
-            ))
-        } else {
-            None
-        };
+        let bias = self.bias(name, out_features, bias)?;
         Ok(Linear {
             weight: Param::from_tensor(weight),
             bias,
         })
+    }
+
+    /// Matrix `full_name` (already prefixed) in its quantized blocks, checked to be `[rows,
+    /// cols]`, when these weights keep quantized matrices and the file stores it quantized.
+    fn kept_quantized(
+        &self,
+        full_name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantizedMatrix>, ModelError> {
+        if !self.keep_quantized {
+            return Ok(None);
+        }
+        let Some(matrix) = self.source.load_quantized(full_name)? else {
+            return Ok(None);
+        };
+        if [matrix.rows(), matrix.cols()] != [rows, cols] {
+            return Err(ModelError::ShapeMismatch {
+                tensor: full_name.into(),
+                expected: vec![rows, cols],
+                found: vec![matrix.rows(), matrix.cols()],
+            });
+        }
+        Ok(Some(matrix))
     }
 
     /// Token table `name` `[vocab, hidden]`: its quantized blocks as stored when these weights
@@ -292,18 +326,8 @@ impl<'a, B: Backend> Weights<'a, B> {
         vocab: usize,
         hidden: usize,
     ) -> Result<TokenTable<B>, ModelError> {
-        if self.keep_quantized {
-            let full = self.name(name);
-            if let Some(table) = self.source.load_quantized(&full)? {
-                if [table.rows(), table.cols()] != [vocab, hidden] {
-                    return Err(ModelError::ShapeMismatch {
-                        tensor: full,
-                        expected: vec![vocab, hidden],
-                        found: vec![table.rows(), table.cols()],
-                    });
-                }
-                return Ok(TokenTable::quantized(table));
-            }
+        if let Some(table) = self.kept_quantized(&self.name(name), vocab, hidden)? {
+            return Ok(TokenTable::quantized(table));
         }
         Ok(TokenTable::Dense(Param::from_tensor(
             self.matrix(name, vocab, hidden)?,
@@ -320,25 +344,10 @@ impl<'a, B: Backend> Weights<'a, B> {
         in_features: usize,
         bias: bool,
     ) -> Result<Projection<B>, ModelError> {
-        if self.keep_quantized {
-            let weight_name = self.name(&format!("{name}.weight"));
-            if let Some(weight) = self.source.load_quantized(&weight_name)? {
-                if [weight.rows(), weight.cols()] != [out_features, in_features] {
-                    return Err(ModelError::ShapeMismatch {
-                        tensor: weight_name,
-                        expected: vec![out_features, in_features],
-                        found: vec![weight.rows(), weight.cols()],
-                    });
-                }
-                let bias = if bias {
-                    Some(Param::from_tensor(
-                        self.vector(&format!("{name}.bias"), out_features)?,
-                    ))
-                } else {
-                    None
-                };
-                return Ok(Projection::Quantized(QuantizedLinear { weight, bias }));
-            }
+        let weight_name = self.name(&format!("{name}.weight"));
+        if let Some(weight) = self.kept_quantized(&weight_name, out_features, in_features)? {
+            let bias = self.bias(name, out_features, bias)?;
+            return Ok(Projection::Quantized(QuantizedLinear { weight, bias }));
         }
         Ok(Projection::Dense(self.linear(
             name,

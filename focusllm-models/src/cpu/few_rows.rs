@@ -68,12 +68,15 @@ pub(super) unsafe fn weighted_sum(
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use avx2::lane_sum;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// The sum of a vector's eight lanes.
+    /// The sum of a vector's eight lanes (the quantized products' kernels share it).
     #[target_feature(enable = "avx2,fma")]
-    fn lane_sum(x: __m256) -> f32 {
+    pub(in crate::cpu) fn lane_sum(x: __m256) -> f32 {
         let half = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
         let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
         _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))

@@ -192,6 +192,7 @@ fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::few_rows::lane_sum;
     use super::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, QuantizedMatrix};
 
     /// Whether this CPU and type take the register-decoding path.
@@ -299,14 +300,6 @@ mod avx2 {
         }
     }
 
-    /// The sum of a vector's eight lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn lane_sum(x: __m256) -> f32 {
-        let half = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
-    }
-
     /// [`super::dots`] in registers.
     ///
     /// # Safety
@@ -347,6 +340,7 @@ mod avx2 {
         let blocks = k / 32;
         let rows = out.len() / m;
         assert!(x.len() >= m * k && k.is_multiple_of(32));
+        let shape = (k, blocks, w.row_bytes() / blocks.max(1));
         // Σ x_i over each block of each row (for the offsets).
         let sums: Vec<f32> = x[..m * k]
             .chunks_exact(32)
@@ -367,12 +361,12 @@ mod avx2 {
             // activation row `k` floats and `blocks` sums.
             unsafe {
                 while r + 3 <= m {
-                    group::<T, 3>((x, &sums), (k, blocks), r, data, &mut out[r..]);
+                    group::<T, 3>((x, &sums), shape, r, data, &mut out[r..]);
                     r += 3;
                 }
                 match m - r {
-                    2 => group::<T, 2>((x, &sums), (k, blocks), r, data, &mut out[r..]),
-                    1 => group::<T, 1>((x, &sums), (k, blocks), r, data, &mut out[r..]),
+                    2 => group::<T, 2>((x, &sums), shape, r, data, &mut out[r..]),
+                    1 => group::<T, 1>((x, &sums), shape, r, data, &mut out[r..]),
                     _ => {}
                 }
             }
@@ -383,16 +377,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn group<const T: u32, const R: usize>(
         (x, sums): (&[f32], &[f32]),
-        (k, blocks): (usize, usize),
+        (k, blocks, block_bytes): (usize, usize, usize),
         r0: usize,
         data: *const u8,
         out: &mut [f32],
     ) {
-        let block_bytes = match T {
-            GGML_TYPE_Q4_0 => 18,
-            GGML_TYPE_Q4_1 => 20,
-            _ => 34,
-        };
         let mut scaled = [_mm256_setzero_ps(); R];
         let mut offsets = [0.0f32; R];
         for b in 0..blocks {

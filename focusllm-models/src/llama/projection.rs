@@ -51,14 +51,7 @@ impl<B: Backend> Projection<B> {
     pub fn dense_weight(&self, device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(l) => l.weight.val(),
-            Self::Quantized(q) => {
-                let [rows, cols] = [q.weight.rows(), q.weight.cols()];
-                let rows_major = Tensor::<B, 2>::from_data(
-                    TensorData::new(q.weight.to_f32(), [rows, cols]),
-                    device,
-                );
-                rows_major.transpose()
-            }
+            Self::Quantized(q) => decoded(&q.weight, device).transpose(),
         }
     }
 
@@ -107,8 +100,11 @@ fn quantized_product_f32<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Te
     }
     // The loader keeps weights quantized on flex only; a model built by hand elsewhere still gets
     // the right numbers, from the decoded weight.
-    let device = x.device();
-    let dense =
-        Tensor::<B, 2>::from_data(TensorData::new(w.to_f32(), [w.rows(), w.cols()]), &device);
+    let dense = decoded::<B>(w, &x.device());
     x.matmul(dense.transpose())
+}
+
+/// `w` decoded, `[rows, cols]` as stored, on `device`.
+fn decoded<B: Backend>(w: &QuantizedMatrix, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(w.to_f32(), [w.rows(), w.cols()]), device)
 }
