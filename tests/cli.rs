@@ -292,8 +292,38 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
         number("prefill_gflops");
         number("step_gflops");
         assert!(number("peak_rss_mb") > 100.0, "{row}");
+        // `--weights auto` (the default) keeps the GGUF's blocks on the CPU: SmolLM2's weights
+        // take 92 MiB so, 513 MiB decoded to f32.
+        assert_eq!(row["weights"], "quantized", "{row}");
+        assert!(number("weights_mb") < 120.0, "{row}");
     }
     // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
     assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");
     assert_eq!(rows[1]["chunk_cache_mb"].as_f64(), Some(0.0), "{json}");
+}
+
+/// The adapter compiled into the program is the committed file, written once under the given
+/// directory and rewritten when the copy there is damaged (an installed `focusllm` without its
+/// checkout reads it from the cache directory).
+#[test]
+fn the_compiled_in_adapter_is_written_once_and_repaired() {
+    use common::fetch::{BUNDLED_ADAPTER, bundled_adapter_in, sha256_file};
+    let dir = scratch("bundled-adapter");
+    let committed =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER)).unwrap();
+    let path = bundled_adapter_in(&dir).unwrap();
+    assert_eq!(path, dir.join(BUNDLED_ADAPTER));
+    assert_eq!(std::fs::read(&path).unwrap(), committed);
+    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let sha = sha256_file(&path).unwrap();
+    assert_eq!(bundled_adapter_in(&dir).unwrap(), path);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        written,
+        "an intact copy is not written again"
+    );
+    std::fs::write(&path, b"damaged").unwrap();
+    bundled_adapter_in(&dir).unwrap();
+    assert_eq!(sha256_file(&path).unwrap(), sha);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -416,6 +416,28 @@ fn keep_quantized_loads_plain_floats_dense_and_refuses_half_precision() {
         text.contains("keep_quantized") && text.contains("F16"),
         "{text}"
     );
+    // `keep_quantized_where_supported` (`--weights auto`) sets it only where it loads: flex with
+    // f32 compute, not half precision or the autodiff backend that training uses.
+    let auto = |dtype| focusllm::models::LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    assert!(
+        auto(burn::tensor::DType::F32)
+            .keep_quantized_where_supported::<B>()
+            .keep_quantized
+    );
+    assert!(
+        !auto(burn::tensor::DType::F16)
+            .keep_quantized_where_supported::<B>()
+            .keep_quantized
+    );
+    #[cfg(feature = "train")]
+    assert!(
+        !auto(burn::tensor::DType::F32)
+            .keep_quantized_where_supported::<burn::backend::Autodiff<B>>()
+            .keep_quantized
+    );
 }
 
 #[test]

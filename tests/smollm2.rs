@@ -163,7 +163,7 @@ fn key_nll(
 #[test]
 fn bundled_adapter_reads_passkeys_better_than_untrained_candidates() {
     let Some(loaded) = smollm2() else { return };
-    let path = fetch::bundled_adapter();
+    let path = fetch::bundled_adapter().expect("the bundled adapter");
     let (adapter, info) = CandidateAdapter::<B>::load(&path, &loaded.model)
         .unwrap_or_else(|e| panic!("bundled adapter {}: {e}", path.display()));
     assert_eq!(adapter.kind(), AdapterKind::LowRank { rank: 8 });

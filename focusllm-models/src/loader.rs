@@ -59,6 +59,30 @@ pub struct LoadOptions {
     pub keep_quantized: bool,
 }
 
+impl LoadOptions {
+    /// These options with [`keep_quantized`](Self::keep_quantized) set where backend `B` and the
+    /// compute dtype can multiply quantized weights (flex with `F32`: less memory and faster
+    /// decoding steps, the same numbers up to rounding), and cleared elsewhere (GPU backends,
+    /// autodiff, half precision), so that the same code loads a model on any backend.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::tensor::DType;
+    /// use focusllm_models::LoadOptions;
+    ///
+    /// // With the crate's `cpu` feature (on by default).
+    /// assert!(LoadOptions::default().keep_quantized_where_supported::<Flex>().keep_quantized);
+    /// let half = LoadOptions { dtype: DType::F16, ..Default::default() };
+    /// assert!(!half.keep_quantized_where_supported::<Flex>().keep_quantized);
+    /// ```
+    pub fn keep_quantized_where_supported<B: Backend>(self) -> Self {
+        Self {
+            keep_quantized: crate::llama::check_keeps_quantized::<B>(self.dtype).is_ok(),
+            ..self
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {

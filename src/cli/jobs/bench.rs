@@ -64,7 +64,7 @@ pub struct Args {
 pub struct Row {
     method: String,
     kernels: String,
-    /// `f32` or `quantized` (`--weights`), and the bytes the model's weights take in MiB.
+    /// `quantized` or `f32` (`--weights`), and the bytes the model's weights take in MiB.
     weights: String,
     weights_mb: f64,
     tokens: usize,
@@ -560,7 +560,7 @@ pub fn run(args: Args) -> Result<(), AppError> {
     Ok(())
 }
 
-/// `quantized` when the model keeps quantized matrices (`--weights quantized`), else `f32` (or
+/// `quantized` when the model keeps quantized matrices (`--weights auto|quantized`), else `f32` (or
 /// the compute dtype).
 fn weights_kind<B: Backend>(model: &focusllm::models::LlamaModel<B>) -> String {
     if model.quantized_bytes() > 0 {
