@@ -59,9 +59,7 @@ fn cuda_backend_missing_or_unavailable_is_a_clear_error() {
     }
 }
 
-/// Prefill, greedy steps and perplexity of official model `name` on backend `B` against the
-/// reference fixtures: tokens identical, logits within `tol.logits`, the loss within `tol.loss`
-/// relative. The largest differences are printed.
+/// How far a backend's numbers may be from the reference's.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 #[derive(Clone, Copy)]
 struct Tolerance {
@@ -78,6 +76,9 @@ const F32_TOLERANCE: Tolerance = Tolerance {
     loss: 1e-4,
 };
 
+/// Prefill, greedy steps and perplexity of official model `name` on backend `B` against the
+/// reference fixtures: tokens identical, logits within `tol.logits`, the loss within `tol.loss`
+/// relative. The largest differences are printed.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn parity<B: burn::tensor::backend::Backend>(name: &str, device: &B::Device, tol: Tolerance) {
     use focusllm::core::{FocusEngine, GenerateOptions};
@@ -219,7 +220,8 @@ mod cuda {
 
     /// One 512 x 512 x 512 f32 matmul on the GPU against f64 sums on the host: the relative error
     /// (of the largest entry) says which precision the backend multiplies in; it must stay within
-    /// TF32's (2^-10 per operand), and is printed.
+    /// TF32's (10 mantissa bits: 2^-11 per operand, 2.6e-4 measured on an H200) and below
+    /// bf16's (about 2e-3), and is printed.
     #[test]
     fn f32_matmul_precision_on_cuda() {
         use burn::tensor::{Distribution, Tensor};
@@ -244,6 +246,6 @@ mod cuda {
         eprintln!(
             "f32 matmul on cuda: max error {err:.2e}, relative to the largest entry {relative:.2e}"
         );
-        assert!(relative < 2e-3, "relative error {relative:.2e}");
+        assert!(relative < 1e-3, "relative error {relative:.2e}");
     }
 }

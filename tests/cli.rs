@@ -300,6 +300,22 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
     // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
     assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");
     assert_eq!(rows[1]["chunk_cache_mb"].as_f64(), Some(0.0), "{json}");
+
+    // `--weights f32` decodes the blocks at load, and so does `auto` with `--kernels burn`.
+    for extra in [["--weights", "f32"], ["--kernels", "burn"]] {
+        let mut f32_args = args.to_vec();
+        f32_args.extend(["--methods", "plain"]);
+        f32_args.extend(extra);
+        let output = focusllm(&f32_args, &[]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let row = &json["rows"][0];
+        assert_eq!(row["weights"], "f32", "{extra:?}: {row}");
+        assert!(
+            row["weights_mb"].as_f64().unwrap() > 400.0,
+            "{extra:?}: {row}"
+        );
+    }
 }
 
 /// The adapter compiled into the program is the committed file, written once under the given
@@ -314,16 +330,23 @@ fn the_compiled_in_adapter_is_written_once_and_repaired() {
     let path = bundled_adapter_in(&dir).unwrap();
     assert_eq!(path, dir.join(BUNDLED_ADAPTER));
     assert_eq!(std::fs::read(&path).unwrap(), committed);
-    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+    // A copy written again would be a new file (renamed over the old one): a new inode.
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&path).unwrap().ino();
     let sha = sha256_file(&path).unwrap();
     assert_eq!(bundled_adapter_in(&dir).unwrap(), path);
     assert_eq!(
-        std::fs::metadata(&path).unwrap().modified().unwrap(),
-        written,
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
         "an intact copy is not written again"
     );
     std::fs::write(&path, b"damaged").unwrap();
     bundled_adapter_in(&dir).unwrap();
     assert_eq!(sha256_file(&path).unwrap(), sha);
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "nothing but the adapter is left: {names:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -70,8 +70,9 @@ impl LoadOptions {
     /// use burn::tensor::DType;
     /// use focusllm_models::LoadOptions;
     ///
-    /// // With the crate's `cpu` feature (on by default).
-    /// assert!(LoadOptions::default().keep_quantized_where_supported::<Flex>().keep_quantized);
+    /// // The kernels come with the crate's `cpu` feature (on by default).
+    /// let f32 = LoadOptions::default().keep_quantized_where_supported::<Flex>();
+    /// assert_eq!(f32.keep_quantized, cfg!(feature = "cpu"));
     /// let half = LoadOptions { dtype: DType::F16, ..Default::default() };
     /// assert!(!half.keep_quantized_where_supported::<Flex>().keep_quantized);
     /// ```

@@ -177,14 +177,15 @@ pub struct EngineArgs {
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "i8"])]
     pub cache_dtype: String,
     /// Attention and RoPE kernels: `fused` (CPU kernels on the cpu backend with f32 compute,
-    /// burn's operations elsewhere) or `burn` (burn's operations everywhere).
+    /// burn's operations elsewhere) or `burn` (burn's operations everywhere, but for the products
+    /// of weights kept quantized by `--weights quantized`).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
     /// A GGUF's quantized matrices (projections, token table, LM head): `quantized` (kept in
     /// their blocks as stored and multiplied directly: a quarter to a seventh of the memory,
     /// faster decoding steps, the f32 model's numbers up to rounding; cpu backend with f32
     /// compute only), `f32` (decoded at load), or `auto`: quantized where that is supported,
-    /// f32 elsewhere (GPU backends, f16/bf16 compute).
+    /// f32 elsewhere (GPU backends, f16/bf16 compute, `--kernels burn`).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "quantized"])]
     pub weights: String,
     /// Tokens per forward of a long prefill (the main decoder's and each chunk batch's): larger
@@ -246,7 +247,12 @@ impl EngineArgs {
         let path = match &self.adapter {
             Some(p) => p.clone(),
             None if bundled_default && !self.untrained && is_default_model(&loaded.path) => {
-                super::fetch::bundled_adapter()?
+                super::fetch::bundled_adapter().map_err(|e| {
+                    format!(
+                        "the bundled adapter: {e} (set FOCUSLLM_HOME to a writable directory, or \
+                         pass --adapter PATH or --untrained)"
+                    )
+                })?
             }
             None => return Ok(None),
         };
@@ -287,8 +293,10 @@ impl EngineArgs {
             dtype: parse_dtype(&self.dtype).unwrap_or(burn::tensor::DType::F32),
             keep_quantized: self.weights == "quantized",
         };
+        // `auto` keeps blocks only with the fused kernels: `--kernels burn` promises burn's
+        // operations everywhere, and quantized products run CPU kernels of our own.
         let options = match self.weights.as_str() {
-            "auto" => options.keep_quantized_where_supported::<B>(),
+            "auto" if self.kernels == "fused" => options.keep_quantized_where_supported::<B>(),
             _ => options,
         };
         let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;

