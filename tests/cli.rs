@@ -348,5 +348,27 @@ fn the_compiled_in_adapter_is_written_once_and_repaired() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1, "nothing but the adapter is left: {names:?}");
+
+    // The checkout's file is used while it is the compiled-in one; a checkout without it, or
+    // with another file there, gives the cache's copy.
+    use common::fetch::bundled_adapter_from;
+    let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cache = dir.join("cache");
+    assert_eq!(
+        bundled_adapter_from(&checkout, &cache).unwrap(),
+        checkout.join(BUNDLED_ADAPTER)
+    );
+    let other = dir.join("other-checkout");
+    assert_eq!(
+        bundled_adapter_from(&other, &cache).unwrap(),
+        cache.join(BUNDLED_ADAPTER)
+    );
+    std::fs::create_dir_all(other.join("adapters")).unwrap();
+    std::fs::write(other.join(BUNDLED_ADAPTER), b"another adapter").unwrap();
+    assert_eq!(
+        bundled_adapter_from(&other, &cache).unwrap(),
+        cache.join(BUNDLED_ADAPTER)
+    );
+    assert_eq!(sha256_file(&cache.join(BUNDLED_ADAPTER)).unwrap(), sha);
     std::fs::remove_dir_all(&dir).ok();
 }

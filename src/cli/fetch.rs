@@ -45,12 +45,17 @@ const BUNDLED_ADAPTER_BYTES: &[u8] = include_bytes!(concat!(
 /// another), else the compiled-in copy, written once to the cache directory (`adapters/` under
 /// [`cache_dir`]) and checked by its sha256.
 pub fn bundled_adapter() -> Result<PathBuf, FetchError> {
-    let in_checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_ADAPTER);
+    bundled_adapter_from(Path::new(env!("CARGO_MANIFEST_DIR")), &cache_dir())
+}
+
+/// [`bundled_adapter`] with the checkout and the cache directory given.
+pub fn bundled_adapter_from(checkout: &Path, cache: &Path) -> Result<PathBuf, FetchError> {
+    let in_checkout = checkout.join(BUNDLED_ADAPTER);
     let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
     if sha256_file(&in_checkout).is_ok_and(|sha| sha == want) {
         return Ok(in_checkout);
     }
-    bundled_adapter_in(&cache_dir())
+    bundled_adapter_in(cache)
 }
 
 /// The compiled-in bundled adapter as a file under `dir` (written when absent or different).
