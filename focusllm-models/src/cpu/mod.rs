@@ -181,6 +181,18 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
 }
 
+/// `work()` on a thread of rayon's pool (at once when called from one). The kernels split each
+/// product and attention across the pool: called from outside it, every split hands its tasks
+/// to the pool and puts the caller to sleep until they are done, hundreds of times in a decoding
+/// step; from inside, the caller works on its own tasks and the splits cost a queue operation.
+pub(crate) fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return work();
+    }
+    // `scope` runs its closure on a thread of the global pool.
+    rayon::scope(|_| work())
+}
+
 /// `t` `[b, h, len, d]` copied into the first `len` rows of a new contiguous `[b, h, capacity,
 /// d]` tensor (the rest zero), row by row on rayon (`B` must be [`Flex`]). flex's `cat` and
 /// `slice_assign` walk a strided input element by element on one thread.
@@ -245,4 +257,27 @@ pub(crate) fn storage_address<B: Backend, const D: usize>(t: &Tensor<B, D>) -> u
 #[cfg(test)]
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_pool;
+
+    #[test]
+    fn work_runs_on_the_pool_and_stays_on_its_thread_there() {
+        // From outside the pool, on one of its threads.
+        assert!(rayon::current_thread_index().is_none());
+        let index = on_pool(rayon::current_thread_index);
+        assert!(index.is_some());
+        // From a thread of the pool, on that same thread.
+        let (outer, inner) = rayon::scope(|_| {
+            (
+                rayon::current_thread_index(),
+                on_pool(rayon::current_thread_index),
+            )
+        });
+        assert_eq!(inner, outer);
+        // Its result comes back.
+        assert_eq!(on_pool(|| (1..=10).sum::<i32>()), 55);
+    }
 }

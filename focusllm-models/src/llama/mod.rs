@@ -498,7 +498,16 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
-    pub fn forward(&self, mut input: ForwardInput<'_, B>) -> ForwardOutput<B> {
+    pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
+        #[cfg(feature = "cpu")]
+        if crate::cpu::is_flex::<B>() {
+            return crate::cpu::on_pool(|| self.forward_here(input));
+        }
+        self.forward_here(input)
+    }
+
+    /// [`LlamaModel::forward`] on the calling thread.
+    fn forward_here(&self, mut input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         let device = self.device();
         // Without logits or focus nothing reads the last layer's output, only its keys and values
         // (a chunk pass, a prefill block before the last): its queries, attention, output
