@@ -9,7 +9,8 @@ Prints one JSON line per length: prefill s, prompt tokens/s, step s, generated t
 Needs torch, transformers (with GGUF support) and gguf, e.g. in a venv outside the repository:
 
     python3 -m venv ~/venv-torch
-    ~/venv-torch/bin/pip install torch==2.2.2 transformers==4.46.3 gguf==0.10.0 "numpy<2"
+    ~/venv-torch/bin/pip install torch==2.2.2 transformers==4.46.3 gguf==0.10.0 "numpy<2" \
+        sentencepiece protobuf accelerate==1.1.1
     ~/venv-torch/bin/python scripts/torch-baseline.py --lengths 8192 --steps 12
 
 The input is filler prose tokenized to exactly N tokens (timing does not depend on the words:
