@@ -498,6 +498,10 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Runs the decoder over `input.ids` and returns the new keys/values (and logits if asked).
+    ///
+    /// On the flex (CPU) backend the forward runs on a thread of rayon's global pool, the caller
+    /// waiting (at once on the caller's thread when that is a thread of a rayon pool): its kernels
+    /// split their work across that pool, and splits from inside it cost far less.
     pub fn forward(&self, input: ForwardInput<'_, B>) -> ForwardOutput<B> {
         #[cfg(feature = "cpu")]
         if crate::cpu::is_flex::<B>() {
