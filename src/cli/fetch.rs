@@ -8,6 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -51,19 +52,23 @@ pub fn bundled_adapter() -> Result<PathBuf, FetchError> {
 /// [`bundled_adapter`] with the checkout and the cache directory given.
 pub fn bundled_adapter_from(checkout: &Path, cache: &Path) -> Result<PathBuf, FetchError> {
     let in_checkout = checkout.join(BUNDLED_ADAPTER);
-    let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
-    if sha256_file(&in_checkout).is_ok_and(|sha| sha == want) {
+    if sha256_file(&in_checkout).is_ok_and(|sha| sha == bundled_adapter_sha256()) {
         return Ok(in_checkout);
     }
     bundled_adapter_in(cache)
+}
+
+/// sha256 of the compiled-in adapter, hashed once per process.
+fn bundled_adapter_sha256() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES)))
 }
 
 /// The compiled-in bundled adapter as a file under `dir` (written when absent or different).
 pub fn bundled_adapter_in(dir: &Path) -> Result<PathBuf, FetchError> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(BUNDLED_ADAPTER);
-    let want = hex(&Sha256::digest(BUNDLED_ADAPTER_BYTES));
-    if path.exists() && sha256_file(&path)? == want {
+    if path.exists() && sha256_file(&path)? == bundled_adapter_sha256() {
         return Ok(path);
     }
     let parent = path.parent().expect("BUNDLED_ADAPTER has a directory");
