@@ -6,7 +6,8 @@
 //! - `linear`: one projection (576 → 1536, the MLP's up projection) over the rows of a decoding
 //!   step: one generated token, or the two rows of each of 4 chunks in an exact step; and the
 //!   same weight in `Q8_0` and `Q4_1` blocks (`--weights quantized`), also over a prefill block
-//!   of 512 rows;
+//!   of 512 rows and a chunk batch's 2048, where f32 and bf16 products (`--matmul bf16`) are
+//!   compared;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer.
 //!
@@ -22,7 +23,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use focusllm::backends::Cpu;
 use focusllm::core::LayerKv;
 use focusllm::models::gguf::dequant::{GGML_TYPE_Q4_1, GGML_TYPE_Q8_0};
-use focusllm::models::kernels::{Kernels, causal_attention, linear, projection};
+use focusllm::models::kernels::{
+    Kernels, MatmulPrecision, causal_attention, linear, projection, projection_in,
+};
 use focusllm::models::llama::{
     Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past, Projection,
     QuantizedLinear,
@@ -96,6 +99,28 @@ fn linear_benches(c: &mut Criterion) {
             group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
                 b.iter(|| black_box(projection(Kernels::Fused, x.clone(), weight)))
             });
+        }
+    }
+    // Many rows in f32 and in bf16, dense and quantized.
+    let dense = Projection::from(layer.clone());
+    for rows in [512, 2048] {
+        let x = Tensor::<Cpu, 3>::random([1, rows, HIDDEN], Distribution::Default, &device);
+        let weights = [(&dense, "f32 weight")].into_iter();
+        let weights = weights.chain(quantized.iter().map(|(w, name)| (w, *name)));
+        for (weight, name) in weights {
+            for (precision, products) in [
+                (MatmulPrecision::F32, "f32"),
+                (MatmulPrecision::Bf16, "bf16"),
+            ] {
+                group.bench_function(
+                    format!("{rows} rows {HIDDEN}x{MLP}/{name}, {products} products"),
+                    |b| {
+                        b.iter(|| {
+                            black_box(projection_in(Kernels::Fused, precision, x.clone(), weight))
+                        })
+                    },
+                );
+            }
         }
     }
     group.finish();

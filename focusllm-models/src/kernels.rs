@@ -19,6 +19,41 @@ pub enum Kernels {
     Burn,
 }
 
+/// The precision of a model's matrix products (see [`crate::LlamaModel::set_matmul_precision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// f32 operands and f32 sums everywhere. The default.
+    #[default]
+    F32,
+    /// The decoder layers' projections of more than a few rows (prefills, an exact step's chunk
+    /// batches) round both operands to bf16 and sum in f32, where the fused CPU kernels apply;
+    /// a decoding step's few rows, attention and the LM head stay f32. CPUs with AVX-512 BF16
+    /// multiply such operands at twice f32's rate (`vdpbf16ps`); others get the same rounding
+    /// at f32 speed. The rounding costs accuracy (a bf16 value keeps 8 bits of mantissa against
+    /// f32's 24): BENCHMARKS.md measures what it changes.
+    Bf16,
+}
+
+/// How a forward's projections multiply: with the fused CPU kernels or burn's operations, and
+/// with bf16 operands for many rows or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Products {
+    /// The fused CPU kernels apply (see [`fused`]).
+    pub(crate) fused: bool,
+    /// Many rows multiply with bf16 operands ([`MatmulPrecision::Bf16`] on the fused path).
+    pub(crate) bf16: bool,
+}
+
+impl Products {
+    /// `fused` products in `precision` (bf16 only on the fused path).
+    pub(crate) fn new(fused: bool, precision: MatmulPrecision) -> Self {
+        Self {
+            fused,
+            bf16: fused && precision == MatmulPrecision::Bf16,
+        }
+    }
+}
+
 /// Whether the fused kernels serve tensors of backend `B` in `dtype` under `kernels`.
 pub(crate) fn fused<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
     #[cfg(feature = "cpu")]
@@ -103,8 +138,8 @@ pub fn linear<B: Backend>(
     x: Tensor<B, 3>,
     layer: &burn::nn::Linear<B>,
 ) -> Tensor<B, 3> {
-    let fused = fused::<B>(kernels, x.dtype());
-    crate::llama::ops::linear(x, layer, fused)
+    let products = Products::new(fused::<B>(kernels, x.dtype()), MatmulPrecision::F32);
+    crate::llama::ops::linear(x, layer, products)
 }
 
 /// `projection` applied to `x` `[batch, seq, in]` as a model's forward applies it: a dense one as
@@ -141,6 +176,35 @@ pub fn projection<B: Backend>(
     x: Tensor<B, 3>,
     projection: &crate::llama::Projection<B>,
 ) -> Tensor<B, 3> {
-    let fused = fused::<B>(kernels, x.dtype());
-    projection.forward(x, fused)
+    projection_in(kernels, MatmulPrecision::F32, x, projection)
+}
+
+/// [`projection`] in `precision` (see [`MatmulPrecision`]): exposed so that bf16 products can be
+/// benchmarked and compared with f32 ones on any input.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::{Distribution, Tensor};
+/// use focusllm_models::kernels::{Kernels, MatmulPrecision, projection_in};
+/// use focusllm_models::llama::Projection;
+///
+/// let device = Default::default();
+/// let layer = Projection::from(LinearConfig::new(64, 300).init::<Flex>(&device));
+/// // 40 rows: more than a decoding step's few, so the bf16 products apply.
+/// let x = Tensor::<Flex, 3>::random([1, 40, 64], Distribution::Default, &device);
+/// let f32 = projection_in(Kernels::Fused, MatmulPrecision::F32, x.clone(), &layer);
+/// let bf16 = projection_in(Kernels::Fused, MatmulPrecision::Bf16, x, &layer);
+/// let scale = f32.clone().abs().max().into_scalar();
+/// let diff = (f32 - bf16).abs().max().into_scalar();
+/// assert!(diff > 0.0 && diff < 2e-2 * scale);
+/// ```
+pub fn projection_in<B: Backend>(
+    kernels: Kernels,
+    precision: MatmulPrecision,
+    x: Tensor<B, 3>,
+    projection: &crate::llama::Projection<B>,
+) -> Tensor<B, 3> {
+    let products = Products::new(fused::<B>(kernels, x.dtype()), precision);
+    projection.forward(x, products)
 }

@@ -35,7 +35,7 @@ pub use focus::{LlamaChunks, LlamaKvCache};
 pub use gguf::GgufWeights;
 #[cfg(feature = "hub")]
 pub use hub::{HubOptions, ModelId, ModelSource};
-pub use kernels::Kernels;
+pub use kernels::{Kernels, MatmulPrecision};
 pub use llama::{CandidateSource, DEFAULT_PREFILL_BLOCK, LlamaModel};
 pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,

@@ -214,7 +214,9 @@ mod tests {
         for rows in [1, 5, 40] {
             let x = Tensor::<B, 3>::random([1, rows, 200], Distribution::Normal(0.0, 1.0), &device);
             let want = layer.forward(x.clone());
-            let got = ops::linear(x, &layer, true);
+            let products =
+                crate::kernels::Products::new(true, crate::kernels::MatmulPrecision::F32);
+            let got = ops::linear(x, &layer, products);
             let diff = (got - want).abs().max().into_scalar();
             assert!(diff < 1e-4, "{rows} rows: differs by {diff}");
         }

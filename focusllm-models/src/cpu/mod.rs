@@ -17,6 +17,7 @@
 //! A `TypeId` comparison selects the flex path at no cost and leaves the generic API as it is.
 
 mod attention;
+mod bf16;
 mod cache;
 mod exp;
 mod few_rows;
@@ -153,6 +154,43 @@ pub(crate) fn quantized_matmul<B: Backend>(
     let x = to_flex(x).to_contiguous();
     let m = x.layout().shape()[0];
     let out = quantized::matmul(x.storage::<f32>(), m, w);
+    from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
+        out,
+        [m, w.rows()],
+    )))
+}
+
+/// Whether a product of `rows` rows takes the many-row paths (a prefill's, not a decoding
+/// step's few rows: see [`is_thin`]).
+pub(crate) fn is_many(rows: usize) -> bool {
+    rows > matmul::MAX_THIN
+}
+
+/// `x` `[m, k]` · `w` `[k, n]` with both operands rounded to bf16 and f32 sums (see [`bf16`];
+/// `B` must be [`Flex`] and both f32).
+pub(crate) fn bf16_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [m, k] = x.dims();
+    let n = w.dims()[1];
+    let (x, w) = (to_flex(x).to_contiguous(), to_flex(w).to_contiguous());
+    let weight = w.storage::<f32>();
+    let out = bf16::product(x.storage::<f32>(), m, k, n, |first, cols| {
+        bf16::Packed::from_k_major(&weight[first..], k, cols, n)
+    });
+    from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
+        out,
+        [m, n],
+    )))
+}
+
+/// `x` `[m, k]` times `wᵀ` for a quantized weight `w` `[n, k]`, both rounded to bf16 (see
+/// [`quantized::matmul_bf16`]; `B` must be [`Flex`] and `x` f32).
+pub(crate) fn bf16_quantized_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &crate::quantized::QuantizedMatrix,
+) -> Tensor<B, 2> {
+    let x = to_flex(x).to_contiguous();
+    let m = x.layout().shape()[0];
+    let out = quantized::matmul_bf16(x.storage::<f32>(), m, w);
     from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
         out,
         [m, w.rows()],

@@ -56,6 +56,19 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
     }
 }
 
+/// [`matmul`] with both operands rounded to bf16 (see [`super::bf16`]): the weight decoded a
+/// panel of output rows at a time and rounded.
+///
+/// # Panics
+/// If `x` is not `m` rows of `w.cols()` values.
+pub(crate) fn matmul_bf16(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    assert_eq!(x.len(), m * k, "quantized matmul: x is not [{m}, {k}]");
+    super::bf16::product(x, m, k, n, |first, cols| {
+        super::bf16::Packed::from_n_major(k, cols, |row, out| decode_rows(w, first + row, out))
+    })
+}
+
 /// [`matmul`] for a few rows: output rows in tasks, the weight decoded in registers.
 fn few_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let n = w.rows();
@@ -501,6 +514,51 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bf16_products_equal_the_decoded_matrix_bf16_products_bit_for_bit() {
+        // The decoded weight rounds to the same bf16 words whichever layout it comes from, so
+        // a quantized weight multiplies as its decoded dense copy does; several passes of
+        // packed columns (`PACKED_WORDS`) for a long matrix.
+        for (ty, n, k) in [
+            (GGML_TYPE_Q4_1, 37, 96),
+            (GGML_TYPE_Q8_0, 100, 64),
+            (GGML_TYPE_Q4_K, 9, 256),
+            (GGML_TYPE_Q8_0, 3000, 3 * 1024),
+        ] {
+            let w = random_matrix(ty, n, k, ty + 3);
+            let dense = w.to_f32();
+            let mut dense_kn = vec![0.0f32; k * n];
+            for j in 0..n {
+                for i in 0..k {
+                    dense_kn[i * n + j] = dense[j * k + i];
+                }
+            }
+            let m = MAX_THIN + 7;
+            let x = activations(m, k, 11);
+            let got = matmul_bf16(&x, m, &w);
+            let want = super::super::bf16::product(&x, m, k, n, |first, cols| {
+                super::super::bf16::Packed::from_k_major(&dense_kn[first..], k, cols, n)
+            });
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "type {ty}, {n}x{k}: bf16 products differ"
+            );
+            // And they are the product's value to bf16's rounding.
+            let f32 = matmul(&x, m, &w);
+            let scale = f32.iter().fold(0.0f32, |s, v| s.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&f32)
+                .fold(0.0f32, |s, (a, b)| s.max((a - b).abs()));
+            assert!(
+                diff > 0.0 && diff < 2e-2 * scale,
+                "type {ty}: off by {diff} of {scale}"
+            );
         }
     }
 

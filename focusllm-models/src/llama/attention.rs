@@ -10,6 +10,7 @@ use super::projection::Projection;
 use super::{CacheRead, KvBuffer, PastKv, RopeTables};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::kernels::Products;
 use crate::rope::apply_rope_with;
 use crate::weights::Weights;
 
@@ -108,8 +109,9 @@ impl<B: Backend> Attention<B> {
         let cand = self.candidate.as_ref();
         // RoPE is applied in the projections' own `[b, s, heads, d]` layout (contiguous), then the
         // heads move forward for attention.
-        let fused = plan.fused();
-        let q = project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, fused).reshape([
+        let products = plan.products();
+        let fused = products.fused;
+        let q = project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, products).reshape([
             b,
             s,
             self.heads,
@@ -121,7 +123,7 @@ impl<B: Backend> Attention<B> {
             k_unrotated: k,
             k_rotated,
             v,
-        } = self.new_kv(x, rope, candidates, fused);
+        } = self.new_kv(x, rope, candidates, products);
         let (keys, values) = match past {
             LayerPast::None => (k_rotated.clone(), v.clone()),
             LayerPast::Read(kv, past_rope) => {
@@ -139,7 +141,7 @@ impl<B: Backend> Attention<B> {
             LayerPast::Cache(cache) => {
                 let read = extend_cache(cache, k_rotated.clone(), v.clone(), fused);
                 let (out, focus) = plan.attend_read(q, read);
-                return self.finish(out, (b, s, fused), candidates, k, k_rotated, v, focus);
+                return self.finish(out, (b, s, products), candidates, k, k_rotated, v, focus);
             }
             LayerPast::Batches(batches) => {
                 let mut outputs = Vec::with_capacity(batches.len());
@@ -152,11 +154,11 @@ impl<B: Backend> Attention<B> {
                     start += rows;
                 }
                 let out = Tensor::cat(outputs, 0);
-                return self.finish(out, (b, s, fused), candidates, k, k_rotated, v, None);
+                return self.finish(out, (b, s, products), candidates, k, k_rotated, v, None);
             }
         };
         let (out, focus) = plan.attend(q, keys, values);
-        self.finish(out, (b, s, fused), candidates, k, k_rotated, v, focus)
+        self.finish(out, (b, s, products), candidates, k, k_rotated, v, focus)
     }
 
     /// Only the new positions' keys and values (appended to the caches of `past`, as
@@ -169,9 +171,9 @@ impl<B: Backend> Attention<B> {
         rope: RopeTables<'_, B>,
         past: LayerPast<'_, B>,
         candidates: Candidates,
-        fused: bool,
+        products: Products,
     ) -> super::NewKv<B> {
-        let new = self.new_kv(x, rope, candidates, fused);
+        let new = self.new_kv(x, rope, candidates, products);
         let (k_rotated, v) = (&new.k_rotated, &new.v);
         match past {
             LayerPast::None | LayerPast::Read(..) => {}
@@ -197,7 +199,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         (cos, sin): RopeTables<'_, B>,
         candidates: Candidates,
-        fused: bool,
+        products: Products,
     ) -> super::NewKv<B> {
         let [b, s, _] = x.dims();
         let cand = self.candidate.as_ref();
@@ -207,23 +209,29 @@ impl<B: Backend> Attention<B> {
             &self.k,
             cand.map(|c| &c.k),
             candidates,
-            fused,
+            products,
         ));
-        let v = split(project(x, &self.v, cand.map(|c| &c.v), candidates, fused)).swap_dims(1, 2);
+        let v = split(project(
+            x,
+            &self.v,
+            cand.map(|c| &c.v),
+            candidates,
+            products,
+        ));
         super::NewKv {
-            k_rotated: apply_rope_with(fused, k.clone(), cos, sin).swap_dims(1, 2),
+            k_rotated: apply_rope_with(products.fused, k.clone(), cos, sin).swap_dims(1, 2),
             k_unrotated: k.swap_dims(1, 2),
-            v,
+            v: v.swap_dims(1, 2),
         }
     }
 
-    /// The output projection of attention's `out` `[b, heads, s, d]` (`fused`: see
+    /// The output projection of attention's `out` `[b, heads, s, d]` (`products`: see
     /// [`super::ops::linear`]), and what the layer returns.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         out: Tensor<B, 4>,
-        (b, s, fused): (usize, usize, bool),
+        (b, s, products): (usize, usize, Products),
         candidates: Candidates,
         k_unrotated: Tensor<B, 4>,
         k_rotated: Tensor<B, 4>,
@@ -234,7 +242,7 @@ impl<B: Backend> Attention<B> {
         let out = out
             .swap_dims(1, 2)
             .reshape([b, s, self.heads * self.head_dim]);
-        let out = project(out, &self.o, cand.map(|c| &c.o), candidates, fused);
+        let out = project(out, &self.o, cand.map(|c| &c.o), candidates, products);
         (
             out,
             super::NewKv {

@@ -41,7 +41,11 @@ impl<B: Backend> DecoderLayer<B> {
         let (attn, kv, focus) = self.attn.forward(h, rope, past, plan, candidates);
         let x = x + attn;
         let h = rms_norm(x.clone(), &self.post_attn_norm, eps);
-        (x + self.mlp.forward(h, candidates, plan.fused()), kv, focus)
+        (
+            x + self.mlp.forward(h, candidates, plan.products()),
+            kv,
+            focus,
+        )
     }
 
     /// The new positions' keys and values only (see [`Attention::kv_only`]): the last layer of a
@@ -56,7 +60,8 @@ impl<B: Backend> DecoderLayer<B> {
         eps: f64,
     ) -> NewKv<B> {
         let h = rms_norm(x, &self.input_norm, eps);
-        self.attn.kv_only(h, rope, past, candidates, plan.fused())
+        self.attn
+            .kv_only(h, rope, past, candidates, plan.products())
     }
 
     /// Loads layer `w` (`model.layers.{i}`): `input_layernorm`, `self_attn`,

@@ -50,6 +50,8 @@ pub(crate) struct AttentionPlan<B: Backend> {
     groups: usize,
     /// Measure how much of the last query's attention goes to the first this many keys.
     focus: Option<usize>,
+    /// The projections of many rows multiply with bf16 operands (on the fused path only).
+    bf16_products: bool,
 }
 
 /// Which keys are padding: per batch element, the number of leading padded key positions.
@@ -126,6 +128,7 @@ impl<B: Backend> AttentionPlan<B> {
                 }),
                 groups,
                 focus: None,
+                bf16_products: false,
             };
         }
         let _ = fused;
@@ -183,6 +186,7 @@ impl<B: Backend> AttentionPlan<B> {
             fused: None,
             groups,
             focus: None,
+            bf16_products: false,
         }
     }
 
@@ -201,6 +205,21 @@ impl<B: Backend> AttentionPlan<B> {
         {
             false
         }
+    }
+
+    /// How the forward's projections multiply (see [`crate::kernels::Products`]).
+    pub(crate) fn products(&self) -> crate::kernels::Products {
+        crate::kernels::Products {
+            fused: self.fused(),
+            bf16: self.fused() && self.bf16_products,
+        }
+    }
+
+    /// The same plan, its projections multiplying with bf16 operands where `bf16` (see
+    /// [`crate::kernels::MatmulPrecision::Bf16`]; the fused path only).
+    pub(crate) fn with_bf16_products(mut self, bf16: bool) -> Self {
+        self.bf16_products = bf16;
+        self
     }
 
     /// The same plan, also measuring the share of the last query's attention (mean over heads)

@@ -10,6 +10,7 @@ use super::ops::project;
 use super::projection::Projection;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
+use crate::kernels::Products;
 use crate::weights::Weights;
 
 /// MLP candidate projections (`beacon_up_proj`, `beacon_down_proj`), when "mlp" is a candidate param.
@@ -45,29 +46,29 @@ fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>, fused: bool) -> Tens
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `fused`: the activation runs as one fused CPU pass and a few rows' projections on every core
-    /// (see [`crate::kernels::fused`]).
+    /// With `products.fused` the activation runs as one fused CPU pass (see
+    /// [`crate::kernels::fused`]); `products`: see [`super::ops::linear`].
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
         candidates: Candidates,
-        fused: bool,
+        products: Products,
     ) -> Tensor<B, 3> {
-        let gate = self.gate.forward(x.clone(), fused);
+        let gate = self.gate.forward(x.clone(), products);
         let up = project(
             x,
             &self.up,
             self.candidate.as_ref().map(|c| &c.up),
             candidates,
-            fused,
+            products,
         );
-        let activated = swiglu(gate, up, fused);
+        let activated = swiglu(gate, up, products.fused);
         project(
             activated,
             &self.down,
             self.candidate.as_ref().map(|c| &c.down),
             candidates,
-            fused,
+            products,
         )
     }
 

@@ -31,7 +31,7 @@ pub use work::WorkCounter;
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
-use crate::kernels::{self, Kernels};
+use crate::kernels::{self, Kernels, MatmulPrecision, Products};
 use crate::loader::LoadOptions;
 use crate::rope::{Rope, apply_rope_with};
 use crate::weights::{WeightSource, Weights};
@@ -102,6 +102,8 @@ pub struct LlamaModel<B: Backend> {
     cache_dtype: Option<DType>,
     #[module(skip)]
     kernels: Kernels,
+    #[module(skip)]
+    matmul_precision: MatmulPrecision,
     #[module(skip)]
     work: WorkCounter,
     #[module(skip)]
@@ -331,6 +333,7 @@ impl<B: Backend> LlamaModel<B> {
             candidate_source,
             cache_dtype: None,
             kernels: Kernels::default(),
+            matmul_precision: MatmulPrecision::default(),
             work: WorkCounter::default(),
             prefill_block: DEFAULT_PREFILL_BLOCK,
         }
@@ -364,6 +367,19 @@ impl<B: Backend> LlamaModel<B> {
     /// The attention and RoPE implementation (see [`LlamaModel::set_kernels`]).
     pub fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// Chooses the precision of the decoder layers' projections: [`MatmulPrecision::F32`] (the
+    /// default) or [`MatmulPrecision::Bf16`] (bf16 operands and f32 sums for more than a few rows
+    /// on the fused CPU kernels' path: prefills and exact steps at up to twice the speed on CPUs
+    /// with AVX-512 BF16, with bf16's rounding). The choice is read at every forward.
+    pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
+        self.matmul_precision = precision;
+    }
+
+    /// The precision of the projections (see [`LlamaModel::set_matmul_precision`]).
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul_precision
     }
 
     /// Sets how many positions one forward of a long input takes: a prefill (of the main decoder
@@ -530,6 +546,7 @@ impl<B: Backend> LlamaModel<B> {
             Past::Batches(_) => 0,
             _ => past_len,
         };
+        let bf16 = self.matmul_precision == MatmulPrecision::Bf16;
         let plan = AttentionPlan::new(
             batch,
             seq,
@@ -541,7 +558,8 @@ impl<B: Backend> LlamaModel<B> {
             self.fused(),
             &device,
         )
-        .with_focus(input.focus_keys.min(plan_past));
+        .with_focus(input.focus_keys.min(plan_past))
+        .with_bf16_products(bf16);
         // With batches of their own caches: one plan per batch (its past and padding).
         let batch_plans: Vec<AttentionPlan<B>> = match &input.past {
             Past::Batches(batches) => batches
@@ -567,6 +585,7 @@ impl<B: Backend> LlamaModel<B> {
                         self.fused(),
                         &device,
                     )
+                    .with_bf16_products(bf16)
                 })
                 .collect(),
             _ => {
@@ -624,8 +643,9 @@ impl<B: Backend> LlamaModel<B> {
             let k = input.logits_last.min(s);
             let last = rms_norm(x.narrow(1, s - k, k), &self.norm, eps);
             let fused = kernels::fused::<B>(self.kernels, last.dtype());
+            // The LM head stays f32 (see `MatmulPrecision::Bf16`).
             match &self.lm_head {
-                Some(head) => head.forward(last, fused),
+                Some(head) => head.forward(last, Products::new(fused, MatmulPrecision::F32)),
                 None => self.embed.logits(last, fused),
             }
         });

@@ -7,22 +7,23 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::attention::Candidates;
 use super::projection::Projection;
+use crate::kernels::Products;
 
-/// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones (`fused`:
+/// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones (`products`:
 /// see [`linear`]).
 pub(crate) fn project<B: Backend>(
     x: Tensor<B, 3>,
     ordinary: &Projection<B>,
     candidate: Option<&Linear<B>>,
     candidates: Candidates,
-    fused: bool,
+    products: Products,
 ) -> Tensor<B, 3> {
     let seq = x.dims()[1];
     match (candidate, candidates) {
-        (Some(cand), Candidates::Each) => linear(x, cand, fused),
+        (Some(cand), Candidates::Each) => linear(x, cand, products),
         (Some(cand), Candidates::Last) => {
             if seq == 1 {
-                return linear(x, cand, fused);
+                return linear(x, cand, products);
             }
             // With two rows or more per chunk, no product gets a lone row per chunk: gemm
             // multiplies a lone row in another order (its GEMV) than two or more, and a chunk's
@@ -31,35 +32,52 @@ pub(crate) fn project<B: Backend>(
             // ordinary one over both; the weights are read once either way, so the extra row
             // costs little.
             let head = if seq == 2 {
-                ordinary.forward(x.clone(), fused).narrow(1, 0, 1)
+                ordinary.forward(x.clone(), products).narrow(1, 0, 1)
             } else {
-                ordinary.forward(x.clone().narrow(1, 0, seq - 1), fused)
+                ordinary.forward(x.clone().narrow(1, 0, seq - 1), products)
             };
-            let tail = linear(x.narrow(1, seq - 2, 2), cand, fused).narrow(1, 1, 1);
+            let tail = linear(x.narrow(1, seq - 2, 2), cand, products).narrow(1, 1, 1);
             Tensor::cat(vec![head, tail], 1)
         }
-        _ => ordinary.forward(x, fused),
+        _ => ordinary.forward(x, products),
     }
 }
 
-/// `layer` applied to `x` `[b, s, in]`. With `fused` (see [`crate::kernels::fused`]) a few rows
-/// (a decoding step) are multiplied on every core (see `crate::cpu::thin_matmul`); otherwise, and
-/// for many rows, this is burn's `Linear::forward`.
-pub(crate) fn linear<B: Backend>(x: Tensor<B, 3>, layer: &Linear<B>, fused: bool) -> Tensor<B, 3> {
+/// `layer` applied to `x` `[b, s, in]`. With `products.fused` (see [`crate::kernels::fused`]) a
+/// few rows (a decoding step) are multiplied on every core (see `crate::cpu::thin_matmul`), and
+/// with `products.bf16` more rows with bf16 operands (see `crate::cpu::bf16_matmul`); otherwise
+/// this is burn's `Linear::forward`.
+pub(crate) fn linear<B: Backend>(
+    x: Tensor<B, 3>,
+    layer: &Linear<B>,
+    products: Products,
+) -> Tensor<B, 3> {
     #[cfg(feature = "cpu")]
-    if fused {
+    if products.fused {
         let [b, s, k] = x.dims();
         let n = layer.weight.dims()[1];
-        if crate::cpu::is_thin(b * s, n, x.dtype()) {
-            let y = crate::cpu::thin_matmul(x.reshape([b * s, k]), layer.weight.val())
-                .reshape([b, s, n]);
+        let y = if crate::cpu::is_thin(b * s, n, x.dtype()) {
+            Some(crate::cpu::thin_matmul(
+                x.clone().reshape([b * s, k]),
+                layer.weight.val(),
+            ))
+        } else if products.bf16 && crate::cpu::is_many(b * s) {
+            Some(crate::cpu::bf16_matmul(
+                x.clone().reshape([b * s, k]),
+                layer.weight.val(),
+            ))
+        } else {
+            None
+        };
+        if let Some(y) = y {
+            let y = y.reshape([b, s, n]);
             return match &layer.bias {
                 Some(bias) => y + bias.val().unsqueeze::<3>(),
                 None => y,
             };
         }
     }
-    let _ = fused;
+    let _ = products;
     layer.forward(x)
 }
 

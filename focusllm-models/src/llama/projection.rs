@@ -6,6 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use super::ops::{from_f32, linear, to_f32};
+use crate::kernels::Products;
 use crate::quantized::QuantizedMatrix;
 
 /// A linear layer whose weight is a GGUF's quantized blocks, multiplied as stored: a decoding
@@ -68,15 +69,17 @@ impl<B: Backend> Projection<B> {
         matches!(self, Self::Quantized(_))
     }
 
-    /// `x` `[b, s, in]` through the layer. `fused`: see [`crate::kernels::fused`] (a quantized
-    /// weight always runs the CPU kernels of [`crate::quantized`]).
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, fused: bool) -> Tensor<B, 3> {
+    /// `x` `[b, s, in]` through the layer. `products`: see [`super::ops::linear`] (a quantized
+    /// weight always runs the CPU kernels of [`crate::quantized`], with bf16 operands for many
+    /// rows where `products.bf16`).
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, products: Products) -> Tensor<B, 3> {
         match self {
-            Self::Dense(l) => linear(x, l, fused),
+            Self::Dense(l) => linear(x, l, products),
             Self::Quantized(q) => {
                 let [b, s, k] = x.dims();
                 let n = q.weight.rows();
-                let y = quantized_product(x.reshape([b * s, k]), &q.weight).reshape([b, s, n]);
+                let y = quantized_product(x.reshape([b * s, k]), &q.weight, products.bf16)
+                    .reshape([b, s, n]);
                 match &q.bias {
                     Some(bias) => y + bias.val().unsqueeze::<3>(),
                     None => y,
@@ -87,17 +90,30 @@ impl<B: Backend> Projection<B> {
 }
 
 /// `x` `[m, in]` times the quantized `w` `[out, in]` transposed, in f32 (and back in `x`'s
-/// dtype: a model converted to another dtype after loading still runs).
-pub(super) fn quantized_product<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
+/// dtype: a model converted to another dtype after loading still runs); with `bf16`, many rows
+/// multiply with both operands rounded to bf16 on the CPU.
+pub(super) fn quantized_product<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &QuantizedMatrix,
+    bf16: bool,
+) -> Tensor<B, 2> {
     let dtype = x.dtype();
-    from_f32(quantized_product_f32(to_f32(x), w), dtype)
+    from_f32(quantized_product_f32(to_f32(x), w, bf16), dtype)
 }
 
-fn quantized_product_f32<B: Backend>(x: Tensor<B, 2>, w: &QuantizedMatrix) -> Tensor<B, 2> {
+fn quantized_product_f32<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &QuantizedMatrix,
+    bf16: bool,
+) -> Tensor<B, 2> {
     #[cfg(feature = "cpu")]
     if crate::cpu::is_flex::<B>() {
+        if bf16 && crate::cpu::is_many(x.dims()[0]) {
+            return crate::cpu::bf16_quantized_matmul(x, w);
+        }
         return crate::cpu::quantized_matmul(x, w);
     }
+    let _ = bf16;
     // The loader keeps weights quantized on flex only; a model built by hand elsewhere still gets
     // the right numbers, from the decoded weight.
     let dense = decoded::<B>(w, &x.device());

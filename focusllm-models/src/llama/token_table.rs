@@ -102,7 +102,7 @@ impl<B: Backend> TokenTable<B> {
             }
             Self::Quantized(q) => {
                 let vocab = q.table.rows();
-                super::projection::quantized_product(x.reshape([b * k, hidden]), &q.table)
+                super::projection::quantized_product(x.reshape([b * k, hidden]), &q.table, false)
                     .reshape([b, k, vocab])
             }
         }

@@ -64,6 +64,8 @@ pub struct Args {
 pub struct Row {
     method: String,
     kernels: String,
+    /// Precision of the projections' many-row products (`--matmul`): `f32` or `bf16`.
+    matmul: String,
     /// `quantized` or `f32` (`--weights`), and the bytes the model's weights take in MiB.
     weights: String,
     weights_mb: f64,
@@ -242,6 +244,7 @@ impl Args {
                 row: Row {
                     method: method.to_string(),
                     kernels: format!("{:?}", model.kernels()).to_lowercase(),
+                    matmul: format!("{:?}", model.matmul_precision()).to_lowercase(),
                     weights: weights_kind(model),
                     weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
                     tokens: ids.len(),
@@ -281,6 +284,7 @@ impl Args {
         let row = Row {
             method: method.to_string(),
             kernels: format!("{:?}", model.kernels()).to_lowercase(),
+            matmul: format!("{:?}", model.matmul_precision()).to_lowercase(),
             weights: weights_kind(model),
             weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
             tokens: ids.len(),
@@ -486,7 +490,7 @@ pub fn run(args: Args) -> Result<(), AppError> {
         "calibration matmul ([2048, hidden] x [hidden, intermediate]): {calibration_gflops:.1} GFLOP/s\n"
     );
     println!(
-        "| method | kernels | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
+        "| method | kernels (matmul) | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
@@ -494,9 +498,10 @@ pub fn run(args: Args) -> Result<(), AppError> {
             .peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {} ({:.0}) | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
+            "| {} | {} ({}) | {} ({:.0}) | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
             r.method,
             r.kernels,
+            r.matmul,
             r.weights,
             r.weights_mb,
             r.tokens,
