@@ -25,12 +25,14 @@ pub enum MatmulPrecision {
     /// f32 operands and f32 sums everywhere. The default.
     #[default]
     F32,
-    /// The decoder layers' projections of more than a few rows (prefills, an exact step's chunk
-    /// batches) round both operands to bf16 and sum in f32, where the fused CPU kernels apply;
-    /// a decoding step's few rows, attention and the LM head stay f32. CPUs with AVX-512 BF16
-    /// multiply such operands at twice f32's rate (`vdpbf16ps`); others get the same rounding
-    /// at f32 speed. The rounding costs accuracy (a bf16 value keeps 8 bits of mantissa against
-    /// f32's 24): BENCHMARKS.md measures what it changes.
+    /// Where the fused CPU kernels apply, the matrix products of more than a few rows round both
+    /// operands to bf16 and sum in f32: the decoder layers' projections over more than 16 rows
+    /// (prefills, an exact step's chunk batches) and attention's scores and weighted values for
+    /// more than 4 new positions per sequence. A decoding step's few rows, the LM head, RMSNorm,
+    /// RoPE and the softmax stay f32. CPUs with AVX-512 BF16 multiply such operands at twice
+    /// f32's rate (`vdpbf16ps`); others get the same rounding at f32 speed. The rounding costs
+    /// accuracy (a bf16 value keeps 8 bits of mantissa against f32's 24): BENCHMARKS.md measures
+    /// what it changes.
     Bf16,
 }
 

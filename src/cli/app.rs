@@ -181,9 +181,10 @@ pub struct EngineArgs {
     /// of weights kept quantized by `--weights quantized`).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
-    /// Precision of the decoder layers' projections over many rows (prefills, exact steps):
-    /// `f32`, or `bf16` (both operands rounded to bf16, sums in f32: up to twice as fast on CPUs
-    /// with AVX-512 BF16, at bf16's rounding; fused CPU kernels only, decoding steps stay f32).
+    /// Precision of the matrix products over many rows (the projections and attention of
+    /// prefills and exact steps): `f32`, or `bf16` (both operands rounded to bf16, sums in f32:
+    /// up to twice as fast on CPUs with AVX-512 BF16, at bf16's rounding; fused CPU kernels
+    /// only, decoding steps stay f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub matmul: String,
     /// A GGUF's quantized matrices (projections, token table, LM head): `quantized` (kept in

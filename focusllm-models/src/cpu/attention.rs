@@ -16,7 +16,7 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::view::{KvView, View, inner_contiguous};
-use super::{exp, few_rows};
+use super::{bf16, exp, few_rows};
 
 /// Query rows (positions) per task: each key and value tile read from the cache serves
 /// `groups·ROWS` query rows.
@@ -46,6 +46,10 @@ pub(crate) struct Visibility {
     pub pads: Vec<usize>,
     /// Every new position is the candidate of its own step (`Candidates::Each`).
     pub each: bool,
+    /// Not a visibility rule but the plan's other setting: blocks of more than [`STEP_ROWS`]
+    /// queries multiply scores and weighted values with bf16 operands and f32 sums
+    /// ([`crate::MatmulPrecision::Bf16`]).
+    pub bf16: bool,
 }
 
 impl Visibility {
@@ -331,6 +335,18 @@ impl Task<'_> {
         // shape and the CPU only) skip `gemm`, whose set-up costs more than such a tile's products.
         let few = self.dims.seq <= STEP_ROWS && few_rows::vectorised(dim);
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
+        // With bf16 products: the queries rounded once, each tile's keys, weights and values
+        // rounded into buffers reused from tile to tile.
+        let bf16 = self.vis.bf16 && self.dims.seq > STEP_ROWS;
+        let mut q16 = bf16::Rows::default();
+        if bf16 {
+            q16.set(qt, rows, dim, dim);
+        }
+        let (mut k16, mut v16, mut p16) = (
+            bf16::Packed::default(),
+            bf16::Packed::default(),
+            bf16::Rows::default(),
+        );
         let mut j0 = lo;
         while j0 < hi {
             let j1 = (j0 + TILE).min(hi);
@@ -339,6 +355,11 @@ impl Task<'_> {
             // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
             if few {
                 unsafe { few_rows::scores((rows, n, dim), qt, k_tile, k_row, &mut scores, TILE) };
+            } else if bf16 {
+                // SAFETY: `k_tile` covers `n` keys `k_row` apart of `dim` values.
+                let keys = unsafe { std::slice::from_raw_parts(k_tile, (n - 1) * k_row + dim) };
+                k16.set_n_major(keys, n, dim, k_row);
+                bf16::multiply_here(&q16, &k16, &mut scores, TILE, false);
             } else {
                 unsafe {
                     gemm(
@@ -401,6 +422,12 @@ impl Task<'_> {
                 unsafe {
                     few_rows::weighted_sum((rows, n, dim), &scores, TILE, v_tile, v_row, acc)
                 };
+            } else if bf16 {
+                // SAFETY: `v_tile` covers `n` values `v_row` apart of `dim` each.
+                let values = unsafe { std::slice::from_raw_parts(v_tile, (n - 1) * v_row + dim) };
+                v16.set_k_major(values, n, dim, v_row);
+                p16.set(&scores, rows, n, TILE);
+                bf16::multiply_here(&p16, &v16, acc, dim, true);
             } else {
                 unsafe {
                     gemm(
@@ -550,6 +577,14 @@ mod tests {
                 .with_focus(self.focus)
             };
             let (want, want_focus) = plan(false).attend(q.clone(), k.clone(), v.clone());
+            if seq > super::STEP_ROWS {
+                // bf16 products: the scores and weighted values of rounded operands, and so
+                // another result than f32's, as close as bf16's 8 bits allow.
+                let bf16 = plan(true).with_bf16_products(true);
+                let (got, _) = bf16.attend(q.clone(), k.clone(), v.clone());
+                let diff = (got - want.clone()).abs().max().into_scalar();
+                assert!(diff > 0.0 && diff < 3e-2, "bf16 output differs by {diff}");
+            }
             let (got, got_focus) = plan(true).attend(q, k, v);
             assert_eq!(got.dims(), want.dims());
             let diff = (got - want).abs().max().into_scalar();

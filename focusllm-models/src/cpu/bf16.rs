@@ -96,6 +96,7 @@ pub(crate) fn has_dot() -> bool {
 }
 
 /// Activations `[m, k]` rounded to bf16, each row as `pairs` words (an odd `k` padded with a 0).
+#[derive(Default)]
 pub(crate) struct Rows {
     m: usize,
     k: usize,
@@ -124,6 +125,22 @@ impl Rows {
         }
         Self { m, k, pairs, words }
     }
+
+    /// Makes this `m` rows of `k` values from `x`, `ld` apart, rounded on this thread (the
+    /// buffer reused).
+    ///
+    /// # Panics
+    /// If `x` is too short.
+    pub(crate) fn set(&mut self, x: &[f32], m: usize, k: usize, ld: usize) {
+        let pairs = k.div_ceil(2);
+        (self.m, self.k, self.pairs) = (m, k, pairs);
+        self.words.resize(m * pairs, 0);
+        if pairs > 0 {
+            for (r, out) in self.words.chunks_exact_mut(pairs).enumerate() {
+                round_row(&x[r * ld..][..k], out);
+            }
+        }
+    }
 }
 
 /// One row `x` rounded into `out` (`x.len().div_ceil(2)` words).
@@ -150,6 +167,7 @@ fn round_row_scalar(x: &[f32], out: &mut [u32]) {
 
 /// A weight `[k, n]` rounded to bf16 in panels of [`NR`] columns: panel `j` holds, pair after
 /// pair of the shared dimension, the words of columns `j·NR ..` (the last panel padded with 0).
+#[derive(Default)]
 pub(crate) struct Packed {
     k: usize,
     n: usize,
@@ -158,80 +176,140 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    /// From `w` `[k, n]`: element `(i, j)` at `w[i * ld + j]`.
+    /// From `w` `[k, n]`: element `(i, j)` at `w[i * ld + j]` (panels split across rayon's
+    /// pool).
     ///
     /// # Panics
     /// If `w` is too short for `k` rows `ld` apart of `n` columns.
     pub(crate) fn from_k_major(w: &[f32], k: usize, n: usize, ld: usize) -> Self {
-        assert!(
-            k == 0 || n == 0 || ((k - 1) * ld + n <= w.len() && ld >= n),
-            "bf16 pack: [{k}, {n}] rows {ld} apart in {} values",
-            w.len()
-        );
-        let pairs = k.div_ceil(2);
-        let mut words = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        if pairs > 0 {
-            words
+        let mut packed = Self::sized(k, n);
+        check_k_major(w, k, n, ld);
+        if packed.pairs > 0 {
+            let pairs = packed.pairs;
+            packed
+                .words
                 .par_chunks_mut(pairs * NR)
                 .enumerate()
-                .for_each(|(panel, out)| {
-                    let j0 = panel * NR;
-                    let cols = NR.min(n - j0);
-                    for (p, out) in out.chunks_exact_mut(NR).enumerate() {
-                        let even = &w[2 * p * ld + j0..][..cols];
-                        if 2 * p + 1 < k {
-                            let odd = &w[(2 * p + 1) * ld + j0..][..cols];
-                            interleave(even, odd, out);
-                        } else {
-                            for (o, &lo) in out.iter_mut().zip(even) {
-                                *o = pair(lo, 0.0);
-                            }
-                        }
-                    }
-                });
+                .for_each(|(panel, out)| panel_k_major(&w[panel * NR..], k, n - panel * NR, ld, out));
         }
-        Self { k, n, pairs, words }
+        packed
+    }
+
+    /// Makes this `w` `[k, n]` (element `(i, j)` at `w[i * ld + j]`), packed on this thread (the
+    /// buffer reused).
+    ///
+    /// # Panics
+    /// If `w` is too short.
+    pub(crate) fn set_k_major(&mut self, w: &[f32], k: usize, n: usize, ld: usize) {
+        self.resize(k, n);
+        check_k_major(w, k, n, ld);
+        if self.pairs > 0 {
+            for (panel, out) in self.words.chunks_exact_mut(self.pairs * NR).enumerate() {
+                panel_k_major(&w[panel * NR..], k, n - panel * NR, ld, out);
+            }
+        }
+    }
+
+    /// Makes this the transpose of `w` `[n, k]` (element `(j, i)` at `w[j * ld + i]`: the
+    /// keys of an attention tile), packed on this thread (the buffer reused).
+    ///
+    /// # Panics
+    /// If `w` is too short.
+    pub(crate) fn set_n_major(&mut self, w: &[f32], n: usize, k: usize, ld: usize) {
+        self.resize(k, n);
+        if self.pairs > 0 {
+            let mut rounded = vec![0u32; self.pairs];
+            for (panel, out) in self.words.chunks_exact_mut(self.pairs * NR).enumerate() {
+                let j0 = panel * NR;
+                for c in 0..NR.min(n - j0) {
+                    round_row(&w[(j0 + c) * ld..][..k], &mut rounded);
+                    transpose_row(&rounded, c, out);
+                }
+            }
+        }
     }
 
     /// From `n` rows of `k` values (`w` `[n, k]` row-major, the transposed weight: a quantized
     /// matrix's output rows), `decode(first, rows)` filling `rows` with rows `first ..` (a
-    /// multiple of `k` values).
+    /// multiple of `k` values); panels split across rayon's pool.
     pub(crate) fn from_n_major(
         k: usize,
         n: usize,
         decode: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Self {
-        let pairs = k.div_ceil(2);
-        let mut words = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let mut packed = Self::sized(k, n);
+        let pairs = packed.pairs;
         if pairs > 0 {
-            words.par_chunks_mut(pairs * NR).enumerate().for_each_init(
-                || (vec![0.0f32; NR * k], vec![0u32; NR * pairs]),
+            packed.words.par_chunks_mut(pairs * NR).enumerate().for_each_init(
+                || (vec![0.0f32; NR * k], vec![0u32; pairs]),
                 |(rows, rounded), (panel, out)| {
                     let j0 = panel * NR;
                     let cols = NR.min(n - j0);
                     decode(j0, &mut rows[..cols * k]);
-                    for (x, r) in rows[..cols * k]
-                        .chunks_exact(k)
-                        .zip(rounded.chunks_exact_mut(pairs))
-                    {
-                        round_row(x, r);
-                    }
-                    // Transpose the words: row `c`'s pair `p` goes to `out[p · NR + c]`.
-                    for (c, r) in rounded[..cols * pairs].chunks_exact(pairs).enumerate() {
-                        for (p, &word) in r.iter().enumerate() {
-                            out[p * NR + c] = word;
-                        }
+                    for (c, x) in rows[..cols * k].chunks_exact(k).enumerate() {
+                        round_row(x, rounded);
+                        transpose_row(rounded, c, out);
                     }
                 },
             );
         }
-        Self { k, n, pairs, words }
+        packed
+    }
+
+    /// A zeroed `[k, n]`.
+    fn sized(k: usize, n: usize) -> Self {
+        let mut packed = Self::default();
+        packed.resize(k, n);
+        packed
+    }
+
+    /// Sizes this for `[k, n]`, the padding of the last panel zeroed.
+    fn resize(&mut self, k: usize, n: usize) {
+        let pairs = k.div_ceil(2);
+        (self.k, self.n, self.pairs) = (k, n, pairs);
+        let len = n.div_ceil(NR) * pairs * NR;
+        self.words.clear();
+        self.words.resize(len, 0);
     }
 
     /// Element `(i, j)`, widened back to f32 (tests and the fallback).
     fn get(&self, i: usize, j: usize) -> f32 {
         let word = self.words[((j / NR) * self.pairs + i / 2) * NR + j % NR];
         widen((word >> (16 * (i % 2))) as u16)
+    }
+}
+
+/// Asserts that `w` holds `k` rows `ld` apart of `n` values.
+fn check_k_major(w: &[f32], k: usize, n: usize, ld: usize) {
+    assert!(
+        k == 0 || n == 0 || ((k - 1) * ld + n <= w.len() && ld >= n),
+        "bf16 pack: [{k}, {n}] rows {ld} apart in {} values",
+        w.len()
+    );
+}
+
+/// One panel from `w` `[k, ..]` (rows `ld` apart, starting at the panel's first column), of the
+/// first `min(NR, cols)` columns.
+fn panel_k_major(w: &[f32], k: usize, cols: usize, ld: usize, out: &mut [u32]) {
+    let cols = NR.min(cols);
+    for (p, out) in out.chunks_exact_mut(NR).enumerate() {
+        let even = &w[2 * p * ld..][..cols];
+        if 2 * p + 1 < k {
+            let odd = &w[(2 * p + 1) * ld..][..cols];
+            interleave(even, odd, out);
+        } else {
+            for (o, &lo) in out.iter_mut().zip(even) {
+                *o = pair(lo, 0.0);
+            }
+        }
+    }
+}
+
+/// Column `c` of a panel from one rounded row of the transposed matrix: its pair `p` goes to
+/// `out[p · NR + c]`.
+fn transpose_row(rounded: &[u32], c: usize, out: &mut [u32]) {
+    for (p, &word) in rounded.iter().enumerate() {
+        out[p * NR + c] = word;
     }
 }
 
@@ -255,33 +333,18 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `out[r · ldc + j] = Σ_i a[r][i] · b[i][j]` for the `a.m` rows and the `b.cols()` columns
-/// (what was in those places is overwritten).
+/// `out[r · ldc + j] = Σ_i a[r][i] · b[i][j]` for the `a.m` rows and the `b.n` columns (what
+/// was in those places is overwritten), split across rayon's pool.
 ///
 /// # Panics
 /// If the shared dimensions differ or `out` is too short.
 pub(crate) fn multiply(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
-    assert_eq!(
-        a.k, b.k,
-        "bf16 product: [{}, {}] · [{}, {}]",
-        a.m, a.k, b.k, b.n
-    );
-    let (m, n) = (a.m, b.n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        ldc >= n && out.len() >= (m - 1) * ldc + n,
-        "bf16 product: output too short"
-    );
-    if a.pairs == 0 {
-        for row in out.chunks_mut(ldc).take(m) {
-            row[..n].fill(0.0);
-        }
+    if !check(a, b, out, ldc, false) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_dot() {
+        let (m, n) = (a.m, b.n);
         let panels = n.div_ceil(NR);
         let blocks = m.div_ceil(MC);
         // Enough tasks for every thread twice over: blocks of rows, each cut into groups of
@@ -297,17 +360,70 @@ pub(crate) fn multiply(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
             let first = group * per_group;
             let panels = (first, per_group.min(panels.saturating_sub(first)));
             // SAFETY: the CPU has the instructions (`has_dot`); tasks cover disjoint rows ×
-            // panels of `out`, inside the bounds asserted above.
-            unsafe { avx512::block(a, b, ptr, ldc, rows, panels) };
+            // panels of `out`, inside the bounds `check` asserted.
+            unsafe { avx512::block(a, b, ptr, ldc, rows, panels, false) };
         });
         return;
     }
-    fallback(a, b, out, ldc);
+    fallback(a, b, out, ldc, false, Parallelism::Rayon(0));
+}
+
+/// [`multiply`] on this thread; with `accumulate` the product is added to what `out` holds (an
+/// attention tile's weighted values).
+///
+/// # Panics
+/// If the shared dimensions differ or `out` is too short.
+pub(crate) fn multiply_here(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize, accumulate: bool) {
+    if !check(a, b, out, ldc, accumulate) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_dot() {
+        let ptr = Out(out.as_mut_ptr());
+        // SAFETY: the CPU has the instructions; `check` asserted the bounds.
+        unsafe { avx512::block(a, b, ptr, ldc, (0, a.m), (0, b.n.div_ceil(NR)), accumulate) };
+        return;
+    }
+    fallback(a, b, out, ldc, accumulate, Parallelism::None);
+}
+
+/// Asserts the shapes, and whether a product is left to do: an empty one is none, and an empty
+/// shared dimension leaves zeros (or, with `accumulate`, `out` as it is).
+fn check(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize, accumulate: bool) -> bool {
+    assert_eq!(
+        a.k, b.k,
+        "bf16 product: [{}, {}] · [{}, {}]",
+        a.m, a.k, b.k, b.n
+    );
+    let (m, n) = (a.m, b.n);
+    if m == 0 || n == 0 {
+        return false;
+    }
+    assert!(
+        ldc >= n && out.len() >= (m - 1) * ldc + n,
+        "bf16 product: output too short"
+    );
+    if a.pairs == 0 {
+        if !accumulate {
+            for row in out.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return false;
+    }
+    true
 }
 
 /// [`multiply`] for CPUs without the bf16 dot product: the same rounded operands widened to f32
 /// and multiplied by `gemm`.
-fn fallback(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
+fn fallback(
+    a: &Rows,
+    b: &Packed,
+    out: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
     let (m, k, n) = (a.m, a.k, b.n);
     let x: Vec<f32> = a
         .words
@@ -318,14 +434,9 @@ fn fallback(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
                 .take(k)
         })
         .collect();
-    let mut w = vec![0.0f32; k * n];
-    w.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        row.iter_mut()
-            .enumerate()
-            .for_each(|(j, v)| *v = b.get(i, j))
-    });
+    let w: Vec<f32> = (0..k * n).map(|at| b.get(at / n, at % n)).collect();
     // SAFETY: `x` is `[m, k]`, `w` `[k, n]` row-major; `out` holds `m` rows `ldc` apart of at
-    // least `n` values (asserted by `multiply`).
+    // least `n` values (asserted by `check`).
     unsafe {
         gemm(
             m,
@@ -334,19 +445,19 @@ fn fallback(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
             out.as_mut_ptr(),
             1,
             ldc as isize,
-            false,
+            accumulate,
             x.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
             1,
             n as isize,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
             false,
-            Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
@@ -364,7 +475,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn round_row(x: &[f32], out: &mut [u32]) {
         let (whole, rest) = x.as_chunks::<32>();
-        let (words, words_rest) = out.as_chunks_mut::<16>();
+        let (words, _) = out.as_chunks_mut::<16>();
         for (x, o) in whole.iter().zip(words.iter_mut()) {
             // SAFETY: 32 values in, 16 words out.
             unsafe {
@@ -378,7 +489,7 @@ mod avx512 {
                 );
             }
         }
-        super::round_row_scalar(rest, words_rest);
+        super::round_row_scalar(rest, &mut out[whole.len() * 16..]);
     }
 
     /// [`super::interleave`]: 16 columns at a time.
@@ -405,7 +516,8 @@ mod avx512 {
         }
     }
 
-    /// Rows `(r0, rows)` × panels `(p0, panels)` of the product into `out`.
+    /// Rows `(r0, rows)` × panels `(p0, panels)` of the product into `out` (added to what it
+    /// holds with `accumulate`).
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX-512 BF16; `out` holds the product's rows `ldc` apart, and
@@ -418,10 +530,11 @@ mod avx512 {
         ldc: usize,
         (r0, rows): (usize, usize),
         (p0, panels): (usize, usize),
+        accumulate: bool,
     ) {
         for k0 in (0..a.pairs).step_by(KC) {
             let depth = KC.min(a.pairs - k0);
-            let first = k0 > 0;
+            let first = k0 > 0 || accumulate;
             for panel in p0..p0 + panels {
                 let j0 = panel * NR;
                 let cols = NR.min(b.n - j0);
@@ -558,7 +671,7 @@ mod tests {
         if with_dot {
             multiply(&a, &b, &mut out, ldc);
         } else {
-            fallback(&a, &b, &mut out, ldc);
+            fallback(&a, &b, &mut out, ldc, false, Parallelism::Rayon(0));
         }
         let want = reference(&x, &w, m, k, n);
         let r = |v: f32| f64::from(widen(round(v))).abs();
@@ -616,6 +729,35 @@ mod tests {
                 .zip(&all[first * n..])
                 .all(|(p, q)| p.to_bits() == q.to_bits());
             assert!(same, "rows {first}..{} differ", first + rows);
+        }
+    }
+
+    #[test]
+    fn products_on_this_thread_equal_the_split_ones_and_accumulate() {
+        // Buffers set and reset to other sizes (an attention task's tiles), strided operands,
+        // and the product added to what the output holds.
+        let (mut a, mut b) = (Rows::default(), Packed::default());
+        for (m, k, n) in [(30, 64, 256), (192, 64, 100), (7, 255, 64), (192, 256, 64)] {
+            let (x, w) = (values(m * (k + 5), m as u64), values(k * (n + 3), n as u64));
+            a.set(&x, m, k, k + 5);
+            b.set_k_major(&w, k, n, n + 3);
+            let dense: Vec<f32> = x.chunks(k + 5).take(m).flat_map(|r| r[..k].to_vec()).collect();
+            let mut want = vec![0.0f32; m * n];
+            let split = Packed::from_k_major(&w, k, n, n + 3);
+            multiply(&Rows::round(&dense, m, k), &split, &mut want, n);
+            let mut got = vec![1.0f32; m * n];
+            multiply_here(&a, &b, &mut got, n, false);
+            assert_eq!(got, want, "{m}x{k}x{n}");
+            let mut sum = vec![1.0f32; m * n];
+            multiply_here(&a, &b, &mut sum, n, true);
+            for (s, g) in sum.iter().zip(&got) {
+                assert!((s - (g + 1.0)).abs() <= 1e-5 * (1.0 + g.abs()), "{m}x{k}x{n}");
+            }
+            // The transpose packed from its rows equals the matrix packed from its columns.
+            let t: Vec<f32> = (0..n * k).map(|at| w[(at % k) * (n + 3) + at / k]).collect();
+            let mut bt = Packed::default();
+            bt.set_n_major(&t, n, k, k);
+            assert_eq!(bt.words, split.words, "{m}x{k}x{n}: transposed packing");
         }
     }
 

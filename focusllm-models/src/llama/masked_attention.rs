@@ -125,6 +125,7 @@ impl<B: Backend> AttentionPlan<B> {
                     seq,
                     pads,
                     each: candidates == Candidates::Each,
+                    bf16: false,
                 }),
                 groups,
                 focus: None,
@@ -215,10 +216,14 @@ impl<B: Backend> AttentionPlan<B> {
         }
     }
 
-    /// The same plan, its projections multiplying with bf16 operands where `bf16` (see
-    /// [`crate::kernels::MatmulPrecision::Bf16`]; the fused path only).
+    /// The same plan, its projections and attention multiplying with bf16 operands where `bf16`
+    /// (see [`crate::kernels::MatmulPrecision::Bf16`]; the fused path only).
     pub(crate) fn with_bf16_products(mut self, bf16: bool) -> Self {
         self.bf16_products = bf16;
+        #[cfg(feature = "cpu")]
+        if let Some(visibility) = &mut self.fused {
+            visibility.bf16 = bf16;
+        }
         self
     }
 

@@ -369,15 +369,15 @@ impl<B: Backend> LlamaModel<B> {
         self.kernels
     }
 
-    /// Chooses the precision of the decoder layers' projections: [`MatmulPrecision::F32`] (the
-    /// default) or [`MatmulPrecision::Bf16`] (bf16 operands and f32 sums for more than a few rows
-    /// on the fused CPU kernels' path: prefills and exact steps at up to twice the speed on CPUs
-    /// with AVX-512 BF16, with bf16's rounding). The choice is read at every forward.
+    /// Chooses the precision of the matrix products: [`MatmulPrecision::F32`] (the default) or
+    /// [`MatmulPrecision::Bf16`] (bf16 operands and f32 sums for the projections and attention
+    /// of more than a few rows on the fused CPU kernels' path: prefills and exact steps up to
+    /// twice as fast on CPUs with AVX-512 BF16, with bf16's rounding). Read at every forward.
     pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
         self.matmul_precision = precision;
     }
 
-    /// The precision of the projections (see [`LlamaModel::set_matmul_precision`]).
+    /// The precision of the matrix products (see [`LlamaModel::set_matmul_precision`]).
     pub fn matmul_precision(&self) -> MatmulPrecision {
         self.matmul_precision
     }
