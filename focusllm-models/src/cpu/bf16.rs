@@ -190,7 +190,9 @@ impl Packed {
                 .words
                 .par_chunks_mut(pairs * NR)
                 .enumerate()
-                .for_each(|(panel, out)| panel_k_major(&w[panel * NR..], k, n - panel * NR, ld, out));
+                .for_each(|(panel, out)| {
+                    panel_k_major(&w[panel * NR..], k, n - panel * NR, ld, out)
+                });
         }
         packed
     }
@@ -240,18 +242,22 @@ impl Packed {
         let mut packed = Self::sized(k, n);
         let pairs = packed.pairs;
         if pairs > 0 {
-            packed.words.par_chunks_mut(pairs * NR).enumerate().for_each_init(
-                || (vec![0.0f32; NR * k], vec![0u32; pairs]),
-                |(rows, rounded), (panel, out)| {
-                    let j0 = panel * NR;
-                    let cols = NR.min(n - j0);
-                    decode(j0, &mut rows[..cols * k]);
-                    for (c, x) in rows[..cols * k].chunks_exact(k).enumerate() {
-                        round_row(x, rounded);
-                        transpose_row(rounded, c, out);
-                    }
-                },
-            );
+            packed
+                .words
+                .par_chunks_mut(pairs * NR)
+                .enumerate()
+                .for_each_init(
+                    || (vec![0.0f32; NR * k], vec![0u32; pairs]),
+                    |(rows, rounded), (panel, out)| {
+                        let j0 = panel * NR;
+                        let cols = NR.min(n - j0);
+                        decode(j0, &mut rows[..cols * k]);
+                        for (c, x) in rows[..cols * k].chunks_exact(k).enumerate() {
+                            round_row(x, rounded);
+                            transpose_row(rounded, c, out);
+                        }
+                    },
+                );
         }
         packed
     }
@@ -741,7 +747,11 @@ mod tests {
             let (x, w) = (values(m * (k + 5), m as u64), values(k * (n + 3), n as u64));
             a.set(&x, m, k, k + 5);
             b.set_k_major(&w, k, n, n + 3);
-            let dense: Vec<f32> = x.chunks(k + 5).take(m).flat_map(|r| r[..k].to_vec()).collect();
+            let dense: Vec<f32> = x
+                .chunks(k + 5)
+                .take(m)
+                .flat_map(|r| r[..k].to_vec())
+                .collect();
             let mut want = vec![0.0f32; m * n];
             let split = Packed::from_k_major(&w, k, n, n + 3);
             multiply(&Rows::round(&dense, m, k), &split, &mut want, n);
@@ -750,11 +760,18 @@ mod tests {
             assert_eq!(got, want, "{m}x{k}x{n}");
             let mut sum = vec![1.0f32; m * n];
             multiply_here(&a, &b, &mut sum, n, true);
-            for (s, g) in sum.iter().zip(&got) {
-                assert!((s - (g + 1.0)).abs() <= 1e-5 * (1.0 + g.abs()), "{m}x{k}x{n}");
+            // And the same through the fallback of CPUs without the instruction.
+            let mut fallback_sum = vec![1.0f32; m * n];
+            fallback(&a, &b, &mut fallback_sum, n, true, Parallelism::None);
+            for ((s, f), g) in sum.iter().zip(&fallback_sum).zip(&got) {
+                let bound = 1e-5 * (1.0 + g.abs());
+                assert!((s - (g + 1.0)).abs() <= bound, "{m}x{k}x{n}");
+                assert!((f - (g + 1.0)).abs() <= bound, "{m}x{k}x{n}: fallback");
             }
             // The transpose packed from its rows equals the matrix packed from its columns.
-            let t: Vec<f32> = (0..n * k).map(|at| w[(at % k) * (n + 3) + at / k]).collect();
+            let t: Vec<f32> = (0..n * k)
+                .map(|at| w[(at % k) * (n + 3) + at / k])
+                .collect();
             let mut bt = Packed::default();
             bt.set_n_major(&t, n, k, k);
             assert_eq!(bt.words, split.words, "{m}x{k}x{n}: transposed packing");
