@@ -300,6 +300,28 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
     // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
     assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");
     assert_eq!(rows[1]["chunk_cache_mb"].as_f64(), Some(0.0), "{json}");
+    // f32 products, and no bf16 calibration.
+    assert!(rows.iter().all(|r| r["matmul"] == "f32"), "{json}");
+    assert!(json["calibration_bf16_gflops"].is_null(), "{json}");
+
+    // `--matmul bf16`: the rows say so, and the run calibrates bf16 products too.
+    let mut bf16_args = args.to_vec();
+    bf16_args.extend(["--methods", "plain", "--matmul", "bf16"]);
+    let output = focusllm(&bf16_args, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["rows"][0]["matmul"], "bf16", "{json}");
+    let both: Vec<f64> = json["calibration_bf16_before_after"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{json}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(both.len() == 2 && both.iter().all(|&g| g > 0.0), "{json}");
+    assert_eq!(
+        json["calibration_bf16_gflops"].as_f64(),
+        Some(both[0].max(both[1]))
+    );
 
     // `--weights f32` decodes the blocks at load, and so does `auto` with `--kernels burn`.
     for extra in [["--weights", "f32"], ["--kernels", "burn"]] {

@@ -331,6 +331,37 @@ fn calibration_gflops<B: Backend>(
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// The same product as [`calibration_gflops`] with bf16 operands (`--matmul bf16`: the ceiling
+/// of rows in that precision), through the projection path the model's forwards take.
+fn calibration_bf16_gflops<B: Backend>(
+    config: &focusllm::models::LlamaConfig,
+    kernels: Kernels,
+    device: &B::Device,
+) -> f64 {
+    use burn::module::Param;
+    use burn::tensor::{Distribution, Tensor};
+    use focusllm::models::kernels::{MatmulPrecision, projection_in};
+    use focusllm::models::llama::Projection;
+    let (m, k, n) = (2048, config.hidden_size, config.intermediate_size);
+    let x = Tensor::<B, 3>::random([1, m, k], Distribution::Default, device);
+    let layer = Projection::from(burn::nn::Linear {
+        weight: Param::from_tensor(Tensor::<B, 2>::random(
+            [k, n],
+            Distribution::Default,
+            device,
+        )),
+        bias: None,
+    });
+    let best = (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = projection_in(kernels, MatmulPrecision::Bf16, x.clone(), &layer).into_data();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
 /// What a bench run measured.
 pub struct Measurements {
     rows: Vec<Row>,
@@ -338,6 +369,8 @@ pub struct Measurements {
     /// The calibration before the rows and after them: a busy moment on a shared machine can
     /// halve one, and the larger is the machine's attainable speed in this run.
     calibrations: [f64; 2],
+    /// With `--matmul bf16`: the same with bf16 products, before and after the rows.
+    bf16_calibrations: Option<[f64; 2]>,
 }
 
 impl BackendRunner for &Args {
@@ -352,6 +385,13 @@ impl BackendRunner for &Args {
         eprintln!("model loaded; resident {:.0} MiB", rss_mb().unwrap_or(0.0));
         let before = calibration_gflops::<B>(loaded.model.config(), &device);
         eprintln!("calibration matmul: {before:.1} GFLOP/s");
+        let bf16 = loaded.model.matmul_precision() == focusllm::models::MatmulPrecision::Bf16;
+        let bf16_calibration =
+            || calibration_bf16_gflops::<B>(loaded.model.config(), loaded.model.kernels(), &device);
+        let bf16_before = bf16.then(bf16_calibration);
+        if let Some(g) = bf16_before {
+            eprintln!("calibration matmul with bf16 products: {g:.1} GFLOP/s");
+        }
         // Speed does not depend on the candidate weights: only `--adapter` is applied (its sizes
         // and step mode are then the defaults), never the bundled one.
         let adapted = self.engine.adapter_for(&loaded, false)?;
@@ -432,10 +472,12 @@ impl BackendRunner for &Args {
         };
         let after = calibration_gflops::<B>(loaded.model.config(), &device);
         eprintln!("calibration matmul after the rows: {after:.1} GFLOP/s");
+        let bf16_calibrations = bf16_before.map(|before| [before, bf16_calibration()]);
         Ok(Measurements {
             rows,
             batches,
             calibrations: [before, after],
+            bf16_calibrations,
         })
     }
 }
@@ -468,8 +510,15 @@ pub fn run(args: Args) -> Result<(), AppError> {
         rows,
         batches,
         calibrations,
+        bf16_calibrations,
     } = run_on(args.engine.backend, args.engine.device, &args)??;
     let calibration_gflops = calibrations[0].max(calibrations[1]);
+    let bf16_calibration_gflops = bf16_calibrations.map(|[a, b]| a.max(b));
+    // Each row's efficiency against the ceiling of its own products.
+    let ceiling = |r: &Row| match bf16_calibration_gflops {
+        Some(g) if r.matmul == "bf16" => g,
+        _ => calibration_gflops,
+    };
     let focus_fit = loglog_exponent(&rows, "focus", 8192);
     let plain_fit = loglog_exponent(&rows, "plain", 8192);
     if args.json {
@@ -482,13 +531,19 @@ pub fn run(args: Args) -> Result<(), AppError> {
             "loglog_exponent": {"focus": focus_fit, "plain": plain_fit},
             "calibration_gflops": calibration_gflops,
             "calibration_before_after": calibrations,
+            "calibration_bf16_gflops": bf16_calibration_gflops,
+            "calibration_bf16_before_after": bf16_calibrations,
         });
         println!("{out}");
         return Ok(());
     }
     println!(
-        "calibration matmul ([2048, hidden] x [hidden, intermediate]): {calibration_gflops:.1} GFLOP/s\n"
+        "calibration matmul ([2048, hidden] x [hidden, intermediate]): {calibration_gflops:.1} GFLOP/s"
     );
+    if let Some(g) = bf16_calibration_gflops {
+        println!("the same with bf16 products (the ceiling of `bf16` rows): {g:.1} GFLOP/s");
+    }
+    println!();
     println!(
         "| method | kernels (matmul) | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
     );
@@ -508,11 +563,11 @@ pub fn run(args: Args) -> Result<(), AppError> {
             r.prefill_s,
             r.tokens_per_s,
             r.prefill_gflops,
-            r.prefill_gflops / calibration_gflops,
+            r.prefill_gflops / ceiling(r),
             r.step_s,
             r.generated_per_s,
             r.step_gflops,
-            r.step_gflops / calibration_gflops,
+            r.step_gflops / ceiling(r),
             peak,
             r.chunk_cache_mb
         );
