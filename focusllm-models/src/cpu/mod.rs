@@ -160,6 +160,11 @@ pub(crate) fn quantized_matmul<B: Backend>(
     )))
 }
 
+/// Whether this CPU multiplies bf16 operands at twice f32's rate (AVX-512 BF16).
+pub(crate) fn has_bf16_dot() -> bool {
+    bf16::has_dot()
+}
+
 /// Whether a product of `rows` rows takes the many-row paths (a prefill's, not a decoding
 /// step's few rows: see [`is_thin`]).
 pub(crate) fn is_many(rows: usize) -> bool {

@@ -373,7 +373,18 @@ impl<B: Backend> LlamaModel<B> {
     /// [`MatmulPrecision::Bf16`] (bf16 operands and f32 sums for the projections and attention
     /// of more than a few rows on the fused CPU kernels' path: prefills and exact steps up to
     /// twice as fast on CPUs with AVX-512 BF16, with bf16's rounding). Read at every forward.
+    /// A warning is logged (`tracing`) when bf16 is asked for on the CPU backend of a CPU
+    /// without AVX-512 BF16: the products then round as asked but run no faster than f32.
     pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) {
+        #[cfg(feature = "cpu")]
+        if precision == MatmulPrecision::Bf16
+            && crate::cpu::is_flex::<B>()
+            && !crate::cpu::has_bf16_dot()
+        {
+            tracing::warn!(
+                "bf16 products on a CPU without AVX-512 BF16: rounded as asked, but no faster than f32"
+            );
+        }
         self.matmul_precision = precision;
     }
 
