@@ -9,7 +9,8 @@
 //!   of 512 rows and a chunk batch's 2048, where f32 and bf16 products (`--matmul bf16`) are
 //!   compared;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
-//!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer.
+//!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer; the prefill also
+//!   with bf16 products.
 //!
 //! Each is run with the fused kernels and with burn's operations (`Kernels::Fused` / `Burn`).
 //! `cargo bench --bench kernels`; a filter narrows it, e.g. `cargo bench --bench kernels -- step`.
@@ -238,6 +239,13 @@ fn layer_benches(c: &mut Criterion) {
                 )
             });
         }
+        // The fused kernels with bf16 products (projections and attention).
+        model.set_kernels(Kernels::Fused);
+        model.set_matmul_precision(MatmulPrecision::Bf16);
+        group.bench_function(format!("prefill {context}/fused, bf16 products"), |b| {
+            b.iter(|| black_box(model.forward(input(&model, context, &prefill, Past::None))))
+        });
+        model.set_matmul_precision(MatmulPrecision::F32);
     }
     group.finish();
 }
