@@ -145,15 +145,20 @@ pub(crate) fn thin_matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tenso
     from_flex(matmul::thin_matmul(&to_flex(a), &to_flex(b)))
 }
 
-/// `x` `[m, k]` times `wᵀ` for a quantized weight `w` `[n, k]` (see [`quantized::matmul`];
-/// `B` must be [`Flex`] and `x` f32).
+/// `x` `[m, k]` times `wᵀ` for a quantized weight `w` `[n, k]` (see [`quantized::matmul`]; with
+/// `bf16`, both rounded to bf16: [`quantized::matmul_bf16`]; `B` must be [`Flex`] and `x` f32).
 pub(crate) fn quantized_matmul<B: Backend>(
     x: Tensor<B, 2>,
     w: &crate::quantized::QuantizedMatrix,
+    bf16: bool,
 ) -> Tensor<B, 2> {
     let x = to_flex(x).to_contiguous();
     let m = x.layout().shape()[0];
-    let out = quantized::matmul(x.storage::<f32>(), m, w);
+    let out = if bf16 {
+        quantized::matmul_bf16(x.storage::<f32>(), m, w)
+    } else {
+        quantized::matmul(x.storage::<f32>(), m, w)
+    };
     from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
         out,
         [m, w.rows()],
@@ -184,21 +189,6 @@ pub(crate) fn bf16_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tenso
     from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
         out,
         [m, n],
-    )))
-}
-
-/// `x` `[m, k]` times `wᵀ` for a quantized weight `w` `[n, k]`, both rounded to bf16 (see
-/// [`quantized::matmul_bf16`]; `B` must be [`Flex`] and `x` f32).
-pub(crate) fn bf16_quantized_matmul<B: Backend>(
-    x: Tensor<B, 2>,
-    w: &crate::quantized::QuantizedMatrix,
-) -> Tensor<B, 2> {
-    let x = to_flex(x).to_contiguous();
-    let m = x.layout().shape()[0];
-    let out = quantized::matmul_bf16(x.storage::<f32>(), m, w);
-    from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
-        out,
-        [m, w.rows()],
     )))
 }
 

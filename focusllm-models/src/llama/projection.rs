@@ -108,10 +108,8 @@ fn quantized_product_f32<B: Backend>(
 ) -> Tensor<B, 2> {
     #[cfg(feature = "cpu")]
     if crate::cpu::is_flex::<B>() {
-        if bf16 && crate::cpu::is_many(x.dims()[0]) {
-            return crate::cpu::bf16_quantized_matmul(x, w);
-        }
-        return crate::cpu::quantized_matmul(x, w);
+        let bf16 = bf16 && crate::cpu::is_many(x.dims()[0]);
+        return crate::cpu::quantized_matmul(x, w, bf16);
     }
     let _ = bf16;
     // The loader keeps weights quantized on flex only; a model built by hand elsewhere still gets
