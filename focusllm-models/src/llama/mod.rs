@@ -388,9 +388,37 @@ impl<B: Backend> LlamaModel<B> {
         self.matmul_precision = precision;
     }
 
-    /// The precision of the matrix products (see [`LlamaModel::set_matmul_precision`]).
+    /// The precision of the matrix products asked for (see
+    /// [`LlamaModel::set_matmul_precision`]).
     pub fn matmul_precision(&self) -> MatmulPrecision {
         self.matmul_precision
+    }
+
+    /// The precision the products run in: bf16 only where it was asked for and the fused CPU
+    /// kernels apply (the flex backend with f32 compute and [`Kernels::Fused`]), f32 elsewhere.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use focusllm_models::{Kernels, LlamaConfig, LlamaModel, LoadOptions, MatmulPrecision, SafetensorsWeights};
+    /// # use std::path::Path;
+    /// # let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/official/C"));
+    /// # let config = LlamaConfig::from_json_file(&dir.join("config.json"))?;
+    /// # let weights = SafetensorsWeights::open_dir(dir)?;
+    /// let mut model = LlamaModel::<Flex>::load(config, &weights, &Default::default(), &LoadOptions::default())?;
+    /// model.set_matmul_precision(MatmulPrecision::Bf16);
+    /// let expected = if cfg!(feature = "cpu") { MatmulPrecision::Bf16 } else { MatmulPrecision::F32 };
+    /// assert_eq!(model.matmul_precision_in_effect(), expected);
+    /// // burn's operations have no bf16 products.
+    /// model.set_kernels(Kernels::Burn);
+    /// assert_eq!(model.matmul_precision_in_effect(), MatmulPrecision::F32);
+    /// # Ok::<(), focusllm_models::ModelError>(())
+    /// ```
+    pub fn matmul_precision_in_effect(&self) -> MatmulPrecision {
+        if self.fused() {
+            self.matmul_precision
+        } else {
+            MatmulPrecision::F32
+        }
     }
 
     /// Sets how many positions one forward of a long input takes: a prefill (of the main decoder

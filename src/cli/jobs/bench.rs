@@ -64,7 +64,8 @@ pub struct Args {
 pub struct Row {
     method: String,
     kernels: String,
-    /// Precision of the projections' many-row products (`--matmul`): `f32` or `bf16`.
+    /// Precision the many-row products ran in (`--matmul`, where the fused CPU kernels apply):
+    /// `f32` or `bf16`.
     matmul: String,
     /// `quantized` or `f32` (`--weights`), and the bytes the model's weights take in MiB.
     weights: String,
@@ -244,7 +245,7 @@ impl Args {
                 row: Row {
                     method: method.to_string(),
                     kernels: format!("{:?}", model.kernels()).to_lowercase(),
-                    matmul: format!("{:?}", model.matmul_precision()).to_lowercase(),
+                    matmul: format!("{:?}", model.matmul_precision_in_effect()).to_lowercase(),
                     weights: weights_kind(model),
                     weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
                     tokens: ids.len(),
@@ -284,7 +285,7 @@ impl Args {
         let row = Row {
             method: method.to_string(),
             kernels: format!("{:?}", model.kernels()).to_lowercase(),
-            matmul: format!("{:?}", model.matmul_precision()).to_lowercase(),
+            matmul: format!("{:?}", model.matmul_precision_in_effect()).to_lowercase(),
             weights: weights_kind(model),
             weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
             tokens: ids.len(),
@@ -385,7 +386,8 @@ impl BackendRunner for &Args {
         eprintln!("model loaded; resident {:.0} MiB", rss_mb().unwrap_or(0.0));
         let before = calibration_gflops::<B>(loaded.model.config(), &device);
         eprintln!("calibration matmul: {before:.1} GFLOP/s");
-        let bf16 = loaded.model.matmul_precision() == focusllm::models::MatmulPrecision::Bf16;
+        let bf16 =
+            loaded.model.matmul_precision_in_effect() == focusllm::models::MatmulPrecision::Bf16;
         let bf16_calibration =
             || calibration_bf16_gflops::<B>(loaded.model.config(), loaded.model.kernels(), &device);
         let bf16_before = bf16.then(bf16_calibration);
