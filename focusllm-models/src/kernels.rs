@@ -57,6 +57,8 @@ impl Products {
 }
 
 /// Whether the fused kernels serve tensors of backend `B` in `dtype` under `kernels`.
+// Without the `cpu` feature the answer is no whatever the backend.
+#[cfg_attr(not(feature = "cpu"), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn fused<B: Backend>(kernels: Kernels, dtype: DType) -> bool {
     #[cfg(feature = "cpu")]
     {
