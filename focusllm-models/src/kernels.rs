@@ -25,11 +25,12 @@ pub enum MatmulPrecision {
     /// f32 operands and f32 sums everywhere. The default.
     #[default]
     F32,
-    /// Where the fused CPU kernels apply, the matrix products of more than a few rows round both
-    /// operands to bf16 and sum in f32: the decoder layers' projections over more than 16 rows
-    /// (prefills, an exact step's chunk batches) and attention's scores and weighted values for
-    /// more than 4 new positions per sequence. A decoding step's few rows, the LM head, RMSNorm,
-    /// RoPE and the softmax stay f32. CPUs with AVX-512 BF16 multiply such operands at twice
+    /// Where the fused CPU kernels apply, the matrix products of forwards with more than 4 new
+    /// positions per sequence (prefills, an exact step's dynamic prompts) round both operands to
+    /// bf16 and sum in f32: the decoder layers' projections, and attention's scores and weighted
+    /// values. Decoding steps (a generated token, an exact step's two rows per chunk), the LM
+    /// head, RMSNorm, RoPE and the softmax stay f32. The choice depends on each sequence's length
+    /// alone, never on its batch. CPUs with AVX-512 BF16 multiply such operands at twice
     /// f32's rate (`vdpbf16ps`); others get the same rounding at f32 speed. The rounding costs
     /// accuracy (a bf16 value keeps 8 bits of mantissa against f32's 24): BENCHMARKS.md measures
     /// what it changes.
@@ -46,7 +47,18 @@ pub(crate) struct Products {
     pub(crate) bf16: bool,
 }
 
+/// New positions per sequence up to which a forward's products stay f32 under
+/// [`MatmulPrecision::Bf16`] (a generated token, an exact step's two rows per chunk). The choice
+/// depends on the sequence alone, never on how many sequences share the batch, so a chunk's
+/// numbers do not depend on its batch.
+pub(crate) const BF16_AFTER_SEQ: usize = 4;
+
 impl Products {
+    /// Whether the products of a forward of `seq` new positions per sequence take bf16 operands.
+    pub(crate) fn bf16_for(self, seq: usize) -> bool {
+        self.bf16 && seq > BF16_AFTER_SEQ
+    }
+
     /// `fused` products in `precision` (bf16 only on the fused path).
     pub(crate) fn new(fused: bool, precision: MatmulPrecision) -> Self {
         Self {

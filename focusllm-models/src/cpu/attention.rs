@@ -46,9 +46,9 @@ pub(crate) struct Visibility {
     pub pads: Vec<usize>,
     /// Every new position is the candidate of its own step (`Candidates::Each`).
     pub each: bool,
-    /// Not a visibility rule but the plan's other setting: blocks of more than [`STEP_ROWS`]
-    /// queries multiply scores and weighted values with bf16 operands and f32 sums
-    /// ([`crate::MatmulPrecision::Bf16`]).
+    /// Not a visibility rule but the plan's other setting: sequences of more than
+    /// [`crate::kernels::BF16_AFTER_SEQ`] new positions multiply scores and weighted values with
+    /// bf16 operands and f32 sums ([`crate::MatmulPrecision::Bf16`]).
     pub bf16: bool,
 }
 
@@ -337,7 +337,7 @@ impl Task<'_> {
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         // With bf16 products: the queries rounded once, each tile's keys, weights and values
         // rounded into buffers reused from tile to tile.
-        let bf16 = self.vis.bf16 && self.dims.seq > STEP_ROWS;
+        let bf16 = self.vis.bf16 && self.dims.seq > crate::kernels::BF16_AFTER_SEQ;
         let mut q16 = bf16::Rows::default();
         if bf16 {
             q16.set(qt, rows, dim, dim);
@@ -577,7 +577,7 @@ mod tests {
                 .with_focus(self.focus)
             };
             let (want, want_focus) = plan(false).attend(q.clone(), k.clone(), v.clone());
-            if seq > super::STEP_ROWS {
+            if seq > crate::kernels::BF16_AFTER_SEQ {
                 // bf16 products: the scores and weighted values of rounded operands, and so
                 // another result than f32's, as close as bf16's 8 bits allow.
                 let bf16 = plan(true).with_bf16_products(true);

@@ -223,6 +223,33 @@ mod tests {
     }
 
     #[test]
+    fn a_sequences_bf16_products_do_not_depend_on_its_batch() {
+        // A sequence of 10 new positions alone (10 rows) and among 4 (40 rows): the same bf16
+        // products, bit for bit; a step's 2 rows per sequence stay f32 however many share the
+        // batch.
+        use crate::kernels::{MatmulPrecision, Products};
+        let device = Default::default();
+        let layer = Linear::<B> {
+            weight: Param::from_tensor(random([200, 300])),
+            bias: None,
+        };
+        let bits = |t: Tensor<B, 3>| t.into_data().to_vec::<f32>().unwrap();
+        let bf16 = Products::new(true, MatmulPrecision::Bf16);
+        let f32 = Products::new(true, MatmulPrecision::F32);
+        for (seq, rounded) in [(10, true), (2, false)] {
+            let x = Tensor::<B, 3>::random([4, seq, 200], Distribution::Normal(0.0, 1.0), &device);
+            let all = bits(ops::linear(x.clone(), &layer, bf16));
+            let alone = bits(ops::linear(x.clone().narrow(0, 1, 1), &layer, bf16));
+            assert!(
+                super::super::same_bits(&alone, &all[seq * 300..2 * seq * 300]),
+                "{seq} positions: alone and among 4 differ"
+            );
+            let unrounded = bits(ops::linear(x.narrow(0, 1, 1), &layer, f32));
+            assert_eq!(alone != unrounded, rounded, "{seq} positions");
+        }
+    }
+
+    #[test]
     fn a_row_gets_the_same_bits_among_two_or_among_many() {
         // An exact step batches two rows per chunk with however many chunks share the batch
         // (sharded runs batch differently): a row's product must not change in the last bit

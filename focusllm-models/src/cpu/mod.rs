@@ -170,12 +170,6 @@ pub(crate) fn has_bf16_dot() -> bool {
     bf16::has_dot()
 }
 
-/// Whether a product of `rows` rows takes the many-row paths (a prefill's, not a decoding
-/// step's few rows: see [`is_thin`]).
-pub(crate) fn is_many(rows: usize) -> bool {
-    rows > matmul::MAX_THIN
-}
-
 /// `x` `[m, k]` · `w` `[k, n]` with both operands rounded to bf16 and f32 sums (see [`bf16`];
 /// `B` must be [`Flex`] and both f32).
 pub(crate) fn bf16_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {

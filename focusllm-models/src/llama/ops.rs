@@ -45,8 +45,8 @@ pub(crate) fn project<B: Backend>(
 
 /// `layer` applied to `x` `[b, s, in]`. With `products.fused` (see [`crate::kernels::fused`]) a
 /// few rows (a decoding step) are multiplied on every core (see `crate::cpu::thin_matmul`), and
-/// with `products.bf16` more rows with bf16 operands (see `crate::cpu::bf16_matmul`); otherwise
-/// this is burn's `Linear::forward`.
+/// where [`Products::bf16_for`] the sequence's length, with bf16 operands (see
+/// `crate::cpu::bf16_matmul`); otherwise this is burn's `Linear::forward`.
 pub(crate) fn linear<B: Backend>(
     x: Tensor<B, 3>,
     layer: &Linear<B>,
@@ -56,13 +56,13 @@ pub(crate) fn linear<B: Backend>(
     if products.fused {
         let [b, s, k] = x.dims();
         let n = layer.weight.dims()[1];
-        let y = if crate::cpu::is_thin(b * s, n, x.dtype()) {
-            Some(crate::cpu::thin_matmul(
+        let y = if products.bf16_for(s) {
+            Some(crate::cpu::bf16_matmul(
                 x.clone().reshape([b * s, k]),
                 layer.weight.val(),
             ))
-        } else if products.bf16 && crate::cpu::is_many(b * s) {
-            Some(crate::cpu::bf16_matmul(
+        } else if crate::cpu::is_thin(b * s, n, x.dtype()) {
+            Some(crate::cpu::thin_matmul(
                 x.clone().reshape([b * s, k]),
                 layer.weight.val(),
             ))

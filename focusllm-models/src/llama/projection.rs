@@ -70,16 +70,17 @@ impl<B: Backend> Projection<B> {
     }
 
     /// `x` `[b, s, in]` through the layer. `products`: see [`super::ops::linear`] (a quantized
-    /// weight always runs the CPU kernels of [`crate::quantized`], with bf16 operands for many
-    /// rows where `products.bf16`).
+    /// weight always runs the CPU kernels of [`crate::quantized`], with bf16 operands where
+    /// [`Products::bf16_for`] the sequence's length).
     pub(crate) fn forward(&self, x: Tensor<B, 3>, products: Products) -> Tensor<B, 3> {
         match self {
             Self::Dense(l) => linear(x, l, products),
             Self::Quantized(q) => {
                 let [b, s, k] = x.dims();
                 let n = q.weight.rows();
-                let y = quantized_product(x.reshape([b * s, k]), &q.weight, products.bf16)
-                    .reshape([b, s, n]);
+                let bf16 = products.bf16_for(s);
+                let y =
+                    quantized_product(x.reshape([b * s, k]), &q.weight, bf16).reshape([b, s, n]);
                 match &q.bias {
                     Some(bias) => y + bias.val().unsqueeze::<3>(),
                     None => y,
@@ -90,8 +91,8 @@ impl<B: Backend> Projection<B> {
 }
 
 /// `x` `[m, in]` times the quantized `w` `[out, in]` transposed, in f32 (and back in `x`'s
-/// dtype: a model converted to another dtype after loading still runs); with `bf16`, many rows
-/// multiply with both operands rounded to bf16 on the CPU.
+/// dtype: a model converted to another dtype after loading still runs); with `bf16`, both
+/// operands rounded to bf16 on the CPU.
 pub(super) fn quantized_product<B: Backend>(
     x: Tensor<B, 2>,
     w: &QuantizedMatrix,
@@ -108,7 +109,6 @@ fn quantized_product_f32<B: Backend>(
 ) -> Tensor<B, 2> {
     #[cfg(feature = "cpu")]
     if crate::cpu::is_flex::<B>() {
-        let bf16 = bf16 && crate::cpu::is_many(x.dims()[0]);
         return crate::cpu::quantized_matmul(x, w, bf16);
     }
     let _ = bf16;
