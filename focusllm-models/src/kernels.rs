@@ -37,13 +37,14 @@ pub enum MatmulPrecision {
     Bf16,
 }
 
-/// How a forward's projections multiply: with the fused CPU kernels or burn's operations, and
-/// with bf16 operands for many rows or not.
+/// How a forward's products multiply: with the fused CPU kernels or burn's operations, and with
+/// bf16 operands for sequences of more than [`BF16_AFTER_SEQ`] new positions or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Products {
     /// The fused CPU kernels apply (see [`fused`]).
     pub(crate) fused: bool,
-    /// Many rows multiply with bf16 operands ([`MatmulPrecision::Bf16`] on the fused path).
+    /// Longer sequences multiply with bf16 operands ([`MatmulPrecision::Bf16`] on the fused
+    /// path; see [`Products::bf16_for`]).
     pub(crate) bf16: bool,
 }
 

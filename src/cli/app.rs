@@ -181,7 +181,7 @@ pub struct EngineArgs {
     /// of weights kept quantized by `--weights quantized`).
     #[arg(long, default_value = "fused", value_parser = ["fused", "burn"])]
     pub kernels: String,
-    /// Precision of the matrix products over many rows (the projections and attention of
+    /// Precision of the matrix products of long forwards (the projections and attention of
     /// prefills and exact steps): `f32`, or `bf16` (both operands rounded to bf16, sums in f32:
     /// up to twice as fast on CPUs with AVX-512 BF16, at bf16's rounding; fused CPU kernels
     /// only, decoding steps stay f32).

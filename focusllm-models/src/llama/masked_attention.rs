@@ -50,7 +50,8 @@ pub(crate) struct AttentionPlan<B: Backend> {
     groups: usize,
     /// Measure how much of the last query's attention goes to the first this many keys.
     focus: Option<usize>,
-    /// The projections of many rows multiply with bf16 operands (on the fused path only).
+    /// The products of longer sequences take bf16 operands (on the fused path only; see
+    /// `Products::bf16_for`).
     bf16_products: bool,
 }
 

@@ -64,7 +64,7 @@ pub struct Args {
 pub struct Row {
     method: String,
     kernels: String,
-    /// Precision the many-row products ran in (`--matmul`, where the fused CPU kernels apply):
+    /// Precision the prefills' products ran in (`--matmul`, where the fused CPU kernels apply):
     /// `f32` or `bf16`.
     matmul: String,
     /// `quantized` or `f32` (`--weights`), and the bytes the model's weights take in MiB.
