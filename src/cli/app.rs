@@ -459,7 +459,7 @@ fn is_default_model(path: &std::path::Path) -> bool {
         .is_some_and(|n| n == super::fetch::DEFAULT_MODEL_FILE)
 }
 
-/// `"burn"` → [`Kernels::Burn`]; anything else (`"fused"`) → the default.
+/// `"burn"` → [`focusllm_models::Kernels::Burn`]; anything else (`"fused"`) → the default.
 pub fn parse_kernels(name: &str) -> focusllm_models::Kernels {
     match name {
         "burn" => focusllm_models::Kernels::Burn,
