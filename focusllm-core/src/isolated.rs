@@ -61,6 +61,8 @@ enum Job<B: Backend> {
     Extend(Vec<u64>, u32, u32, Sender<Result<Vec<CandidateSet<B>>>>),
     Bytes(u64, Sender<usize>),
     Drop(u64),
+    /// Release every state and the decoder now, answer, and end.
+    Stop(Sender<()>),
 }
 
 /// What a caller holds of a batch whose state lives on the worker: its number there. Dropping it
@@ -84,6 +86,28 @@ pub(crate) struct Isolated<B: Backend> {
     label: String,
     alive: Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>,
     poll: Duration,
+}
+
+impl<B: Backend> Drop for Isolated<B> {
+    /// Has the worker release its states and its decoder before this returns, while the shard
+    /// still answers: released later, on the worker's own time, they could reach a remote shard
+    /// whose server the caller stopped right after this drop, and every release would then panic
+    /// (its worker parked for good, holding the panic hook's lock: a test harness that restores
+    /// its hook at the end then hung). A parked worker is not asked, and a worker that hangs on a
+    /// lost shard is waited for ten seconds at most.
+    fn drop(&mut self) {
+        let is_parked = parked()
+            .lock()
+            .map(|p| p.contains_key(&self.thread_name))
+            .unwrap_or(true);
+        if is_parked {
+            return;
+        }
+        let (done, released) = mpsc::channel();
+        if self.sender().send(Job::Stop(done)).is_ok() {
+            let _ = released.recv_timeout(Duration::from_secs(10));
+        }
+    }
 }
 
 /// Worker thread names are unique per process.
@@ -238,6 +262,12 @@ where
             }
             Job::Drop(id) => {
                 states.remove(&id);
+            }
+            Job::Stop(done) => {
+                drop(states);
+                drop(decoder);
+                let _ = done.send(());
+                return;
             }
         }
     }
