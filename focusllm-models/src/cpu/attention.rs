@@ -16,7 +16,7 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::view::{KvView, View, inner_contiguous};
-use super::{bf16, exp, few_rows};
+use super::{bf16, exp2, few_rows};
 
 /// Query rows (positions) per task: each key and value tile read from the cache serves
 /// `groups·ROWS` query rows.
@@ -197,8 +197,9 @@ pub(super) fn attend_scaled(
     (out, focus)
 }
 
-/// The running state of an online softmax over some keys, per query row: the largest score,
-/// the sum of `exp(score - max)`, and those weights times the values (`rows × dim`).
+/// The running state of an online softmax over some keys, per query row: the largest score (in
+/// units of `log2`: see [`Task::queries`]), the sum of `2^(score - max)`, and those weights times
+/// the values (`rows × dim`).
 #[derive(Clone)]
 struct Softmax {
     max: Vec<f32>,
@@ -229,7 +230,7 @@ impl Softmax {
                 if m == f32::NEG_INFINITY {
                     0.0
                 } else {
-                    exp::exp(m - new_max)
+                    exp2::exp2(m - new_max)
                 }
             };
             let (mine, theirs) = (weight(self.max[r]), weight(other.max[r]));
@@ -250,7 +251,7 @@ impl Softmax {
 /// The cut never depends on the core count, and its non-empty segments not on the batch: each
 /// starts at a multiple of [`SEGMENT`] from the sequence's first visible key, and the empty
 /// segments a padded sequence gets beyond its last key merge exactly (their weight is 0 and its
-/// own is `exp(0) = 1`). So a chunk's numbers do not depend on which chunks share its batch
+/// own is `2^0 = 1`). So a chunk's numbers do not depend on which chunks share its batch
 /// (sharded and unsharded runs agree to the bit), as they would if the merge order moved.
 fn key_segments(seq: usize, keys: usize) -> usize {
     if seq > STEP_ROWS {
@@ -299,12 +300,13 @@ impl Task<'_> {
         self.softmax_over(&qt, k, v, start, (start + SEGMENT).min(hi))
     }
 
-    /// The block's query rows, scaled by `1/√d`: row r is query position i0 + r / groups of head
-    /// kv_head·groups + r % groups.
+    /// The block's query rows, scaled by `log2(e)/√d`: row r is query position i0 + r / groups of
+    /// head kv_head·groups + r % groups. The scores are then the usual ones in units of `log2`,
+    /// and the softmax's `exp(s - max)` is `2^(s' - max')`, which costs half as much ([`exp2`]).
     fn queries(&self, q: &View<'_>) -> Vec<f32> {
         let Dims { groups, dim, .. } = *self.dims;
         let rows = groups * (self.i1 - self.i0);
-        let scale = 1.0 / (dim as f32).sqrt();
+        let scale = std::f32::consts::LOG2_E / (dim as f32).sqrt();
         let mut qt = vec![0.0f32; rows * dim];
         for (r, row) in qt.chunks_exact_mut(dim).enumerate() {
             let (i, g) = (self.i0 + r / groups, r % groups);
@@ -396,17 +398,17 @@ impl Task<'_> {
                         }
                     }
                 }
-                let tile_max = exp::max(row);
+                let tile_max = exp2::max(row);
                 let new_max = max[r].max(tile_max);
                 if new_max == f32::NEG_INFINITY {
                     row.fill(0.0);
                     continue;
                 }
-                let tile_sum = exp::exp_sub_sum(row, new_max);
+                let tile_sum = exp2::exp2_sub_sum(row, new_max);
                 let correction = if max[r] == f32::NEG_INFINITY {
                     0.0
                 } else {
-                    exp::exp(max[r] - new_max)
+                    exp2::exp2(max[r] - new_max)
                 };
                 if correction != 1.0 {
                     acc[r * dim..(r + 1) * dim]
@@ -504,7 +506,7 @@ impl Task<'_> {
                 // SAFETY: `rows` gave n rows of `dim` floats, `row` apart.
                 let krow = unsafe { std::slice::from_raw_parts(keys.add(j * row), dim) };
                 let score: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
-                *s += exp::exp(score - max[r]) / sum[r] / heads as f32;
+                *s += exp2::exp2(score - max[r]) / sum[r] / heads as f32;
             }
         }
         share

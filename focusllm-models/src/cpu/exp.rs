@@ -1,12 +1,12 @@
-//! A vectorised `exp` (and row maximum) for the softmax rows of the attention kernel, and SwiGLU.
+//! A vectorised natural `exp` for SwiGLU's `silu` (the attention's softmax works in base 2: see
+//! [`super::exp2`]).
 //!
-//! `f32::exp` is a libm call per element (8% of a FocusLLM prefill's cycles on flex). This is the
-//! Cephes `expf` scheme (range reduction by `n·ln 2` in two parts, a degree-6 polynomial, `2^n`
-//! by exponent bits), branch-free, in AVX2 with fused multiply-adds where the CPU has them
-//! (every x86-64 CPU with AVX2 but a few has FMA too): relative error below 2e-7, exact 0 below
-//! the f32 range (a masked `-inf` gives 0, as in softmax). The scalar code beside the vector code
-//! (a row's last few values, single values) does the same operations with `mul_add`, so both
-//! give the same bits; the portable code fuses only where that is an instruction.
+//! `f32::exp` is a libm call per element. This is the Cephes `expf` scheme (range reduction by
+//! `n·ln 2` in two parts, a degree-6 polynomial, `2^n` by exponent bits), branch-free, in AVX2 with
+//! fused multiply-adds where the CPU has them (every x86-64 CPU with AVX2 but a few has FMA too):
+//! relative error below 2e-7, exact 0 below the f32 range. The scalar code beside the vector code
+//! (a row's last few values) does the same operations with `mul_add`, so both give the same bits;
+//! the portable code fuses only where that is an instruction.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -27,11 +27,12 @@ const POLY: [f32; 6] = [
 /// Whether the portable code fuses its multiply-adds: `mul_add` is one instruction on aarch64 and
 /// on x86-64 builds for CPUs with FMA, but a call to libm's `fmaf` on a baseline x86-64 build
 /// (several times slower than a multiply and an add).
-const PORTABLE_FUSED: bool = cfg!(target_arch = "aarch64") || cfg!(target_feature = "fma");
+pub(super) const PORTABLE_FUSED: bool =
+    cfg!(target_arch = "aarch64") || cfg!(target_feature = "fma");
 
 /// `a·b + c`, rounded once when `FUSED`.
 #[inline(always)]
-fn mul_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn mul_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FUSED { a.mul_add(b, c) } else { a * b + c }
 }
 
@@ -47,25 +48,6 @@ fn exp_approx<const FUSED: bool>(x: f32) -> f32 {
     let e = mul_add::<FUSED>(p * r, r, r) + 1.0;
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if x < MIN_ARG { 0.0 } else { e * scale }
-}
-
-/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (portable version).
-fn exp_sub_sum_body<const FUSED: bool>(row: &mut [f32], max: f32) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for (x, a) in chunk.iter_mut().zip(acc.iter_mut()) {
-            *x = exp_approx::<FUSED>(*x - max);
-            *a += *x;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp_approx::<FUSED>(*x - max);
-        sum += *x;
-    }
-    sum
 }
 
 /// Eight lanes of [`exp_approx`]: the same operations in the same order, fused multiply-adds
@@ -93,32 +75,6 @@ fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_andnot_ps(under, _mm256_mul_ps(e, _mm256_castsi256_ps(bits)))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_sub_sum_avx2(row: &mut [f32], max: f32) -> f32 {
-    use std::arch::x86_64::*;
-    let vmax = _mm256_set1_ps(max);
-    let mut acc = _mm256_setzero_ps();
-    let mut chunks = row.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let p = chunk.as_mut_ptr();
-        // SAFETY: `chunk` holds 8 floats; unaligned loads and stores.
-        let y = exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(p) }, vmax));
-        // SAFETY: as above.
-        unsafe { _mm256_storeu_ps(p, y) };
-        acc = _mm256_add_ps(acc, y);
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut sum: f32 = lanes.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp_approx::<true>(*x - max);
-        sum += *x;
-    }
-    sum
-}
-
 /// `silu(g)·u = g·u / (1 + exp(−g))`, element by element, into `gate`.
 #[inline(always)]
 fn swiglu_body<const FUSED: bool>(gate: &mut [f32], up: &[f32]) {
@@ -144,38 +100,6 @@ fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     swiglu_body::<true>(tail, &up[n..]);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn max_avx2(row: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
-    let chunks = row.chunks_exact(8);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        // SAFETY: `chunk` holds 8 floats; an unaligned load.
-        acc = _mm256_max_ps(acc, unsafe { _mm256_loadu_ps(chunk.as_ptr()) });
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    lanes
-        .iter()
-        .chain(rest)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// The largest value of `row` (`-inf` when empty), AVX2 code where the CPU has it (`f32::max`'s
-/// NaN rule stops the compiler from vectorising the fold; scores are never NaN).
-pub(crate) fn max(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { max_avx2(row) };
-    }
-    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-}
-
 /// `gate ← silu(gate)·up` (SwiGLU's activation), AVX2 + FMA code where the CPU has it.
 pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -186,41 +110,13 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     swiglu_body::<PORTABLE_FUSED>(gate, up)
 }
 
-/// Replaces every `x` of `row` by `exp(x - max)` and returns their sum (AVX2 + FMA code where the
-/// CPU has it).
-pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { exp_sub_sum_avx2(row, max) };
-    }
-    exp_sub_sum_body::<PORTABLE_FUSED>(row, max)
-}
-
-/// `exp(x)` with the kernel's accuracy (for single values: the online softmax's corrections).
-pub(crate) fn exp(x: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { exp_fma(x) };
-    }
-    exp_approx::<PORTABLE_FUSED>(x)
-}
-
-/// [`exp_approx`] fused, compiled with FMA so that its `mul_add`s are instructions.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-fn exp_fma(x: f32) -> f32 {
-    exp_approx::<true>(x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn matches_libm_to_2e7_relative_over_the_softmax_range() {
-        let variants: [fn(f32) -> f32; 3] = [exp, exp_approx::<true>, exp_approx::<false>];
+    fn matches_libm_to_2e7_relative_over_the_f32_range() {
+        let variants: [fn(f32) -> f32; 2] = [exp_approx::<true>, exp_approx::<false>];
         for (v, ours) in variants.iter().enumerate() {
             let mut worst = 0.0f32;
             for i in 0..=200_000 {
@@ -232,7 +128,7 @@ mod tests {
         }
     }
 
-    /// Whether [`exp_sub_sum`] and [`swiglu`] run the vector code here (which the fused scalar code
+    /// Whether [`swiglu`] runs the vector code here (which the fused scalar code
     /// matches bit for bit), else the portable code.
     fn vector_code_fused() -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -240,35 +136,6 @@ mod tests {
             return true;
         }
         PORTABLE_FUSED
-    }
-
-    #[test]
-    fn vector_and_scalar_paths_agree_bit_for_bit() {
-        let row: Vec<f32> = (0..203).map(|i| -95.0 + i as f32 * 0.5).collect();
-        let mut vector = row.clone();
-        exp_sub_sum(&mut vector, 2.0);
-        let mut scalar = row;
-        if vector_code_fused() {
-            exp_sub_sum_body::<true>(&mut scalar, 2.0);
-        } else {
-            exp_sub_sum_body::<false>(&mut scalar, 2.0);
-        }
-        assert_eq!(vector, scalar);
-    }
-
-    #[test]
-    fn max_is_the_largest_value_at_every_length() {
-        for len in [0, 1, 7, 8, 9, 31, 128, 133] {
-            let row: Vec<f32> = (0..len)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25)
-                .collect();
-            let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(max(&row), want, "length {len}");
-        }
-        let mut row = vec![f32::NEG_INFINITY; 19];
-        assert_eq!(max(&row), f32::NEG_INFINITY);
-        row[17] = -3.0;
-        assert_eq!(max(&row), -3.0);
     }
 
     #[test]
@@ -291,22 +158,5 @@ mod tests {
             swiglu_body::<false>(&mut scalar, &up);
         }
         assert_eq!(fused, scalar);
-    }
-
-    #[test]
-    fn masked_scores_give_exact_zeros_and_rows_sum() {
-        let mut row: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
-        row[3] = f32::NEG_INFINITY;
-        row[20] = -1e30;
-        let max = 3.6;
-        let expected: f32 = row.iter().map(|x| (x - max).exp()).sum();
-        let sum = exp_sub_sum(&mut row, max);
-        assert_eq!(row[3], 0.0);
-        assert_eq!(row[20], 0.0);
-        assert!(
-            (sum - expected).abs() < 1e-5 * expected,
-            "{sum} vs {expected}"
-        );
-        assert!((row[36] - 1.0).abs() < 1e-6);
     }
 }

@@ -20,6 +20,7 @@ mod attention;
 mod bf16;
 mod cache;
 mod exp;
+mod exp2;
 mod few_rows;
 mod matmul;
 mod quantized;
