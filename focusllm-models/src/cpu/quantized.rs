@@ -149,7 +149,9 @@ fn decode_rows(w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
 /// never needs its whole `f32` size.
 fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let (n, k) = (w.rows(), w.cols());
-    let mut out = vec![0.0f32; m * n];
+    // Not zeroed first: the tiles' products write every value (`gemm` does not read its output
+    // here), and a zeroing pass is a full write of the output.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let tile = (DECODED_FLOATS / k.max(1)).max(64).min(n);
     DECODED.with(|cell| {
         // A product on a rayon worker can, while it waits for its tasks, run another stolen
@@ -172,13 +174,16 @@ fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
                 .for_each(|(i, part)| decode_rows(w, first + i * per_task, part));
             // SAFETY: `x` is `[m, k]` row-major (asserted by `matmul`), `decoded` `[rows, k]`
             // row-major read as `[k, rows]` with column stride `k`, and the output columns
-            // `first..first + rows` of `out` `[m, n]` row-major.
+            // `first..first + rows` of `out`'s capacity `[m, n]` row-major, written, not read.
             unsafe {
                 gemm(
                     m,
                     rows,
                     k,
-                    out.as_mut_ptr().add(first),
+                    out.spare_capacity_mut()
+                        .as_mut_ptr()
+                        .cast::<f32>()
+                        .add(first),
                     1,
                     n as isize,
                     false,
@@ -198,6 +203,8 @@ fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
             }
         }
     });
+    // SAFETY: the tiles wrote columns `0..n` of the `m` rows: every value.
+    unsafe { out.set_len(m * n) };
     out
 }
 
