@@ -15,6 +15,7 @@ use burn_flex::FlexTensor;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use super::tiles::{self, KeyPanels};
 use super::view::{KvView, View, inner_contiguous};
 use super::{bf16, exp2, few_rows};
 
@@ -143,6 +144,30 @@ pub(super) fn attend_scaled(
     let ptr = OutPtr(out.as_mut_ptr());
     let focus_keys = focus_keys.map(|n| n.min(dims.keys)).filter(|&n| n > 0);
     let tasks = batch * kv_heads * blocks;
+    // With f32 tiles (`wide`), each sequence's keys from its first unpadded one, transposed once
+    // for all the tasks that read them (each query block's task read its visible tiles).
+    let key_panels: Vec<KeyPanels> = if wide(&dims, vis) {
+        (0..batch * kv_heads)
+            .into_par_iter()
+            .map(|t| {
+                let (b, h) = (t / kv_heads, t % kv_heads);
+                let first = vis.pad(b).min(dims.keys);
+                let n = dims.keys - first;
+                let mut panels = KeyPanels::default();
+                if n > 0 {
+                    let mut scratch = Vec::new();
+                    let (keys, row) = kv.rows(b, h, first, n, dims.dim, &mut scratch);
+                    // SAFETY: `rows` gave `n` keys `row` apart of `dim` values.
+                    let keys =
+                        unsafe { std::slice::from_raw_parts(keys, (n - 1) * row + dims.dim) };
+                    panels.set(keys, n, dims.dim, row);
+                }
+                panels
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let task = |t: usize| {
         let (b, rest) = (t / (kv_heads * blocks), t % (kv_heads * blocks));
         let (h, block) = (rest / blocks, rest % blocks);
@@ -154,6 +179,7 @@ pub(super) fn attend_scaled(
             i1: (i0 + ROWS).min(dims.seq),
             dims: &dims,
             vis,
+            key_panels: key_panels.get(b * kv_heads + h),
         }
     };
     let segments = key_segments(dims.seq, dims.keys);
@@ -260,6 +286,23 @@ fn key_segments(seq: usize, keys: usize) -> usize {
     keys.div_ceil(SEGMENT).max(1)
 }
 
+/// Whether a call's tile products run on [`tiles`] (f32 on CPUs with AVX-512; not a step's few
+/// rows, nor bf16 products): a rule of the sequence's shape and the CPU, as the other paths'.
+fn wide(dims: &Dims, vis: &Visibility) -> bool {
+    !few(dims) && !bf16_products(dims, vis) && tiles::available()
+}
+
+/// Whether a call's tiles take [`few_rows`]' products (a step's few rows, where `gemm`'s set-up
+/// costs more than such a tile's products).
+fn few(dims: &Dims) -> bool {
+    dims.seq <= STEP_ROWS && few_rows::vectorised(dims.dim)
+}
+
+/// Whether a call multiplies scores and weighted values with bf16 operands.
+fn bf16_products(dims: &Dims, vis: &Visibility) -> bool {
+    vis.bf16 && dims.seq > crate::kernels::BF16_AFTER_SEQ
+}
+
 /// One (batch element, key/value head, query block).
 struct Task<'a> {
     b: usize,
@@ -268,6 +311,8 @@ struct Task<'a> {
     i1: usize,
     dims: &'a Dims,
     vis: &'a Visibility,
+    /// This sequence's and head's keys from its first unpadded one, transposed (with f32 tiles).
+    key_panels: Option<&'a KeyPanels>,
 }
 
 impl Task<'_> {
@@ -335,11 +380,11 @@ impl Task<'_> {
         let Softmax { max, sum, acc } = &mut state;
         // A step's few rows (the same rule as the key segments: it depends on the sequence's
         // shape and the CPU only) skip `gemm`, whose set-up costs more than such a tile's products.
-        let few = self.dims.seq <= STEP_ROWS && few_rows::vectorised(dim);
+        let few = few(self.dims);
         let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
         // With bf16 products: the queries rounded once, each tile's keys, weights and values
         // rounded into buffers reused from tile to tile.
-        let bf16 = self.vis.bf16 && self.dims.seq > crate::kernels::BF16_AFTER_SEQ;
+        let bf16 = bf16_products(self.dims, self.vis);
         let mut q16 = bf16::Rows::default();
         if bf16 {
             q16.set(qt, rows, dim, dim);
@@ -349,6 +394,11 @@ impl Task<'_> {
             bf16::Packed::default(),
             bf16::Rows::default(),
         );
+        // Else, on CPUs with AVX-512, f32 tiles without `gemm`'s packing: the keys in panels
+        // (the call's, or transposed here when this block's keys start elsewhere: its rows are
+        // padding), queries, weights and values read where they are.
+        let wide = wide(self.dims, self.vis);
+        let mut own_panels = KeyPanels::default();
         let mut j0 = lo;
         while j0 < hi {
             let j1 = (j0 + TILE).min(hi);
@@ -362,6 +412,42 @@ impl Task<'_> {
                 let keys = unsafe { std::slice::from_raw_parts(k_tile, (n - 1) * k_row + dim) };
                 k16.set_n_major(keys, n, dim, k_row);
                 bf16::multiply_here(&q16, &k16, &mut scores, TILE, false);
+            } else if wide {
+                // The call's panels where this tile starts on their grid (every tile of a block
+                // of unpadded rows), else this tile's keys transposed here.
+                let first = pad.min(self.dims.keys);
+                let panels = match self.key_panels {
+                    Some(panels) if j0 >= first && (j0 - first).is_multiple_of(tiles::NR) => {
+                        panels.operand(j0 - first)
+                    }
+                    _ => {
+                        // SAFETY: `k_tile` covers `n` keys `k_row` apart of `dim` values.
+                        let keys =
+                            unsafe { std::slice::from_raw_parts(k_tile, (n - 1) * k_row + dim) };
+                        own_panels.set(keys, n, dim, k_row);
+                        own_panels.operand(0)
+                    }
+                };
+                let queries = tiles::Operand {
+                    ptr: qt.as_ptr(),
+                    ld: dim,
+                    panel: 0,
+                };
+                // SAFETY: the CPU has the features (`wide`); `qt` is `rows × dim`, the panels
+                // `dim ×` at least `n` keys, and `scores` `rows` rows of `TILE ≥ n`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    tiles::multiply(
+                        (rows, n, dim),
+                        queries,
+                        panels,
+                        scores.as_mut_ptr(),
+                        TILE,
+                        false,
+                    )
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (queries, panels);
             } else {
                 unsafe {
                     gemm(
@@ -430,6 +516,28 @@ impl Task<'_> {
                 v16.set_k_major(values, n, dim, v_row);
                 p16.set(&scores, rows, n, TILE);
                 bf16::multiply_here(&p16, &v16, acc, dim, true);
+            } else if wide {
+                let (weights, values) = (
+                    tiles::Operand {
+                        ptr: scores.as_ptr(),
+                        ld: TILE,
+                        panel: 0,
+                    },
+                    tiles::Operand {
+                        ptr: v_tile,
+                        ld: v_row,
+                        panel: tiles::NR,
+                    },
+                );
+                // SAFETY: the CPU has the features; the weights are `rows × n` (`TILE` apart),
+                // the values `n` rows `v_row` apart of `dim`, read in panels of their own
+                // columns, and `acc` `rows × dim`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    tiles::multiply((rows, dim, n), weights, values, acc.as_mut_ptr(), dim, true)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (weights, values);
             } else {
                 unsafe {
                     gemm(

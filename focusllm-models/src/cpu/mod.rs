@@ -25,6 +25,7 @@ mod few_rows;
 mod matmul;
 mod quantized;
 mod rope;
+mod tiles;
 mod view;
 
 use std::any::{Any, TypeId};
