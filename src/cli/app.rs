@@ -486,6 +486,7 @@ pub fn run_main(run: impl FnOnce() -> Result<(), AppError>) -> std::process::Exi
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    crate::cli::memory::tune_allocator();
     init_logging();
     report(run())
 }
