@@ -70,14 +70,14 @@ pub fn release_free_memory() {
 /// the kernel and came back as fresh pages, which the kernel clears: 5-7% of a FocusLLM prefill's
 /// cycles with bf16 products. [`release_free_memory`] still hands everything back at once (a
 /// forced collection ignores the delay).
-pub const PURGE_DELAY_MS: i64 = 60_000;
+pub const PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 /// Sets mimalloc's purge delay to [`PURGE_DELAY_MS`] unless the environment sets it. Call it
 /// first thing in `main`, before other threads allocate.
 pub fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: setting an option has no preconditions; the option is read at each purge.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
@@ -92,12 +92,12 @@ mod tests {
     /// defaults to that).
     #[test]
     fn the_purge_delay_index_names_the_purge_delay() {
-        let want = std::env::var("MIMALLOC_PURGE_DELAY")
+        let want: std::ffi::c_long = std::env::var("MIMALLOC_PURGE_DELAY")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
         // SAFETY: reading an option has no preconditions.
         let got = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(i64::from(got), want);
+        assert_eq!(got, want);
     }
 }
