@@ -16,6 +16,28 @@
 //! this crate and of our users' code, and every backend (and `Autodiff<B>`) would need an impl.
 //! A `TypeId` comparison selects the flex path at no cost and leaves the generic API as it is.
 
+/// `$tile::<R>($t)` with the constant `R` equal to `$rows` (1 to 12, the rows of a tile): the
+/// microkernels keep their sums in arrays sized at compile time.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
+macro_rules! tile_of_rows {
+    ($rows:expr, $tile:ident, $t:expr) => {
+        match $rows {
+            12 => $tile::<12>($t),
+            11 => $tile::<11>($t),
+            10 => $tile::<10>($t),
+            9 => $tile::<9>($t),
+            8 => $tile::<8>($t),
+            7 => $tile::<7>($t),
+            6 => $tile::<6>($t),
+            5 => $tile::<5>($t),
+            4 => $tile::<4>($t),
+            3 => $tile::<3>($t),
+            2 => $tile::<2>($t),
+            _ => $tile::<1>($t),
+        }
+    };
+}
+
 mod attention;
 mod bf16;
 mod cache;
