@@ -286,10 +286,11 @@ fn key_segments(seq: usize, keys: usize) -> usize {
     keys.div_ceil(SEGMENT).max(1)
 }
 
-/// Whether a call's tile products run on [`tiles`] (f32 on CPUs with AVX-512; not a step's few
-/// rows, nor bf16 products): a rule of the sequence's shape and the CPU, as the other paths'.
+/// Whether a call's tile products run on [`tiles`] (f32 on CPUs with AVX-512; more than a
+/// step's few rows, whose keys a call would transpose for little use, and not bf16 products): a
+/// rule of the sequence's shape and the CPU, as the other paths'.
 fn wide(dims: &Dims, vis: &Visibility) -> bool {
-    !few(dims) && !bf16_products(dims, vis) && tiles::available()
+    dims.seq > STEP_ROWS && !bf16_products(dims, vis) && tiles::available()
 }
 
 /// Whether a call's tiles take [`few_rows`]' products (a step's few rows, where `gemm`'s set-up

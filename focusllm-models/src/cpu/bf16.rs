@@ -145,16 +145,20 @@ impl Rows {
         self.words.resize(m * pairs, 0);
         if pairs > 0 {
             for (r, out) in self.words.chunks_exact_mut(pairs).enumerate() {
-                round_row(&x[r * ld..][..k], uninit(out));
+                // SAFETY: `round_row` writes only rounded words.
+                round_row(&x[r * ld..][..k], unsafe { uninit(out) });
             }
         }
     }
 }
 
-/// `values` as places to write (what is written is initialised: the callers write only values).
-fn uninit<T>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout; the places hold values, and the callers (this
-    // module's writers) put only values into them.
+/// `values` as places to write.
+///
+/// # Safety
+/// The caller writes only initialised values through the result (never `MaybeUninit::uninit()`),
+/// so that `values` still holds values afterwards.
+unsafe fn uninit<T>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout; the caller's contract keeps the places valid.
     unsafe { &mut *(values as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
@@ -239,7 +243,8 @@ impl Packed {
             for (panel, out) in self.words.chunks_exact_mut(self.pairs * NR).enumerate() {
                 let j0 = panel * NR;
                 for c in 0..NR.min(n - j0) {
-                    round_row(&w[(j0 + c) * ld..][..k], uninit(&mut rounded));
+                    // SAFETY: `round_row` writes only rounded words.
+                    round_row(&w[(j0 + c) * ld..][..k], unsafe { uninit(&mut rounded) });
                     transpose_row(&rounded, c, out);
                 }
             }
@@ -268,7 +273,8 @@ impl Packed {
                         let cols = NR.min(n - j0);
                         decode(j0, &mut rows[..cols * k]);
                         for (c, x) in rows[..cols * k].chunks_exact(k).enumerate() {
-                            round_row(x, uninit(rounded));
+                            // SAFETY: `round_row` writes only rounded words.
+                            round_row(x, unsafe { uninit(rounded) });
                             transpose_row(rounded, c, out);
                         }
                     },
@@ -357,7 +363,8 @@ unsafe impl Sync for Out {}
 /// [`multiply_into`] over places that hold values (tests).
 #[cfg(test)]
 pub(crate) fn multiply(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize) {
-    multiply_into(a, b, uninit(out), ldc);
+    // SAFETY: `multiply_into` writes only products.
+    multiply_into(a, b, unsafe { uninit(out) }, ldc);
 }
 
 /// `out[r · ldc + j] = Σ_i a[r][i] · b[i][j]` for the `a.m` rows and the `b.n` columns, split
@@ -412,7 +419,8 @@ fn multiply_into(a: &Rows, b: &Packed, out: &mut [MaybeUninit<f32>], ldc: usize)
 /// # Panics
 /// If the shared dimensions differ or `out` is too short.
 pub(crate) fn multiply_here(a: &Rows, b: &Packed, out: &mut [f32], ldc: usize, accumulate: bool) {
-    let out = uninit(out);
+    // SAFETY: `check`, the tiles and `fallback` write only values (zeros, products, sums).
+    let out = unsafe { uninit(out) };
     if !check(a, b, out, ldc, accumulate) {
         return;
     }
@@ -640,13 +648,14 @@ mod avx512 {
         let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
         let (m0, m1) = (lanes(t.cols), lanes(t.cols.saturating_sub(16)));
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        // SAFETY: per the function's contract.
+        // SAFETY: per the function's contract; masked lanes are neither read nor written (the
+        // second vector's address may lie past a short last row: `wrapping_add`, no access).
         unsafe {
             if t.accumulate {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let c = t.c.add(r * t.ldc);
                     acc[0] = _mm512_maskz_loadu_ps(m0, c);
-                    acc[1] = _mm512_maskz_loadu_ps(m1, c.add(16));
+                    acc[1] = _mm512_maskz_loadu_ps(m1, c.wrapping_add(16));
                 }
             }
             for p in 0..t.depth {
@@ -663,7 +672,7 @@ mod avx512 {
             for (r, acc) in acc.iter().enumerate() {
                 let c = t.c.add(r * t.ldc);
                 _mm512_mask_storeu_ps(c, m0, acc[0]);
-                _mm512_mask_storeu_ps(c.add(16), m1, acc[1]);
+                _mm512_mask_storeu_ps(c.wrapping_add(16), m1, acc[1]);
             }
         }
     }

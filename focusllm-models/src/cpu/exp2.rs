@@ -29,13 +29,14 @@ const POLY: [f32; 6] = [
     std::f32::consts::LN_2,
 ];
 
-/// `2^x` (`x ≤ 127`), the reference every vector path matches.
+/// `2^x` (`x ≤ 127`; NaN stays NaN), the reference every vector path matches.
 #[inline(always)]
 fn exp2_approx<const FUSED: bool>(x: f32) -> f32 {
     if x < MIN_ARG {
         return 0.0;
     }
-    let xc = x.min(MAX_ARG);
+    // Not `f32::min`, which would turn a NaN into `MAX_ARG`.
+    let xc = if x > MAX_ARG { MAX_ARG } else { x };
     let n = xc.round_ties_even();
     let r = xc - n;
     let mut p = POLY[0];
@@ -129,12 +130,14 @@ mod x86 {
     }
 
     /// Sixteen lanes of [`exp2_approx`]: `vscalefps` multiplies by `2^n` (the same rounding as
-    /// the scalar code's multiply by the power's bits), the zeroing mask gives the 0s.
+    /// the scalar code's multiply by the power's bits), the zeroing mask gives the 0s. A NaN is
+    /// kept (not less than the bound) and passes through `min`, which returns its second operand
+    /// when one is NaN.
     #[target_feature(enable = "avx512f,fma")]
     fn exp2_16(x: __m512) -> __m512 {
         let splat = _mm512_set1_ps;
-        let kept = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, splat(MIN_ARG));
-        let xc = _mm512_min_ps(x, splat(MAX_ARG));
+        let kept = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, splat(MIN_ARG));
+        let xc = _mm512_min_ps(splat(MAX_ARG), x);
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(xc);
         let r = _mm512_sub_ps(xc, n);
         let mut p = splat(POLY[0]);
@@ -178,12 +181,13 @@ mod x86 {
         _mm512_reduce_add_ps(acc)
     }
 
-    /// Eight lanes of [`exp2_approx`], `2^n` by the exponent's bits.
+    /// Eight lanes of [`exp2_approx`], `2^n` by the exponent's bits (a NaN passes through `min`,
+    /// its second operand, and the product).
     #[target_feature(enable = "avx2,fma")]
     fn exp2_8(x: __m256) -> __m256 {
         let splat = _mm256_set1_ps;
         let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, splat(MIN_ARG));
-        let xc = _mm256_min_ps(x, splat(MAX_ARG));
+        let xc = _mm256_min_ps(splat(MAX_ARG), x);
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(xc);
         let r = _mm256_sub_ps(xc, n);
         let mut p = splat(POLY[0]);
@@ -279,6 +283,23 @@ mod tests {
         assert_eq!(exp2(0.0), 1.0);
         assert_eq!(exp2(-1.0), 0.5);
         assert_eq!(exp2(MIN_ARG), f32::MIN_POSITIVE);
+    }
+
+    /// A NaN score (a model gone wrong) shows as NaN on every path, not as a weight of 0 on
+    /// some and 2^127 on others.
+    #[test]
+    fn nan_stays_nan_on_every_path() {
+        assert!(exp2(f32::NAN).is_nan());
+        for v in [exp2_approx::<true>, exp2_approx::<false>] {
+            assert!(v(f32::NAN).is_nan());
+        }
+        for len in [1, 8, 9, 16, 17, 40] {
+            let mut row = vec![-1.0f32; len];
+            row[len - 1] = f32::NAN;
+            let sum = exp2_sub_sum(&mut row, 0.0);
+            assert!(row[len - 1].is_nan() && sum.is_nan(), "length {len}");
+            assert!(row[..len - 1].iter().all(|&v| v == 0.5), "length {len}");
+        }
     }
 
     /// The portable code the vector code here matches bit for bit.

@@ -260,19 +260,20 @@ unsafe fn tile<const R: usize>(t: Tile) {
     let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
     let (m0, m1) = (lanes(t.cols), lanes(t.cols.saturating_sub(16)));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    // SAFETY: per the function's contract; masked lanes are neither read nor written.
+    // SAFETY: per the function's contract; masked lanes are neither read nor written (the
+    // second vector's address may lie past a short last row: `wrapping_add`, no access).
     unsafe {
         if t.accumulate {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let c = t.c.add(r * t.ldc);
                 acc[0] = _mm512_maskz_loadu_ps(m0, c);
-                acc[1] = _mm512_maskz_loadu_ps(m1, c.add(16));
+                acc[1] = _mm512_maskz_loadu_ps(m1, c.wrapping_add(16));
             }
         }
         for p in 0..t.depth {
             let b = t.b.add(p * t.ldb);
             let b0 = _mm512_maskz_loadu_ps(m0, b);
-            let b1 = _mm512_maskz_loadu_ps(m1, b.add(16));
+            let b1 = _mm512_maskz_loadu_ps(m1, b.wrapping_add(16));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*t.a.add(r * t.lda + p));
                 acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
@@ -282,7 +283,7 @@ unsafe fn tile<const R: usize>(t: Tile) {
         for (r, acc) in acc.iter().enumerate() {
             let c = t.c.add(r * t.ldc);
             _mm512_mask_storeu_ps(c, m0, acc[0]);
-            _mm512_mask_storeu_ps(c.add(16), m1, acc[1]);
+            _mm512_mask_storeu_ps(c.wrapping_add(16), m1, acc[1]);
         }
     }
 }
