@@ -157,9 +157,6 @@ pub(super) fn attend_scaled(
                 if n > 0 {
                     let mut scratch = Vec::new();
                     let (keys, row) = kv.rows(b, h, first, n, dims.dim, &mut scratch);
-                    // SAFETY: `rows` gave `n` keys `row` apart of `dim` values.
-                    let keys =
-                        unsafe { std::slice::from_raw_parts(keys, (n - 1) * row + dims.dim) };
                     panels.set(keys, n, dims.dim, row);
                 }
                 panels
@@ -404,13 +401,17 @@ impl Task<'_> {
         while j0 < hi {
             let j1 = (j0 + TILE).min(hi);
             let n = j1 - j0;
-            let (k_tile, k_row) = k.rows(self.b, self.kv_head, j0, n, dim, &mut k_scratch);
-            // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
+            // This tile's keys are read (or widened from a compact cache) only in the branches
+            // that use them: the call's panels need neither.
+            let (b, h) = (self.b, self.kv_head);
             if few {
-                unsafe { few_rows::scores((rows, n, dim), qt, k_tile, k_row, &mut scores, TILE) };
+                let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
+                // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
+                unsafe {
+                    few_rows::scores((rows, n, dim), qt, keys.as_ptr(), k_row, &mut scores, TILE)
+                };
             } else if bf16 {
-                // SAFETY: `k_tile` covers `n` keys `k_row` apart of `dim` values.
-                let keys = unsafe { std::slice::from_raw_parts(k_tile, (n - 1) * k_row + dim) };
+                let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
                 k16.set_n_major(keys, n, dim, k_row);
                 bf16::multiply_here(&q16, &k16, &mut scores, TILE, false);
             } else if wide {
@@ -422,9 +423,7 @@ impl Task<'_> {
                         panels.operand(j0 - first)
                     }
                     _ => {
-                        // SAFETY: `k_tile` covers `n` keys `k_row` apart of `dim` values.
-                        let keys =
-                            unsafe { std::slice::from_raw_parts(k_tile, (n - 1) * k_row + dim) };
+                        let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
                         own_panels.set(keys, n, dim, k_row);
                         own_panels.operand(0)
                     }
@@ -450,6 +449,8 @@ impl Task<'_> {
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (queries, panels);
             } else {
+                let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
+                // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
                 unsafe {
                     gemm(
                         rows,
@@ -462,7 +463,7 @@ impl Task<'_> {
                         qt.as_ptr(),
                         1,
                         dim as isize,
-                        k_tile,
+                        keys.as_ptr(),
                         k_row as isize,
                         1,
                         0.0,
@@ -505,15 +506,14 @@ impl Task<'_> {
                 sum[r] = sum[r] * correction + tile_sum;
                 max[r] = new_max;
             }
-            let (v_tile, v_row) = v.rows(self.b, self.kv_head, j0, n, dim, &mut v_scratch);
+            let (values, v_row) = v.rows(self.b, self.kv_head, j0, n, dim, &mut v_scratch);
+            let v_tile = values.as_ptr();
             // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
             if few {
                 unsafe {
                     few_rows::weighted_sum((rows, n, dim), &scores, TILE, v_tile, v_row, acc)
                 };
             } else if bf16 {
-                // SAFETY: `v_tile` covers `n` values `v_row` apart of `dim` each.
-                let values = unsafe { std::slice::from_raw_parts(v_tile, (n - 1) * v_row + dim) };
                 v16.set_k_major(values, n, dim, v_row);
                 p16.set(&scores, rows, n, TILE);
                 bf16::multiply_here(&p16, &v16, acc, dim, true);
@@ -612,8 +612,7 @@ impl Task<'_> {
                 if self.vis.hidden(pad, i, j) {
                     continue;
                 }
-                // SAFETY: `rows` gave n rows of `dim` floats, `row` apart.
-                let krow = unsafe { std::slice::from_raw_parts(keys.add(j * row), dim) };
+                let krow = &keys[j * row..][..dim];
                 let score: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum();
                 *s += exp2::exp2(score - max[r]) / sum[r] / heads as f32;
             }

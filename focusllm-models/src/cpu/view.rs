@@ -64,33 +64,40 @@ impl<'a> KvView<'a> {
         }
     }
 
-    /// Rows `j0..j0 + n` of `(b, h)` as f32 (each `dim` long): a pointer to the first and the
-    /// distance between rows, into the tensor (f32) or into `scratch` (converted).
-    pub(super) fn rows(
-        &self,
+    /// Rows `j0..j0 + n` of `(b, h)` as f32 (each `dim` long): the values from the first row's
+    /// to the last row's end, and the distance between rows; in the tensor (f32) or in
+    /// `scratch` (converted). Empty when `n` is 0.
+    pub(super) fn rows<'s>(
+        &'s self,
         b: usize,
         h: usize,
         j0: usize,
         n: usize,
         dim: usize,
-        scratch: &mut Vec<f32>,
-    ) -> (*const f32, usize) {
-        fn convert<E: Element + bytemuck::Pod>(
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize) {
+        fn convert<'s, E: Element + bytemuck::Pod>(
             view: &View<'_, E>,
             at: usize,
             n: usize,
             dim: usize,
-            scratch: &mut Vec<f32>,
+            scratch: &'s mut Vec<f32>,
             widen: impl Fn(&[E], &mut [f32]),
-        ) -> (*const f32, usize) {
+        ) -> (&'s [f32], usize) {
             scratch.resize(n * dim, 0.0);
             for (r, dst) in scratch.chunks_exact_mut(dim).enumerate() {
                 widen(&view.data[at + r * view.strides[2]..][..dim], dst);
             }
-            (scratch.as_ptr(), dim)
+            (scratch, dim)
+        }
+        if n == 0 {
+            return (&[], dim);
         }
         match self {
-            Self::F32(view) => (view.data[view.at(b, h, j0)..].as_ptr(), view.strides[2]),
+            Self::F32(view) => {
+                let (at, row) = (view.at(b, h, j0), view.strides[2]);
+                (&view.data[at..at + (n - 1) * row + dim], row)
+            }
             Self::F16(view) => convert(view, view.at(b, h, j0), n, dim, scratch, |s, d| {
                 s.convert_to_f32_slice(d)
             }),
@@ -106,7 +113,7 @@ impl<'a> KvView<'a> {
                         *d = f32::from(s) * scale;
                     }
                 }
-                (scratch.as_ptr(), dim)
+                (scratch, dim)
             }
         }
     }
