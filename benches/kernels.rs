@@ -7,7 +7,7 @@
 //!   step: one generated token, or the two rows of each of 4 chunks in an exact step; and the
 //!   same weight in `Q8_0` and `Q4_1` blocks (`--weights quantized`), also over a prefill block
 //!   of 512 rows and a chunk batch's 2048, where f32 and bf16 products (`--matmul bf16`) are
-//!   compared;
+//!   compared, and with 8-bit activations (`--activations int8`, the steps' rows);
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer; the prefill also
 //!   with bf16 products.
@@ -31,7 +31,7 @@ use focusllm::models::llama::{
     Attention, Candidates, DecoderLayer, ForwardInput, KvBuffer, Mlp, Past, Projection,
     QuantizedLinear,
 };
-use focusllm::models::quantized::QuantizedMatrix;
+use focusllm::models::quantized::{ActivationPrecision, QuantizedMatrix};
 use focusllm::models::{CandidateSource, LlamaConfig, LlamaModel};
 
 #[global_allocator]
@@ -82,8 +82,18 @@ fn linear_benches(c: &mut Criterion) {
         .into_data()
         .into_vec()
         .unwrap();
-    let quantized = [(GGML_TYPE_Q8_0, "q8_0"), (GGML_TYPE_Q4_1, "q4_1")].map(|(ty, name)| {
-        let weight = QuantizedMatrix::quantize(ty, MLP, HIDDEN, &values).unwrap();
+    // Each with f32 activations and with 8-bit ones (`--activations int8`; steps only: a prefill
+    // block multiplies f32 either way).
+    let quantized = [
+        (GGML_TYPE_Q8_0, "q8_0", ActivationPrecision::F32),
+        (GGML_TYPE_Q4_1, "q4_1", ActivationPrecision::F32),
+        (GGML_TYPE_Q8_0, "q8_0 int8", ActivationPrecision::Int8),
+        (GGML_TYPE_Q4_1, "q4_1 int8", ActivationPrecision::Int8),
+    ]
+    .map(|(ty, name, activations)| {
+        let weight = QuantizedMatrix::quantize(ty, MLP, HIDDEN, &values)
+            .unwrap()
+            .with_activation_precision(activations);
         (
             Projection::Quantized(QuantizedLinear { weight, bias: None }),
             name,
@@ -97,6 +107,9 @@ fn linear_benches(c: &mut Criterion) {
             });
         }
         for (weight, name) in &quantized {
+            if rows > 16 && name.ends_with("int8") {
+                continue;
+            }
             group.bench_function(format!("{rows} rows {HIDDEN}x{MLP}/{name}"), |b| {
                 b.iter(|| black_box(projection(Kernels::Fused, x.clone(), weight)))
             });
@@ -107,7 +120,12 @@ fn linear_benches(c: &mut Criterion) {
     for rows in [512, 2048] {
         let x = Tensor::<Cpu, 3>::random([1, rows, HIDDEN], Distribution::Default, &device);
         let weights = [(&dense, "f32 weight")].into_iter();
-        let weights = weights.chain(quantized.iter().map(|(w, name)| (w, *name)));
+        let weights = weights.chain(
+            quantized
+                .iter()
+                .filter(|(_, name)| !name.ends_with("int8"))
+                .map(|(w, name)| (w, *name)),
+        );
         for (weight, name) in weights {
             for (precision, products) in [
                 (MatmulPrecision::F32, "f32"),

@@ -296,6 +296,7 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
         // take 92 MiB so, 513 MiB decoded to f32.
         assert_eq!(row["weights"], "quantized", "{row}");
         assert!(number("weights_mb") < 120.0, "{row}");
+        assert_eq!(row["activations"], "f32", "{row}");
     }
     // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
     assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");
@@ -338,6 +339,28 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
             "{extra:?}: {row}"
         );
     }
+
+    // `--activations int8` rounds a step's activations for the quantized weights, and is refused
+    // where the weights load as f32.
+    let mut int8_args = args.to_vec();
+    int8_args.extend(["--methods", "plain", "--activations", "int8"]);
+    let output = focusllm(&int8_args, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = &json["rows"][0];
+    assert_eq!(
+        (&row["weights"], &row["activations"]),
+        (&"quantized".into(), &"int8".into()),
+        "{row}"
+    );
+    int8_args.extend(["--weights", "f32"]);
+    let output = focusllm(&int8_args, &[]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("--activations int8") && text.contains("--weights f32"),
+        "{text}"
+    );
 }
 
 /// The adapter compiled into the program is the committed file, written once under the given

@@ -416,6 +416,35 @@ fn keep_quantized_loads_plain_floats_dense_and_refuses_half_precision() {
         text.contains("keep_quantized") && text.contains("F16"),
         "{text}"
     );
+    // 8-bit activations multiply quantized weights: without `keep_quantized` they are refused by
+    // name, not ignored.
+    let options = focusllm::models::LoadOptions {
+        activations: focusllm::models::ActivationPrecision::Int8,
+        ..Default::default()
+    };
+    let err = focusllm::models::load_model_with::<B>(&dir, &Default::default(), &options)
+        .err()
+        .expect("8-bit activations without quantized weights are refused");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("activations:") && text.contains("keep_quantized"),
+        "{text}"
+    );
+    // With `keep_quantized` and a checkpoint of plain floats, nothing is quantized: the model
+    // says so.
+    let options = focusllm::models::LoadOptions {
+        keep_quantized: true,
+        activations: focusllm::models::ActivationPrecision::Int8,
+        ..Default::default()
+    };
+    let model = focusllm::models::load_model_with::<B>(&dir, &Default::default(), &options)
+        .unwrap()
+        .model;
+    assert_eq!(model.quantized_matrices().count(), 0);
+    assert_eq!(
+        model.activation_precision(),
+        focusllm::models::ActivationPrecision::F32
+    );
     // `keep_quantized_where_supported` (`--weights auto`) sets it only where it loads: flex with
     // f32 compute, not half precision or the autodiff backend that training uses.
     let auto = |dtype| focusllm::models::LoadOptions {

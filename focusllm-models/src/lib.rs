@@ -41,5 +41,6 @@ pub use loader::{
     LoadOptions, LoadedModel, build_model, build_model_with, config_from_gguf, load_model,
     load_model_with,
 };
+pub use quantized::ActivationPrecision;
 pub use tokenizer::Tokenizer;
 pub use weights::{SafetensorsWeights, WeightSource, Weights};

@@ -9,6 +9,7 @@ use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use crate::gguf::GgufWeights;
 use crate::llama::LlamaModel;
+use crate::quantized::ActivationPrecision;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{SafetensorsWeights, WeightSource};
 
@@ -57,6 +58,12 @@ pub struct LoadOptions {
     /// weights; sums run in another order). Needs the flex (CPU) backend and `F32` compute;
     /// plain-float tensors (and safetensors checkpoints) load dense either way.
     pub keep_quantized: bool,
+    /// How a decoding step's activations meet the quantized matrices (with
+    /// [`keep_quantized`](Self::keep_quantized)): `F32` (the default: the `f32` model's numbers
+    /// up to rounding) or `Int8` (rounded to 8 bits per block of 32 and multiplied in integers,
+    /// as llama.cpp does: faster steps, the activations' rounding in every product; see
+    /// [`ActivationPrecision`]). `Int8` without `keep_quantized` is refused.
+    pub activations: ActivationPrecision,
 }
 
 impl LoadOptions {
@@ -90,6 +97,7 @@ impl Default for LoadOptions {
             trained_candidates: true,
             dtype: DType::F32,
             keep_quantized: false,
+            activations: ActivationPrecision::F32,
         }
     }
 }

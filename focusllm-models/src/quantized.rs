@@ -34,6 +34,29 @@ pub struct QuantizedMatrix {
     cols: usize,
     row_bytes: usize,
     data: Arc<[u8]>,
+    activations: ActivationPrecision,
+}
+
+/// How the activations of a decoding step (a product of at most 16 rows) meet a
+/// [`QuantizedMatrix`]'s blocks.
+///
+/// A prefill's products (many rows) decode the weight to `f32` and multiply in `f32` either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationPrecision {
+    /// `f32` activations times the decoded weights: the `f32` model's numbers up to rounding.
+    #[default]
+    F32,
+    /// Activations rounded to 8-bit integers per block of 32 (a scale `max |x| / 127` kept in
+    /// `f32`, each value to the nearest level: ggml's `Q8_0`, as llama.cpp multiplies its 4- and
+    /// 8-bit weights), each block's dot product taken in integers. A decoding step's products run
+    /// faster (the weights' integers need no conversion to floats), at the cost of the activations'
+    /// rounding: each activation moves by at most half its block's scale (`max |x| / 254`), so a
+    /// product moves by at most `Σ_i |w_i| · s_i / 2`. Applies to `Q4_0`, `Q4_1` and `Q8_0` blocks on
+    /// x86-64 CPUs with AVX-512 VNNI and VBMI (`vpdpbusd`: a step's products of `Q4_1` weights about
+    /// 1.7x faster than with `f32` activations) or else AVX2, FMA and F16C (about 1.3x); other
+    /// types and CPUs multiply `f32` activations. Each CPU gives a row the same bits whatever
+    /// the rows beside it; the two kernels differ in the order of their sums.
+    Int8,
 }
 
 impl std::fmt::Debug for QuantizedMatrix {
@@ -43,6 +66,7 @@ impl std::fmt::Debug for QuantizedMatrix {
             .field("ggml_type", &dequant::describe_type(self.ggml_type))
             .field("rows", &self.rows)
             .field("cols", &self.cols)
+            .field("activations", &self.activations)
             .finish()
     }
 }
@@ -84,7 +108,22 @@ impl QuantizedMatrix {
             cols,
             row_bytes,
             data,
+            activations: ActivationPrecision::F32,
         })
+    }
+
+    /// This matrix with a decoding step's activations multiplied at `precision` (the blocks are
+    /// shared, not copied).
+    pub fn with_activation_precision(self, precision: ActivationPrecision) -> Self {
+        Self {
+            activations: precision,
+            ..self
+        }
+    }
+
+    /// How a decoding step's activations meet this matrix (see [`ActivationPrecision`]).
+    pub fn activation_precision(&self) -> ActivationPrecision {
+        self.activations
     }
 
     /// `data` (`[rows, cols]` row-major) quantized to `Q8_0`, `Q4_0` or `Q4_1` the way ggml's

@@ -194,6 +194,12 @@ pub struct EngineArgs {
     /// f32 elsewhere (GPU backends, f16/bf16 compute, `--kernels burn`).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "quantized"])]
     pub weights: String,
+    /// How a decoding step's activations meet quantized weights: `f32` (the f32 model's numbers
+    /// up to rounding) or `int8` (rounded to 8 bits per block of 32 and multiplied in integers,
+    /// as llama.cpp does: faster steps, at the cost of the activations' rounding; needs quantized
+    /// weights).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
+    pub activations: String,
     /// Tokens per forward of a long prefill (the main decoder's and each chunk batch's): larger
     /// blocks take more memory for the same arithmetic; 0 runs a whole input in one forward.
     #[arg(long, default_value_t = focusllm_models::DEFAULT_PREFILL_BLOCK)]
@@ -298,6 +304,10 @@ impl EngineArgs {
             trained_candidates: !self.untrained,
             dtype: parse_dtype(&self.dtype).unwrap_or(burn::tensor::DType::F32),
             keep_quantized: self.weights == "quantized",
+            activations: match self.activations.as_str() {
+                "int8" => focusllm_models::ActivationPrecision::Int8,
+                _ => focusllm_models::ActivationPrecision::F32,
+            },
         };
         // `auto` keeps blocks only with the fused kernels: `--kernels burn` promises burn's
         // operations everywhere, and quantized products run CPU kernels of our own.
@@ -305,6 +315,17 @@ impl EngineArgs {
             "auto" if self.kernels == "fused" => options.keep_quantized_where_supported::<B>(),
             _ => options,
         };
+        if options.activations != focusllm_models::ActivationPrecision::F32
+            && !options.keep_quantized
+        {
+            return Err(format!(
+                "--activations {} multiplies quantized weights, but this run loads them as f32 \
+                 (--weights {}, --kernels {}, --dtype {}, backend {:?}): quantized weights need \
+                 the cpu backend, f32 compute and the fused kernels",
+                self.activations, self.weights, self.kernels, self.dtype, self.backend
+            )
+            .into());
+        }
         let mut loaded = focusllm_models::load_model_with::<B>(&path, device, &options)?;
         loaded
             .model

@@ -49,6 +49,8 @@ mod quantized;
 mod rope;
 mod tiles;
 mod view;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::any::{Any, TypeId};
 

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::matmul::MAX_THIN;
 use crate::gguf::dequant::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0};
-use crate::quantized::QuantizedMatrix;
+use crate::quantized::{ActivationPrecision, QuantizedMatrix};
 
 /// Output rows (weight rows) per task at least: enough to cover a task's overhead.
 const MIN_ROWS_PER_TASK: usize = 32;
@@ -76,10 +76,15 @@ fn few_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let per_task = n.div_ceil(tasks).max(MIN_ROWS_PER_TASK).min(n);
     // `[n, m]`: each task owns whole weight rows' outputs.
     let mut by_row = vec![0.0f32; n * m];
+    // Rounded once here, not by each task.
+    let int8 = Int8Rows::for_product(x, m, w);
     by_row
         .par_chunks_mut(per_task * m)
         .enumerate()
-        .for_each(|(i, out)| dots(x, m, w, i * per_task, out));
+        .for_each(|(i, out)| match &int8 {
+            Some(rows) => int8_dots(rows, w, i * per_task, out),
+            None => dots(x, m, w, i * per_task, out),
+        });
     if m == 1 {
         return by_row;
     }
@@ -114,6 +119,143 @@ fn dots(x: &[f32], m: usize, w: &QuantizedMatrix, start: usize, out: &mut [f32])
             }
         }
     }
+}
+
+/// Activation rows rounded to 8-bit integers per block of 32, with each block's scale and the
+/// rounded values' sum (for the blocks' offsets): [`ActivationPrecision::Int8`]. A product with
+/// them is the weights' product with the rounded activations `s · a_i`.
+pub(super) struct Int8Rows {
+    /// Values per row.
+    pub(super) k: usize,
+    /// `[m, k]`: `round(x / scale)` of each value, in `-127..=127`.
+    pub(super) values: Vec<i8>,
+    /// `[m, k / 32]`: each block's `max |x| / 127` (NaN when the block holds a NaN, so that the
+    /// products show it).
+    pub(super) scales: Vec<f32>,
+    /// `[m, k / 32]`: each block's `s · Σ a_i` (its rounded values' sum, times its scale).
+    pub(super) sums: Vec<f32>,
+}
+
+/// A product's activation rows rounded to 8 bits, for the kernel that runs here.
+enum Int8 {
+    /// AVX-512 VNNI ([`super::vnni`]): arranged for the weight's block type.
+    #[cfg(target_arch = "x86_64")]
+    Vnni(super::vnni::Rows),
+    /// AVX2 (`maddubs`): as rounded.
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Int8Rows),
+}
+
+impl Int8Rows {
+    /// `x` (`m` rows of `w.cols()`) rounded, when `w` asks for 8-bit activations and a kernel for
+    /// its type runs here; `None` otherwise (`f32` activations).
+    fn for_product(x: &[f32], m: usize, w: &QuantizedMatrix) -> Option<Int8> {
+        if w.activation_precision() != ActivationPrecision::Int8 {
+            return None;
+        }
+        Self::for_kernel(x, m, w, Kernel::best(w.ggml_type())?)
+    }
+
+    /// `x` rounded and arranged for `kernel`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn for_kernel(x: &[f32], m: usize, w: &QuantizedMatrix, kernel: Kernel) -> Option<Int8> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rows = Self::new(&x[..m * w.cols()], w.cols());
+            Some(match kernel {
+                Kernel::Vnni => Int8::Vnni(super::vnni::Rows::new(&rows, m, w.ggml_type())),
+                Kernel::Avx2 => Int8::Avx2(rows),
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+
+    /// Rows of `k` values (`k` a multiple of 32) rounded as ggml's `Q8_0` rounds them, with the
+    /// scale kept in `f32`.
+    fn new(x: &[f32], k: usize) -> Self {
+        let mut values = vec![0i8; x.len()];
+        let mut scales = Vec::with_capacity(x.len() / 32);
+        let mut sums = Vec::with_capacity(x.len() / 32);
+        for (block, q) in x.chunks_exact(32).zip(values.chunks_exact_mut(32)) {
+            // NaN-propagating: once NaN, `v > NaN` is false and the NaN stays.
+            let max = block.iter().fold(0.0f32, |max, v| {
+                let v = v.abs();
+                if v > max || v.is_nan() { v } else { max }
+            });
+            let scale = max / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, &v) in q.iter_mut().zip(block) {
+                // `as` saturates (and sends NaN to 0): |v · inverse| <= 127 up to rounding.
+                *q = (v * inverse).round() as i8;
+            }
+            scales.push(scale);
+            // Exact in f32 (|Σ a_i| <= 32 · 127).
+            sums.push(scale * q.iter().map(|&a| a as i32).sum::<i32>() as f32);
+        }
+        Self {
+            k,
+            values,
+            scales,
+            sums,
+        }
+    }
+}
+
+/// The kernels for 8-bit activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512 VNNI and VBMI.
+    Vnni,
+    /// AVX2, FMA and F16C.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs for blocks of `ggml_type`, if any.
+    fn best(ggml_type: u32) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::vnni::applies(ggml_type) {
+                return Some(Self::Vnni);
+            }
+            if avx2::applies(ggml_type) {
+                return Some(Self::Avx2);
+            }
+        }
+        let _ = ggml_type;
+        None
+    }
+}
+
+/// [`dots`] with activations rounded to 8 bits (`rows`, made by [`Int8Rows::for_product`] for
+/// `w`).
+fn int8_dots(rows: &Int8, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
+    // SAFETY: `Int8Rows::for_kernel` made `rows` for a kernel whose `applies` holds for `w`'s type
+    // here; they hold `m` rows of `w.cols()`, and `out` whole rows of `m` (`few_rows`).
+    match rows {
+        #[cfg(target_arch = "x86_64")]
+        Int8::Vnni(rows) => unsafe { super::vnni::dots(rows, w, start, out) },
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2(rows) => unsafe { avx2::int8_dots(rows, w, start, out) },
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, start, out);
+}
+
+/// `Σ x` over each block of 32 values of `x`, in 16 lanes (pairs `i`, `i + 16`) summed in order:
+/// the blocks' offsets `m · Σ x` of the few-row products.
+fn block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(32)
+        .map(|b| {
+            let (a, c) = b.split_at(16);
+            let mut lanes = [0.0f32; 16];
+            for l in 0..16 {
+                lanes[l] = a[l] + c[l];
+            }
+            lanes.iter().sum()
+        })
+        .collect()
 }
 
 /// `a · b` in eight lanes (the compiler vectorises it), the lanes then added in order.
@@ -213,7 +355,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::super::few_rows::lane_sum;
-    use super::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, QuantizedMatrix};
+    use super::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, Int8Rows, QuantizedMatrix};
 
     /// Whether this CPU and type take the register-decoding path.
     pub(super) fn applies(ggml_type: u32) -> bool {
@@ -362,17 +504,7 @@ mod avx2 {
         assert!(x.len() >= m * k && k.is_multiple_of(32));
         let shape = (k, blocks, w.row_bytes() / blocks.max(1));
         // Σ x_i over each block of each row (for the offsets).
-        let sums: Vec<f32> = x[..m * k]
-            .chunks_exact(32)
-            .map(|b| {
-                let (a, c) = b.split_at(16);
-                let mut lanes = [0.0f32; 16];
-                for l in 0..16 {
-                    lanes[l] = a[l] + c[l];
-                }
-                lanes.iter().sum()
-            })
-            .collect();
+        let sums = super::block_sums(&x[..m * k]);
         for j in 0..rows {
             let data = w.row_data(start + j, 1).as_ptr();
             let out = &mut out[j * m..(j + 1) * m];
@@ -425,6 +557,141 @@ mod avx2 {
                     scaled[i] = _mm256_fmadd_ps(_mm256_add_ps(front, back), d, scaled[i]);
                     if T != GGML_TYPE_Q8_0 {
                         offsets[i] += m * *sums.get_unchecked((r0 + i) * blocks + b);
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            out[i] = lane_sum(scaled[i]) + offsets[i];
+        }
+    }
+
+    /// A block of type `T`'s 32 integers (`Q4_*`: unsigned nibbles, element `j` in byte `j`;
+    /// `Q8_0`: signed bytes), its scale `d` and offset `m` (as [`decode`] gives them).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn integers<const T: u32>(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: the caller passes a whole block of type `T` at `p`.
+        unsafe {
+            let d = half_at(p);
+            match T {
+                GGML_TYPE_Q8_0 => (_mm256_loadu_si256(p.add(2) as *const __m256i), d, 0.0),
+                GGML_TYPE_Q4_1 | GGML_TYPE_Q4_0 => {
+                    let offset = if T == GGML_TYPE_Q4_1 { 4 } else { 2 };
+                    let bytes = _mm_loadu_si128(p.add(offset) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0F);
+                    // Elements 0-15 are the low nibbles, 16-31 the high ones.
+                    let lo = _mm_and_si128(bytes, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), mask);
+                    let m = if T == GGML_TYPE_Q4_1 {
+                        half_at(p.add(2))
+                    } else {
+                        -8.0 * d
+                    };
+                    (_mm256_set_m128i(hi, lo), d, m)
+                }
+                _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
+            }
+        }
+    }
+
+    /// `Σ w_i x_i` of a block's integers `w` (from [`integers`]) and 8-bit activations `x`, in
+    /// eight `i32` lanes: exact (pairs of products fit `i16`: `15 · 127 · 2` for nibbles,
+    /// `128 · 127 · 2` for signed bytes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn integer_dot<const T: u32>(w: __m256i, x: __m256i) -> __m256i {
+        // `maddubs` multiplies unsigned bytes by signed ones: signed weights give their sign to
+        // the activations.
+        let pairs = if T == GGML_TYPE_Q8_0 {
+            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(w, x)
+        };
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    /// [`super::int8_dots`]: `out[j · m + r] = x_r · w_{start + j}` with `x` rounded to 8 bits.
+    ///
+    /// # Safety
+    /// [`applies`] holds for `w`'s type; `rows` holds `m` rows of `w.cols()` values, `out` whole
+    /// rows of `m`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn int8_dots(
+        rows: &Int8Rows,
+        w: &QuantizedMatrix,
+        start: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match w.ggml_type() {
+                GGML_TYPE_Q4_0 => int8_dots_of::<GGML_TYPE_Q4_0>(rows, w, start, out),
+                GGML_TYPE_Q4_1 => int8_dots_of::<GGML_TYPE_Q4_1>(rows, w, start, out),
+                _ => int8_dots_of::<GGML_TYPE_Q8_0>(rows, w, start, out),
+            }
+        }
+    }
+
+    /// [`int8_dots`] for blocks of type `T`: a block's dot product with the rounded activations
+    /// `s · a_i` is `d · s · Σ q_i a_i + m · s · Σ a_i`, the integer sums exact. Activation rows
+    /// go in groups of up to 4, each block's integers serving the group; every row is summed the
+    /// same way whatever its group.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn int8_dots_of<const T: u32>(
+        rows: &Int8Rows,
+        w: &QuantizedMatrix,
+        start: usize,
+        out: &mut [f32],
+    ) {
+        let k = w.cols();
+        let blocks = k / 32;
+        let m = rows.values.len() / k.max(1);
+        assert!(rows.k == k && k.is_multiple_of(32) && out.len().is_multiple_of(m.max(1)));
+        let block_bytes = w.row_bytes() / blocks.max(1);
+        for j in 0..out.len() / m.max(1) {
+            let data = w.row_data(start + j, 1).as_ptr();
+            let out = &mut out[j * m..(j + 1) * m];
+            let mut r = 0;
+            // SAFETY: row `start + j` has `blocks` blocks of `block_bytes`, and `rows` `m` rows
+            // of `k` values and `blocks` scales and sums.
+            unsafe {
+                while r + 4 <= m {
+                    int8_group::<T, 4>(rows, (blocks, block_bytes), r, data, &mut out[r..]);
+                    r += 4;
+                }
+                match m - r {
+                    3 => int8_group::<T, 3>(rows, (blocks, block_bytes), r, data, &mut out[r..]),
+                    2 => int8_group::<T, 2>(rows, (blocks, block_bytes), r, data, &mut out[r..]),
+                    1 => int8_group::<T, 1>(rows, (blocks, block_bytes), r, data, &mut out[r..]),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `out[i] = x_{r0 + i} · w_row` for `i < R`, with 8-bit activations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn int8_group<const T: u32, const R: usize>(
+        rows: &Int8Rows,
+        (blocks, block_bytes): (usize, usize),
+        r0: usize,
+        data: *const u8,
+        out: &mut [f32],
+    ) {
+        let mut scaled = [_mm256_setzero_ps(); R];
+        let mut offsets = [0.0f32; R];
+        for b in 0..blocks {
+            // SAFETY: block `b` of the row, and 32 values, a scale and a sum of block `b` of each
+            // activation row (`int8_dots_of` checked the sizes).
+            unsafe {
+                let (q, d, m) = integers::<T>(data.add(b * block_bytes));
+                for i in 0..R {
+                    let at = (r0 + i) * blocks + b;
+                    let x = _mm256_loadu_si256(rows.values.as_ptr().add(at * 32) as *const __m256i);
+                    let dot = _mm256_cvtepi32_ps(integer_dot::<T>(q, x));
+                    let scale = _mm256_set1_ps(d * *rows.scales.get_unchecked(at));
+                    scaled[i] = _mm256_fmadd_ps(dot, scale, scaled[i]);
+                    if T != GGML_TYPE_Q8_0 {
+                        offsets[i] += m * *rows.sums.get_unchecked(at);
                     }
                 }
             }
@@ -610,23 +877,183 @@ mod tests {
         }
     }
 
+    /// [`matmul`] with 8-bit activations.
+    fn int8_product(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
+        matmul(
+            x,
+            m,
+            &w.clone()
+                .with_activation_precision(ActivationPrecision::Int8),
+        )
+    }
+
+    /// Whether this CPU runs the 8-bit kernels (else the products are the `f32` ones).
+    fn int8_kernels_run() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::applies(GGML_TYPE_Q8_0) {
+            return true;
+        }
+        eprintln!("SKIP: no AVX2 + FMA + F16C here: 8-bit activations multiply as f32");
+        false
+    }
+
+    /// The 8-bit kernels this CPU runs for `ty`.
+    fn int8_kernels(ty: u32) -> Vec<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut kernels = Vec::new();
+            if super::super::vnni::applies(ty) {
+                kernels.push(Kernel::Vnni);
+            } else {
+                eprintln!("no AVX-512 VNNI here: its kernel is not tested");
+            }
+            if avx2::applies(ty) {
+                kernels.push(Kernel::Avx2);
+            }
+            kernels
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = ty;
+            Vec::new()
+        }
+    }
+
+    /// `x` times `w` with 8-bit activations, by `kernel`, as `few_rows` lays out its output.
+    fn int8_product_by(x: &[f32], m: usize, w: &QuantizedMatrix, kernel: Kernel) -> Vec<f32> {
+        let rows = Int8Rows::for_kernel(x, m, w, kernel).expect("a kernel runs here");
+        let n = w.rows();
+        let mut by_row = vec![0.0f32; n * m];
+        // Two tasks' worth, to cover a start past row 0.
+        let half = n / 2;
+        int8_dots(&rows, w, 0, &mut by_row[..half * m]);
+        int8_dots(&rows, w, half, &mut by_row[half * m..]);
+        let mut out = vec![0.0f32; m * n];
+        for (j, row) in by_row.chunks_exact(m).enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                out[r * n + j] = v;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn int8_products_are_the_weights_times_the_rounded_activations() {
+        if !int8_kernels_run() {
+            return;
+        }
+        // Rows of 1 to 7 blocks: whole groups of the VNNI kernel and every remainder.
+        for (ty, n, k) in [
+            (GGML_TYPE_Q4_1, 37, 96),
+            (GGML_TYPE_Q4_1, 9, 224),
+            (GGML_TYPE_Q4_1, 12, 128),
+            (GGML_TYPE_Q8_0, 100, 64),
+            (GGML_TYPE_Q8_0, 11, 160),
+            (GGML_TYPE_Q4_0, 65, 32),
+            (GGML_TYPE_Q4_0, 10, 192),
+            (GGML_TYPE_Q4_1, 24, 576),
+            (GGML_TYPE_Q8_0, 24, 576),
+        ] {
+            let w = random_matrix(ty, n, k, ty + 3);
+            let dense = w.to_f32();
+            let blocks = k / 32;
+            for (m, kernel) in [1, 2, 3, 4, 5, 7, 8, MAX_THIN]
+                .into_iter()
+                .flat_map(|m| int8_kernels(ty).into_iter().map(move |kernel| (m, kernel)))
+            {
+                // Blocks of very different sizes, one of zeros.
+                let mut x = activations(m, k, m as u32 + 11);
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v *= [1.0, 1e-3, 0.0, 40.0][(i / 32) % 4];
+                }
+                let rows = Int8Rows::new(&x, k);
+                let got = int8_product_by(&x, m, &w, kernel);
+                if Kernel::best(ty) == Some(kernel) {
+                    assert_eq!(got, int8_product(&x, m, &w), "{kernel:?} is the one used");
+                }
+                let f32s = matmul(&x, m, &w);
+                for r in 0..m {
+                    for j in 0..n {
+                        let (mut want, mut scale, mut bound) = (0.0f64, 0.0f64, 0.0f64);
+                        for i in 0..k {
+                            let s = rows.scales[r * blocks + i / 32] as f64;
+                            let (wi, a) = (dense[j * k + i] as f64, rows.values[r * k + i] as f64);
+                            want += wi * s * a;
+                            scale += (wi * x[r * k + i] as f64).abs();
+                            bound += wi.abs() * s / 2.0;
+                        }
+                        let (g, f) = (got[r * n + j] as f64, f32s[r * n + j] as f64);
+                        let slack = 1e-5 * scale.max(1.0);
+                        assert!(
+                            (g - want).abs() <= slack,
+                            "{kernel:?}, type {ty}, {m}x{k} by {n}: ({r}, {j}) is {g} against {want}"
+                        );
+                        assert!(
+                            (g - f).abs() <= bound + slack,
+                            "type {ty}: ({r}, {j}) moved {} from f32's {f}, beyond {bound}",
+                            (g - f).abs()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_activations_round_to_the_nearest_of_255_levels_and_keep_nans() {
+        // Block 0: -20 ..= 11 (scale 20 / 127); block 1: 0, 0.25, ..., 7.5 and -31.75 (scale
+        // 0.25, every value on a level).
+        let mut x: Vec<f32> = (0..32).map(|i| i as f32 - 20.0).collect();
+        x.extend((0..32).map(|i| i as f32 * 0.25));
+        x[63] = -127.0 * 0.25;
+        let rows = Int8Rows::new(&x, 64);
+        assert_eq!(rows.scales, vec![20.0 / 127.0, 0.25]);
+        assert_eq!(rows.values[0], -127);
+        assert_eq!(rows.values[31], 70); // 11 · 127 / 20 = 69.85
+        assert_eq!(rows.values[30], 64); // 10 · 127 / 20 = 63.5, away from zero
+        assert_eq!(rows.values[32..63], (0..31).collect::<Vec<i8>>());
+        assert_eq!(rows.values[63], -127);
+        assert_eq!(
+            rows.sums[1],
+            0.25 * rows.values[32..].iter().map(|&a| a as f32).sum::<f32>()
+        );
+        let zeros = Int8Rows::new(&[0.0; 32], 32);
+        assert_eq!(
+            (zeros.scales[0], zeros.values, zeros.sums[0]),
+            (0.0, vec![0; 32], 0.0)
+        );
+        if !int8_kernels_run() {
+            return;
+        }
+        // A NaN reaches its row's products, not the other rows'.
+        let w = random_matrix(GGML_TYPE_Q4_1, 40, 64, 1);
+        let mut x = activations(3, 64, 4);
+        x[64 + 40] = f32::NAN;
+        let got = int8_product(&x, 3, &w);
+        assert!(got[40..80].iter().all(|v| v.is_nan()), "{:?}", &got[40..80]);
+        assert!(got[..40].iter().chain(&got[80..]).all(|v| v.is_finite()));
+    }
+
     #[test]
     fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
         // A chunk's candidate must not change with how many chunks share its batch: every row
         // of a few-row product is computed alone.
         for ty in [GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K] {
             let k = if ty == GGML_TYPE_Q4_K { 256 } else { 160 };
-            let w = random_matrix(ty, 70, k, 9);
             let x = activations(MAX_THIN, k, 3);
-            let all = matmul(&x, MAX_THIN, &w);
-            for m in [1, 2, 3, 6] {
-                let some = matmul(&x[..m * k], m, &w);
-                for r in 0..m {
-                    let (a, b) = (&all[r * 70..(r + 1) * 70], &some[r * 70..(r + 1) * 70]);
-                    assert!(
-                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
-                        "type {ty}: row {r} of {m} differs from the same row of {MAX_THIN}"
-                    );
+            for precision in [ActivationPrecision::F32, ActivationPrecision::Int8] {
+                let w = random_matrix(ty, 70, k, 9).with_activation_precision(precision);
+                let all = matmul(&x, MAX_THIN, &w);
+                for m in [1, 2, 3, 4, 5, 6] {
+                    let some = matmul(&x[..m * k], m, &w);
+                    for r in 0..m {
+                        let (a, b) = (&all[r * 70..(r + 1) * 70], &some[r * 70..(r + 1) * 70]);
+                        assert!(
+                            a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                            "type {ty}, {precision:?}: row {r} of {m} differs from the same row of \
+                         {MAX_THIN}"
+                        );
+                    }
                 }
             }
         }

@@ -33,6 +33,7 @@ use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::kernels::{self, Kernels, MatmulPrecision, Products};
 use crate::loader::LoadOptions;
+use crate::quantized::{ActivationPrecision, QuantizedMatrix};
 use crate::rope::{Rope, apply_rope_with};
 use crate::weights::{WeightSource, Weights};
 use masked_attention::AttentionPlan;
@@ -249,6 +250,15 @@ impl<B: Backend> LlamaModel<B> {
         if options.keep_quantized {
             check_keeps_quantized::<B>(options.dtype)?;
         }
+        if options.activations != ActivationPrecision::F32 && !options.keep_quantized {
+            return Err(ModelError::UnsupportedOption {
+                option: "activations",
+                reason: format!(
+                    "{:?} activations multiply quantized weights: they need keep_quantized",
+                    options.activations
+                ),
+            });
+        }
         let w = Weights::<B>::new(source, device).keep_quantized(options.keep_quantized);
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let trained =
@@ -285,7 +295,8 @@ impl<B: Backend> LlamaModel<B> {
         } else {
             CandidateSource::CopiedFromBase
         };
-        let model = Self::from_table(config, embed, layers, norm, lm_head, source_kind);
+        let mut model = Self::from_table(config, embed, layers, norm, lm_head, source_kind);
+        model.set_activation_precision(options.activations);
         Ok(if options.dtype == DType::F32 {
             model
         } else {
@@ -473,26 +484,64 @@ impl<B: Backend> LlamaModel<B> {
 
     /// Bytes of the matrices kept quantized (0 when none is).
     pub fn quantized_bytes(&self) -> usize {
-        let projection = |p: &Projection<B>| match p {
-            Projection::Quantized(q) => q.weight.size_bytes(),
-            Projection::Dense(_) => 0,
-        };
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                let (a, m) = (&l.attn, &l.mlp);
-                [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
-                    .into_iter()
-                    .map(projection)
-                    .sum::<usize>()
-            })
-            .sum();
+        self.quantized_matrices().map(|w| w.size_bytes()).sum()
+    }
+
+    /// The matrices kept in their quantized blocks ([`LoadOptions::keep_quantized`]): the
+    /// ordinary projections, the token table and the LM head where the file stores them so.
+    pub fn quantized_matrices(&self) -> impl Iterator<Item = &QuantizedMatrix> {
+        let layers = self.layers.iter().flat_map(|l| {
+            let (a, m) = (&l.attn, &l.mlp);
+            [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+        });
         let table = match &self.embed {
-            TokenTable::Quantized(q) => q.table.size_bytes(),
-            TokenTable::Dense(_) => 0,
+            TokenTable::Quantized(q) => Some(&q.table),
+            TokenTable::Dense(_) => None,
         };
-        layers + table + self.lm_head.as_ref().map_or(0, projection)
+        layers
+            .chain(self.lm_head.as_ref())
+            .filter_map(|p| match p {
+                Projection::Quantized(q) => Some(&q.weight),
+                Projection::Dense(_) => None,
+            })
+            .chain(table)
+    }
+
+    /// Sets how a decoding step's activations meet every quantized matrix of this model (see
+    /// [`ActivationPrecision`]; [`LoadOptions::activations`] sets it at load). A model without
+    /// quantized matrices is left as it is.
+    pub fn set_activation_precision(&mut self, precision: ActivationPrecision) {
+        let with = |w: &mut QuantizedMatrix| *w = w.clone().with_activation_precision(precision);
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.attn, &mut layer.mlp);
+            for p in [
+                &mut a.q,
+                &mut a.k,
+                &mut a.v,
+                &mut a.o,
+                &mut m.gate,
+                &mut m.up,
+                &mut m.down,
+            ] {
+                if let Projection::Quantized(q) = p {
+                    with(&mut q.weight);
+                }
+            }
+        }
+        if let Some(Projection::Quantized(q)) = &mut self.lm_head {
+            with(&mut q.weight);
+        }
+        if let TokenTable::Quantized(q) = &mut self.embed {
+            with(&mut q.table);
+        }
+    }
+
+    /// How a decoding step's activations meet this model's quantized matrices (`F32` when it has
+    /// none; see [`LlamaModel::set_activation_precision`]).
+    pub fn activation_precision(&self) -> ActivationPrecision {
+        self.quantized_matrices()
+            .next()
+            .map_or(ActivationPrecision::F32, |w| w.activation_precision())
     }
 
     /// The model with `projections` (one per layer) as its candidate q, k, v, o projections.

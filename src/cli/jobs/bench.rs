@@ -70,6 +70,9 @@ pub struct Row {
     /// `quantized` or `f32` (`--weights`), and the bytes the model's weights take in MiB.
     weights: String,
     weights_mb: f64,
+    /// How a decoding step's activations meet quantized weights (`--activations`): `f32` or
+    /// `int8` (`f32` for f32 weights).
+    activations: String,
     tokens: usize,
     prefill_s: f64,
     tokens_per_s: f64,
@@ -248,6 +251,7 @@ impl Args {
                     matmul: format!("{:?}", model.matmul_precision_in_effect()).to_lowercase(),
                     weights: weights_kind(model),
                     weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
+                    activations: activations_kind(model),
                     tokens: ids.len(),
                     prefill_s,
                     tokens_per_s: f64::NAN,
@@ -288,6 +292,7 @@ impl Args {
             matmul: format!("{:?}", model.matmul_precision_in_effect()).to_lowercase(),
             weights: weights_kind(model),
             weights_mb: model.weight_bytes() as f64 / (1024.0 * 1024.0),
+            activations: activations_kind(model),
             tokens: ids.len(),
             prefill_s,
             tokens_per_s: ids.len() as f64 / prefill_s,
@@ -559,7 +564,11 @@ pub fn run(args: Args) -> Result<(), AppError> {
             r.method,
             r.kernels,
             r.matmul,
-            r.weights,
+            if r.activations == "f32" {
+                r.weights.clone()
+            } else {
+                format!("{}, {} activations", r.weights, r.activations)
+            },
             r.weights_mb,
             r.tokens,
             r.prefill_s,
@@ -624,6 +633,10 @@ pub fn run(args: Args) -> Result<(), AppError> {
 
 /// `quantized` when the model keeps quantized matrices (`--weights auto|quantized`), else `f32` (or
 /// the compute dtype).
+fn activations_kind<B: Backend>(model: &focusllm::models::LlamaModel<B>) -> String {
+    format!("{:?}", model.activation_precision()).to_lowercase()
+}
+
 fn weights_kind<B: Backend>(model: &focusllm::models::LlamaModel<B>) -> String {
     if model.quantized_bytes() > 0 {
         "quantized".into()
