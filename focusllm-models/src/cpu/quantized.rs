@@ -215,17 +215,31 @@ fn round_rows(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [f32]
     let (blocks, _) = x.as_chunks::<32>();
     let (q_blocks, _) = values.as_chunks_mut::<32>();
     for (((block, q), scale), sum) in blocks.iter().zip(q_blocks).zip(scales).zip(sums) {
-        let (mut max, mut nan) = (0.0f32, false);
-        for v in block {
-            max = max.max(v.abs());
-            nan |= v.is_nan();
+        // In eight lanes, as a compare and select (`f32::max`'s NaN rule keeps it from
+        // vectorising); NaNs are flagged apart. The maximum does not depend on the order.
+        let (mut max, mut nan) = ([0.0f32; 8], [false; 8]);
+        for chunk in block.as_chunks::<8>().0 {
+            for l in 0..8 {
+                let v = chunk[l].abs();
+                max[l] = if v > max[l] { v } else { max[l] };
+                nan[l] |= chunk[l].is_nan();
+            }
         }
-        *scale = if nan { f32::NAN } else { max } / 127.0;
+        let max = max.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+        *scale = if nan.contains(&true) { f32::NAN } else { max } / 127.0;
         let inverse = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
         let mut total = 0i32;
         for (q, &v) in q.iter_mut().zip(block) {
-            // `as` saturates (and sends NaN to 0): |v · inverse| <= 127 up to rounding.
-            *q = round_half_away(v * inverse) as i8;
+            // `as i8`'s saturation (NaN to 0, then into -128..=127; |v · inverse| <= 127 up to
+            // rounding), written as selects: the saturating cast itself goes value by value.
+            let r = round_half_away(v * inverse);
+            let r = if r.is_nan() {
+                0.0
+            } else {
+                r.clamp(-128.0, 127.0)
+            };
+            // SAFETY: `r` is an integer in -128..=127.
+            *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
             total += *q as i32;
         }
         // Exact in f32 (|Σ a_i| <= 32 · 127).
