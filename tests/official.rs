@@ -355,6 +355,62 @@ fn compact_chunk_caches_cut_memory_and_keep_greedy_tokens() {
 }
 
 #[test]
+fn plain_decoding_keeps_its_cache_in_the_cache_dtype_from_the_first_step() {
+    use burn::tensor::DType;
+    use focusllm::core::MainDecoder;
+    let (mut model, dir) = official("C");
+    let short = ids(&json(&dir.join("inputs.json"))["short_ids"]);
+    // Plain greedy decoding through the main decoder: the prompt, then five tokens one by one;
+    // the cache's bytes after the prompt and at the end.
+    let run = |model: &focusllm::models::LlamaModel<B>| {
+        let mut cache = model.start(None).unwrap();
+        let mut logits = model.feed(&mut cache, &short).unwrap();
+        let prompt_bytes = cache.size_bytes();
+        let mut tokens = Vec::new();
+        for _ in 0..5 {
+            let t = focusllm::core::argmax(&logits).unwrap();
+            tokens.push(t);
+            logits = model.feed(&mut cache, &[t]).unwrap();
+        }
+        (
+            tokens,
+            logits,
+            prompt_bytes,
+            cache.size_bytes(),
+            cache.len(),
+        )
+    };
+    let (tokens32, logits32, prompt32, bytes32, len) = run(&model);
+    assert_eq!(len, short.len() + 5);
+    for (dtype, kernels, percent) in [
+        (DType::F16, Kernels::Fused, 52),
+        (DType::F16, Kernels::Burn, 52),
+        (DType::BF16, Kernels::Fused, 52),
+        (DType::I8, Kernels::Fused, 34),
+    ] {
+        model.set_cache_dtype(Some(dtype)).unwrap();
+        model.set_kernels(kernels);
+        let (tokens, logits, prompt_bytes, bytes, _) = run(&model);
+        assert_eq!(tokens, tokens32, "{dtype:?} cache, {kernels:?}");
+        // The prompt's forward is the f32 model's; the cache is converted when first extended.
+        assert_eq!(
+            prompt_bytes, prompt32,
+            "{dtype:?}: converted before it was kept"
+        );
+        assert!(
+            bytes < bytes32 * percent / 100,
+            "{dtype:?} cache {bytes} B vs f32 {bytes32} B"
+        );
+        let diff = max_abs_diff(&logits, &logits32);
+        eprintln!("{dtype:?} cache, {kernels:?}: last logits moved {diff}");
+        assert!(
+            diff > 0.0 && diff < 0.05,
+            "{dtype:?}: last logits moved {diff}"
+        );
+    }
+}
+
+#[test]
 fn half_precision_compute_stays_close_to_the_reference() {
     let dir = fixtures().join("official").join("C");
     let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);

@@ -107,6 +107,11 @@ impl<B: Backend> LlamaKvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes the cache holds (keys and values in their stored dtype, spare capacity included).
+    pub fn size_bytes(&self) -> usize {
+        self.layers.iter().map(KvBuffer::size_bytes).sum()
+    }
 }
 
 /// Per layer `[rows, kv_heads, steps, d]` keys (before RoPE) and values of the candidate positions
@@ -446,6 +451,16 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             return Err(FocusError::EmptyInput);
         }
         check_vocab(tokens, self.config().vocab_size)?;
+        // A cache extended by a later feed (plain decoding's, frozen mode's) is kept between
+        // tokens: it takes the model's cache dtype (`set_cache_dtype`) here, when first extended,
+        // so that a cache read once and dropped (exact mode's main decoder) is never converted.
+        if let Some(dtype) = self.cache_dtype().filter(|_| !cache.is_empty()) {
+            for layer in &mut cache.layers {
+                if layer.dtype() != dtype {
+                    *layer = KvBuffer::with_prefix(layer.view(), layer.len(), Some(dtype));
+                }
+            }
+        }
         let blocks = prefill_blocks(tokens.len(), self.prefill_block());
         let mut logits = None;
         for (i, block) in blocks.iter().enumerate() {

@@ -172,8 +172,10 @@ pub struct EngineArgs {
     /// the mode the adapter was trained for].
     #[arg(long, value_parser = ["exact", "frozen"])]
     pub step_mode: Option<String>,
-    /// Dtype of the chunks' raw caches: f32 (default, exact), f16 or bf16 (half the memory), or
-    /// i8 (8 bits per value and a scale per row: a bit over a quarter).
+    /// Dtype of the KV caches kept between tokens (the chunks' raw caches; plain decoding's and
+    /// frozen mode's main cache from the first step): f32 (default, exact), f16 or bf16 (half the
+    /// memory; f16 is read in place by the CPU's step kernels), or i8 (8 bits per value and a
+    /// scale per row: a bit over a quarter).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "i8"])]
     pub cache_dtype: String,
     /// Attention and RoPE kernels: `fused` (CPU kernels on the cpu backend with f32 compute,

@@ -405,11 +405,33 @@ impl Task<'_> {
             // that use them: the call's panels need neither.
             let (b, h) = (self.b, self.kv_head);
             if few {
-                let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
                 // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
-                unsafe {
-                    few_rows::scores((rows, n, dim), qt, keys.as_ptr(), k_row, &mut scores, TILE)
-                };
+                // An f16 cache is read in place (widened as loaded: the same values).
+                match k.f16_rows(b, h, j0, n, dim) {
+                    Some((keys, k_row)) => unsafe {
+                        few_rows::scores(
+                            (rows, n, dim),
+                            qt,
+                            keys.as_ptr(),
+                            k_row,
+                            &mut scores,
+                            TILE,
+                        )
+                    },
+                    None => {
+                        let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
+                        unsafe {
+                            few_rows::scores(
+                                (rows, n, dim),
+                                qt,
+                                keys.as_ptr(),
+                                k_row,
+                                &mut scores,
+                                TILE,
+                            )
+                        }
+                    }
+                }
             } else if bf16 {
                 let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
                 k16.set_n_major(keys, n, dim, k_row);
@@ -506,9 +528,23 @@ impl Task<'_> {
                 sum[r] = sum[r] * correction + tile_sum;
                 max[r] = new_max;
             }
+            // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
+            if few && let Some((values, v_row)) = v.f16_rows(self.b, self.kv_head, j0, n, dim) {
+                unsafe {
+                    few_rows::weighted_sum(
+                        (rows, n, dim),
+                        &scores,
+                        TILE,
+                        values.as_ptr(),
+                        v_row,
+                        acc,
+                    )
+                };
+                j0 = j1;
+                continue;
+            }
             let (values, v_row) = v.rows(self.b, self.kv_head, j0, n, dim, &mut v_scratch);
             let v_tile = values.as_ptr();
-            // SAFETY: as above, with n keys × dim of values and rows × dim of accumulator.
             if few {
                 unsafe {
                     few_rows::weighted_sum((rows, n, dim), &scores, TILE, v_tile, v_row, acc)
@@ -740,11 +776,12 @@ mod tests {
     fn compact_keys_and_values_are_read_widened_tile_by_tile() {
         // An exact step over f16 / bf16 chunk caches: two new rows after 300 cached keys, left
         // padding, a cache with spare capacity; burn's operations read the same values widened.
+        // Heads of 64 take the step kernels (f16 read in place), heads of 16 `gemm`'s tiles.
         use burn::tensor::DType;
         let device = Default::default();
-        let (batch, heads, kv_heads, dim, past, seq) = (2, 6, 2, 16, 300, 2);
+        let (batch, heads, kv_heads, past, seq) = (2, 6, 2, 300, 2);
         let keys = past + seq;
-        for dtype in [DType::F16, DType::BF16] {
+        for (dtype, dim) in [(DType::F16, 16), (DType::BF16, 16), (DType::F16, 64)] {
             let q = Tensor::<B, 4>::random(
                 [batch, seq, heads, dim],
                 Distribution::Normal(0.0, 1.5),

@@ -7,26 +7,33 @@
 //! product over the key's row in place and each weighted sum streams the value rows once per
 //! query row, in AVX2 + FMA code; CPUs without it keep `gemm` (see [`vectorised`]).
 
-/// Whether both products have vector code for heads of `dim` on this CPU (x86-64 with AVX2 and
-/// FMA, `dim` a multiple of 32). Elsewhere the caller keeps `gemm`'s tiles, which beat plain
-/// loops.
+/// Whether both products have vector code for heads of `dim` on this CPU (x86-64 with AVX2, FMA
+/// and F16C, `dim` a multiple of 32), for keys and values in `f32` or `f16`. Elsewhere the caller
+/// keeps `gemm`'s tiles, which beat plain loops.
 pub(super) fn vectorised(dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if dim.is_multiple_of(32) && super::avx2_fma() {
+    if dim.is_multiple_of(32) && super::avx2_fma() && std::arch::is_x86_feature_detected!("f16c") {
         return true;
     }
     let _ = dim;
     false
 }
 
+/// Key and value elements the step kernels read in place: `f32`, or a compact cache's `f16`
+/// (widened exactly, eight at a time, as it is loaded).
+pub(super) trait Stored: Copy {}
+impl Stored for f32 {}
+impl Stored for half::f16 {}
+
 /// `scores[r · stride + j] = Σ_d q[r · dim + d] · k[j · k_row + d]` for `r < rows`, `j < n`.
 ///
 /// # Safety
-/// [`vectorised`]`(dim)` holds, and `k` points at `n` rows of `dim` floats, `k_row` apart.
-pub(super) unsafe fn scores(
+/// [`vectorised`]`(dim)` holds, and `k` points at `n` rows of
+/// `dim` elements, `k_row` apart.
+pub(super) unsafe fn scores<E: Stored>(
     (rows, n, dim): (usize, usize, usize),
     q: &[f32],
-    k: *const f32,
+    k: *const E,
     k_row: usize,
     scores: &mut [f32],
     stride: usize,
@@ -46,12 +53,13 @@ pub(super) unsafe fn scores(
 /// `acc[r · dim + d] += Σ_j p[r · stride + j] · v[j · v_row + d]` for `r < rows`, `d < dim`.
 ///
 /// # Safety
-/// [`vectorised`]`(dim)` holds, and `v` points at `n` rows of `dim` floats, `v_row` apart.
-pub(super) unsafe fn weighted_sum(
+/// [`vectorised`]`(dim)` holds, and `v` points at `n` rows
+/// of `dim` elements, `v_row` apart.
+pub(super) unsafe fn weighted_sum<E: Stored>(
     (rows, n, dim): (usize, usize, usize),
     p: &[f32],
     stride: usize,
-    v: *const f32,
+    v: *const E,
     v_row: usize,
     acc: &mut [f32],
 ) {
@@ -74,6 +82,24 @@ pub(super) use avx2::lane_sum;
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::Stored;
+
+    /// Eight elements at `p` as `f32` lanes.
+    ///
+    /// # Safety
+    /// Eight elements are readable at `p`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<E: Stored>(p: *const E) -> __m256 {
+        // SAFETY: the caller's eight elements; the size tells the two element types apart.
+        unsafe {
+            if size_of::<E>() == 4 {
+                _mm256_loadu_ps(p.cast())
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+            }
+        }
+    }
+
     /// The sum of a vector's eight lanes (the quantized products' kernels share it).
     #[target_feature(enable = "avx2,fma")]
     pub(in crate::cpu) fn lane_sum(x: __m256) -> f32 {
@@ -84,11 +110,11 @@ mod avx2 {
 
     /// [`super::scores`]: one key row against every query row while it is in L1, two
     /// accumulators per dot product.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores<E: Stored>(
         (rows, n, dim): (usize, usize, usize),
         q: &[f32],
-        k: *const f32,
+        k: *const E,
         k_row: usize,
         scores: &mut [f32],
         stride: usize,
@@ -105,14 +131,11 @@ mod avx2 {
                 let mut d = 0;
                 while d + 16 <= dim {
                     unsafe {
-                        even = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(query.add(d)),
-                            _mm256_loadu_ps(key.add(d)),
-                            even,
-                        );
+                        even =
+                            _mm256_fmadd_ps(_mm256_loadu_ps(query.add(d)), load8(key.add(d)), even);
                         odd = _mm256_fmadd_ps(
                             _mm256_loadu_ps(query.add(d + 8)),
-                            _mm256_loadu_ps(key.add(d + 8)),
+                            load8(key.add(d + 8)),
                             odd,
                         );
                     }
@@ -125,12 +148,12 @@ mod avx2 {
 
     /// [`super::weighted_sum`]: per query row and block of 32 dims, four accumulators in
     /// registers over all `n` value rows.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum<E: Stored>(
         (rows, n, dim): (usize, usize, usize),
         p: &[f32],
         stride: usize,
-        v: *const f32,
+        v: *const E,
         v_row: usize,
         acc: &mut [f32],
     ) {
@@ -147,11 +170,7 @@ mod avx2 {
                     let weight = _mm256_set1_ps(w);
                     let value = unsafe { v.add(j * v_row + d) };
                     for (o, sum) in sums.iter_mut().enumerate() {
-                        *sum = _mm256_fmadd_ps(
-                            weight,
-                            unsafe { _mm256_loadu_ps(value.add(8 * o)) },
-                            *sum,
-                        );
+                        *sum = _mm256_fmadd_ps(weight, unsafe { load8(value.add(8 * o)) }, *sum);
                     }
                 }
                 for (o, sum) in sums.into_iter().enumerate() {
@@ -164,6 +183,34 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn f16_keys_and_values_read_in_place_give_the_widened_values_products() {
+        use half::f16;
+        if !super::vectorised(64) {
+            eprintln!("this CPU has no AVX2 + FMA + F16C: attention keeps gemm, nothing to check");
+            return;
+        }
+        let (rows, n, dim, stride) = (3, 21, 64, 24);
+        let q = values(rows * dim, 7);
+        let k16: Vec<f16> = values(n * dim, 8).into_iter().map(f16::from_f32).collect();
+        let v16: Vec<f16> = values(n * dim, 9).into_iter().map(f16::from_f32).collect();
+        let (k32, v32): (Vec<f32>, Vec<f32>) = (
+            k16.iter().map(|x| x.to_f32()).collect(),
+            v16.iter().map(|x| x.to_f32()).collect(),
+        );
+        let (mut s16, mut s32) = (vec![0.0f32; rows * stride], vec![0.0f32; rows * stride]);
+        let (mut a16, mut a32) = (values(rows * dim, 10), values(rows * dim, 10));
+        unsafe {
+            super::scores((rows, n, dim), &q, k16.as_ptr(), dim, &mut s16, stride);
+            super::scores((rows, n, dim), &q, k32.as_ptr(), dim, &mut s32, stride);
+            super::weighted_sum((rows, n, dim), &s32, stride, v16.as_ptr(), dim, &mut a16);
+            super::weighted_sum((rows, n, dim), &s32, stride, v32.as_ptr(), dim, &mut a32);
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&s16), bits(&s32));
+        assert_eq!(bits(&a16), bits(&a32));
+    }
+
     /// Random-ish values in [-1, 1) from a fixed sequence.
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);

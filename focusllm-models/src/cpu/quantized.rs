@@ -209,7 +209,7 @@ fn round_rows_avx2(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut 
 
 /// Each block of 32 values of `x` rounded into `values` as ggml's `Q8_0` rounds it (scale
 /// `max |x| / 127` kept in `f32`, NaN when the block holds a NaN; each value to the nearest
-/// level, halves away from zero), with its scale and `s · Σ a_i`.
+/// level, halves away from zero, within -127..=127), with its scale and `s · Σ a_i`.
 #[inline(always)]
 fn round_rows(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
     let (blocks, _) = x.as_chunks::<32>();
@@ -230,15 +230,17 @@ fn round_rows(x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [f32]
         let inverse = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
         let mut total = 0i32;
         for (q, &v) in q.iter_mut().zip(block) {
-            // `as i8`'s saturation (NaN to 0, then into -128..=127; |v · inverse| <= 127 up to
-            // rounding), written as selects: the saturating cast itself goes value by value.
+            // |v · inverse| <= 127 up to rounding, except in blocks whose maximum is so small
+            // (about 1e-36) that `1 / scale` is inexact or infinite: clamped to -127..=127 (the
+            // AVX2 kernel's sign trick has no -128) and NaN to 0, as selects that vectorise (a
+            // saturating cast goes value by value).
             let r = round_half_away(v * inverse);
             let r = if r.is_nan() {
                 0.0
             } else {
-                r.clamp(-128.0, 127.0)
+                r.clamp(-127.0, 127.0)
             };
-            // SAFETY: `r` is an integer in -128..=127.
+            // SAFETY: `r` is an integer in -127..=127.
             *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
             total += *q as i32;
         }
@@ -1052,6 +1054,28 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn blocks_too_small_for_their_scale_stay_within_127_levels_on_every_kernel() {
+        // A maximum of 1e-37 makes `1 / scale` infinite: the values clamp to ±127 (a -128 would
+        // lose its sign in the AVX2 kernel's `sign` trick). One Q8_0 block, d = 1, q = -128, 5.
+        let mut x = vec![0.0f32; 32];
+        (x[0], x[1]) = (-1e-37, 0.7e-37);
+        let rows = Int8Rows::new(&x, 32);
+        assert_eq!(&rows.values[..2], &[-127, 127]);
+        let mut bytes = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+        bytes.extend([-128i8 as u8, 5]);
+        bytes.resize(34, 0);
+        let w = QuantizedMatrix::new(GGML_TYPE_Q8_0, 1, 32, bytes).unwrap();
+        let want = rows.scales[0] as f64 * (-128.0 * -127.0 + 5.0 * 127.0);
+        for kernel in int8_kernels(GGML_TYPE_Q8_0) {
+            let got = int8_product_by(&x, 1, &w, kernel)[0] as f64;
+            assert!(
+                (got - want).abs() <= want.abs() * 1e-3,
+                "{kernel:?}: {got} against {want}"
+            );
         }
     }
 

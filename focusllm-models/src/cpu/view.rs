@@ -64,6 +64,26 @@ impl<'a> KvView<'a> {
         }
     }
 
+    /// Rows `j0..j0 + n` of `(b, h)` of an `f16` view as they are stored (the values from the
+    /// first row's to the last row's end, and the distance between rows); `None` for other
+    /// element types, or when `n` is 0.
+    pub(super) fn f16_rows(
+        &self,
+        b: usize,
+        h: usize,
+        j0: usize,
+        n: usize,
+        dim: usize,
+    ) -> Option<(&[f16], usize)> {
+        match self {
+            Self::F16(view) if n > 0 => {
+                let (at, row) = (view.at(b, h, j0), view.strides[2]);
+                Some((&view.data[at..at + (n - 1) * row + dim], row))
+            }
+            _ => None,
+        }
+    }
+
     /// Rows `j0..j0 + n` of `(b, h)` as f32 (each `dim` long): the values from the first row's
     /// to the last row's end, and the distance between rows; in the tensor (f32) or in
     /// `scratch` (converted). Empty when `n` is 0.

@@ -28,6 +28,9 @@ pub(super) fn applies(ggml_type: u32) -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
         && std::arch::is_x86_feature_detected!("avx512vbmi")
         && std::arch::is_x86_feature_detected!("avx512vl")
+        // Implied by AVX-512F for the compiler; checked for CPUs (virtual ones) that hide them.
+        && super::avx2_fma()
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// A block type's layout: bytes per block, where its integers start, blocks per group.
@@ -46,6 +49,7 @@ const fn layout(ggml_type: u32) -> (usize, usize, usize) {
 /// row's end are zeros.
 pub(super) struct Rows {
     ggml_type: u32,
+    k: usize,
     rows: usize,
     groups: usize,
     values: Vec<i8>,
@@ -82,6 +86,7 @@ impl Rows {
         }
         Self {
             ggml_type,
+            k: rows.k,
             rows: m,
             groups,
             values,
@@ -105,6 +110,7 @@ pub(super) unsafe fn dots(rows: &Rows, w: &QuantizedMatrix, start: usize, out: &
     let m = rows.rows;
     assert!(
         rows.ggml_type == w.ggml_type()
+            && rows.k == w.cols()
             && w.cols().is_multiple_of(32)
             && rows.groups == (w.cols() / 32).div_ceil(per_group)
             && w.row_bytes() == w.cols() / 32 * block_bytes

@@ -350,7 +350,9 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// Stores the chunks' raw caches in `dtype` instead of the compute dtype: `DType::F16` or
+    /// Stores the KV caches kept between tokens (the chunks' raw caches, and the cache of plain
+    /// decoding and of frozen mode's main decoder from the first step on) in `dtype` instead of
+    /// the compute dtype: `DType::F16` or
     /// `DType::BF16` (half of f32's memory per cached token) or `DType::I8` (8 bits per value and
     /// an f32 scale per row of `head_dim`: a bit over a quarter), at the cost of rounding the
     /// cached keys and values (new positions are stored before they are read, so they are read
