@@ -262,6 +262,7 @@ fn round_half_away(v: f32) -> f32 {
 
 /// The kernels for 8-bit activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Kernel {
     /// AVX-512 VNNI and VBMI.
     Vnni,
@@ -291,14 +292,15 @@ impl Kernel {
 fn int8_dots(rows: &Int8, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
     // SAFETY: `Int8Rows::for_kernel` made `rows` for a kernel whose `applies` holds for `w`'s type
     // here; they hold `m` rows of `w.cols()`, and `out` whole rows of `m` (`few_rows`).
-    match rows {
-        #[cfg(target_arch = "x86_64")]
-        Int8::Vnni(rows) => unsafe { super::vnni::dots(rows, w, start, out) },
-        #[cfg(target_arch = "x86_64")]
-        Int8::Avx2(rows) => unsafe { avx2::int8_dots(rows, w, start, out) },
-    }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, start, out);
+    let _ = (w, start, &out);
+    // (By place: off x86-64 `Int8` has no variant, and a reference to it needs an arm.)
+    match *rows {
+        #[cfg(target_arch = "x86_64")]
+        Int8::Vnni(ref rows) => unsafe { super::vnni::dots(rows, w, start, out) },
+        #[cfg(target_arch = "x86_64")]
+        Int8::Avx2(ref rows) => unsafe { avx2::int8_dots(rows, w, start, out) },
+    }
 }
 
 /// `Σ x` over each block of 32 values of `x`, in 16 lanes (pairs `i`, `i + 16`) summed in order:
