@@ -407,29 +407,14 @@ impl Task<'_> {
             if few {
                 // SAFETY: the pointers cover rows × dim, n keys × dim, and rows × n (stride TILE).
                 // An f16 cache is read in place (widened as loaded: the same values).
+                let (dims, s) = ((rows, n, dim), &mut scores);
                 match k.f16_rows(b, h, j0, n, dim) {
-                    Some((keys, k_row)) => unsafe {
-                        few_rows::scores(
-                            (rows, n, dim),
-                            qt,
-                            keys.as_ptr(),
-                            k_row,
-                            &mut scores,
-                            TILE,
-                        )
+                    Some((keys, at)) => unsafe {
+                        few_rows::scores(dims, qt, keys.as_ptr(), at, s, TILE)
                     },
                     None => {
-                        let (keys, k_row) = k.rows(b, h, j0, n, dim, &mut k_scratch);
-                        unsafe {
-                            few_rows::scores(
-                                (rows, n, dim),
-                                qt,
-                                keys.as_ptr(),
-                                k_row,
-                                &mut scores,
-                                TILE,
-                            )
-                        }
+                        let (keys, at) = k.rows(b, h, j0, n, dim, &mut k_scratch);
+                        unsafe { few_rows::scores(dims, qt, keys.as_ptr(), at, s, TILE) }
                     }
                 }
             } else if bf16 {
