@@ -5,7 +5,8 @@
 //! choosing block sizes, taking its thread-local scratch and packing than multiplying: `perf` put
 //! the step attention's `gemm` calls at a quarter of a 2K-context step. Here each score is a dot
 //! product over the key's row in place and each weighted sum streams the value rows once per
-//! query row, in AVX2 + FMA code; CPUs without it keep `gemm` (see [`vectorised`]).
+//! query row, in AVX2 + FMA code (keys and values in `f32`, or `f16` widened as loaded, F16C);
+//! CPUs without it keep `gemm` (see [`vectorised`]).
 
 /// Whether both products have vector code for heads of `dim` on this CPU (x86-64 with AVX2, FMA
 /// and F16C, `dim` a multiple of 32), for keys and values in `f32` or `f16`. Elsewhere the caller
@@ -28,8 +29,7 @@ impl Stored for half::f16 {}
 /// `scores[r · stride + j] = Σ_d q[r · dim + d] · k[j · k_row + d]` for `r < rows`, `j < n`.
 ///
 /// # Safety
-/// [`vectorised`]`(dim)` holds, and `k` points at `n` rows of
-/// `dim` elements, `k_row` apart.
+/// [`vectorised`]`(dim)` holds, and `k` points at `n` rows of `dim` elements, `k_row` apart.
 pub(super) unsafe fn scores<E: Stored>(
     (rows, n, dim): (usize, usize, usize),
     q: &[f32],
@@ -53,8 +53,7 @@ pub(super) unsafe fn scores<E: Stored>(
 /// `acc[r · dim + d] += Σ_j p[r · stride + j] · v[j · v_row + d]` for `r < rows`, `d < dim`.
 ///
 /// # Safety
-/// [`vectorised`]`(dim)` holds, and `v` points at `n` rows
-/// of `dim` elements, `v_row` apart.
+/// [`vectorised`]`(dim)` holds, and `v` points at `n` rows of `dim` elements, `v_row` apart.
 pub(super) unsafe fn weighted_sum<E: Stored>(
     (rows, n, dim): (usize, usize, usize),
     p: &[f32],
