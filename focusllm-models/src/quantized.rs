@@ -52,8 +52,8 @@ pub enum ActivationPrecision {
     /// faster (the weights' integers need no conversion to floats), at the cost of the activations'
     /// rounding: each activation moves by at most half its block's scale (`max |x| / 254`), so a
     /// product moves by at most `Σ_i |w_i| · s_i / 2`. Applies to `Q4_0`, `Q4_1` and `Q8_0` blocks on
-    /// x86-64 CPUs with AVX-512 VNNI and VBMI (`vpdpbusd`: a step's products of `Q4_1` weights about
-    /// 1.7x faster than with `f32` activations) or else AVX2, FMA and F16C (about 1.3x); other
+    /// x86-64 CPUs with AVX-512 VNNI and VBMI (`vpdpbusd`: a step's products of `Q4_1` weights
+    /// 1.3-1.7x faster than with `f32` activations) or else AVX2, FMA and F16C (about 1.3x); other
     /// types and CPUs multiply `f32` activations. Each CPU gives a row the same bits whatever
     /// the rows beside it; the two kernels differ in the order of their sums.
     Int8,
