@@ -179,18 +179,14 @@ impl Int8Rows {
         let (mut scales, mut sums) = (vec![0.0f32; blocks], vec![0.0f32; blocks]);
         // Called once a product before its tasks split: vectorised where the CPU allows, since
         // `f32::round` compiles to a call per value on baseline x86-64.
-        #[cfg(target_arch = "x86_64")]
-        if super::avx2_fma() {
+        match () {
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { round_rows_avx2(x, &mut values, &mut scales, &mut sums) };
-            return Self {
-                k,
-                values,
-                scales,
-                sums,
-            };
+            () if super::avx2_fma() => unsafe {
+                round_rows_avx2(x, &mut values, &mut scales, &mut sums)
+            },
+            () => round_rows(x, &mut values, &mut scales, &mut sums),
         }
-        round_rows(x, &mut values, &mut scales, &mut sums);
         Self {
             k,
             values,
@@ -301,21 +297,6 @@ fn int8_dots(rows: &Int8, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Int8::Avx2(ref rows) => unsafe { avx2::int8_dots(rows, w, start, out) },
     }
-}
-
-/// `Σ x` over each block of 32 values of `x`, in 16 lanes (pairs `i`, `i + 16`) summed in order:
-/// the blocks' offsets `m · Σ x` of the few-row products.
-fn block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(32)
-        .map(|b| {
-            let (a, c) = b.split_at(16);
-            let mut lanes = [0.0f32; 16];
-            for l in 0..16 {
-                lanes[l] = a[l] + c[l];
-            }
-            lanes.iter().sum()
-        })
-        .collect()
 }
 
 /// `a · b` in eight lanes (the compiler vectorises it), the lanes then added in order.
@@ -564,7 +545,17 @@ mod avx2 {
         assert!(x.len() >= m * k && k.is_multiple_of(32));
         let shape = (k, blocks, w.row_bytes() / blocks.max(1));
         // Σ x_i over each block of each row (for the offsets).
-        let sums = super::block_sums(&x[..m * k]);
+        let sums: Vec<f32> = x[..m * k]
+            .chunks_exact(32)
+            .map(|b| {
+                let (a, c) = b.split_at(16);
+                let mut lanes = [0.0f32; 16];
+                for l in 0..16 {
+                    lanes[l] = a[l] + c[l];
+                }
+                lanes.iter().sum()
+            })
+            .collect();
         for j in 0..rows {
             let data = w.row_data(start + j, 1).as_ptr();
             let out = &mut out[j * m..(j + 1) * m];

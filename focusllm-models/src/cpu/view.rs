@@ -36,6 +36,20 @@ impl<'a, E: Element + bytemuck::Pod> View<'a, E> {
     pub(super) fn at(&self, i0: usize, i1: usize, i2: usize) -> usize {
         self.start + i0 * self.strides[0] + i1 * self.strides[1] + i2 * self.strides[2]
     }
+
+    /// Rows `j0..j0 + n` (`n > 0`) of `(b, h)` as stored: from the first row's start to the
+    /// last row's `dim`-th element, and the distance between rows.
+    fn rows_in_place(
+        &self,
+        b: usize,
+        h: usize,
+        j0: usize,
+        n: usize,
+        dim: usize,
+    ) -> (&'a [E], usize) {
+        let (at, row) = (self.at(b, h, j0), self.strides[2]);
+        (&self.data[at..at + (n - 1) * row + dim], row)
+    }
 }
 
 /// Keys or values `[batch, kv_heads, keys, dim]` in f32, or in a compact cache's f16 or bf16,
@@ -76,10 +90,7 @@ impl<'a> KvView<'a> {
         dim: usize,
     ) -> Option<(&[f16], usize)> {
         match self {
-            Self::F16(view) if n > 0 => {
-                let (at, row) = (view.at(b, h, j0), view.strides[2]);
-                Some((&view.data[at..at + (n - 1) * row + dim], row))
-            }
+            Self::F16(view) if n > 0 => Some(view.rows_in_place(b, h, j0, n, dim)),
             _ => None,
         }
     }
@@ -114,10 +125,7 @@ impl<'a> KvView<'a> {
             return (&[], dim);
         }
         match self {
-            Self::F32(view) => {
-                let (at, row) = (view.at(b, h, j0), view.strides[2]);
-                (&view.data[at..at + (n - 1) * row + dim], row)
-            }
+            Self::F32(view) => view.rows_in_place(b, h, j0, n, dim),
             Self::F16(view) => convert(view, view.at(b, h, j0), n, dim, scratch, |s, d| {
                 s.convert_to_f32_slice(d)
             }),
