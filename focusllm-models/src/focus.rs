@@ -300,15 +300,11 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
         for (mut layer, kv) in caches.into_iter().zip(last_kv) {
             // The candidate's row stays behind as spare capacity (an exact step writes two rows
             // there).
-            raw.push(match self.cache_dtype() {
-                Some(dtype) if dtype != layer.dtype() => {
-                    KvBuffer::with_prefix(layer.view(), len - 1, Some(dtype))
-                }
-                _ => {
-                    layer.truncate(len - 1);
-                    layer
-                }
-            });
+            layer.truncate(len - 1);
+            if let Some(dtype) = self.cache_dtype().filter(|&d| d != layer.dtype()) {
+                layer.convert(dtype, 2);
+            }
+            raw.push(layer);
             // `select` copies the candidate out: a `narrow` view would keep the unrotated keys of
             // every position alive for as long as the candidate lives (half again the cache size),
             // and the values of every position after frozen mode has dropped the raw cache.
@@ -457,7 +453,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
         if let Some(dtype) = self.cache_dtype().filter(|_| !cache.is_empty()) {
             for layer in &mut cache.layers {
                 if layer.dtype() != dtype {
-                    *layer = KvBuffer::with_prefix(layer.view(), layer.len(), Some(dtype));
+                    layer.convert(dtype, tokens.len());
                 }
             }
         }

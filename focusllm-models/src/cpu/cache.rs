@@ -16,18 +16,28 @@ pub(super) fn with_capacity<E: Element + bytemuck::Pod>(
     t: &FlexTensor,
     capacity: usize,
 ) -> FlexTensor {
+    with_capacity_as::<E, E>(t, capacity, |src, dst| dst.copy_from_slice(src))
+}
+
+/// [`with_capacity`] into elements of `D`, each row converted by `convert` from `t`'s `S`: a
+/// cache cast and given room in one pass (rows split across rayon's pool).
+pub(super) fn with_capacity_as<S: Element + bytemuck::Pod, D: Element + bytemuck::Pod>(
+    t: &FlexTensor,
+    capacity: usize,
+    convert: impl Fn(&[S], &mut [D]) + Sync,
+) -> FlexTensor {
     let shape = t.layout().shape();
     let [b, h, len, d] = [shape[0], shape[1], shape[2], shape[3]];
     assert!(len <= capacity, "{len} rows into a capacity of {capacity}");
-    let src = t.storage::<E>();
-    let mut out = vec![E::zeroed(); b * h * capacity * d];
+    let src = t.storage::<S>();
+    let mut out = vec![D::zeroed(); b * h * capacity * d];
     out.par_chunks_mut(capacity * d)
         .enumerate()
         .for_each(|(row, dst)| {
             let (i, head) = (row / h, row % h);
             for r in 0..len {
                 let at = row_at(t, i, head, r);
-                dst[r * d..(r + 1) * d].copy_from_slice(&src[at..at + d]);
+                convert(&src[at..at + d], &mut dst[r * d..(r + 1) * d]);
             }
         });
     FlexTensor::from_data(TensorData::new(out, [b, h, capacity, d]))

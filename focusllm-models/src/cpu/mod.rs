@@ -260,6 +260,27 @@ pub(crate) fn with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Ten
     from_flex(out)
 }
 
+/// `t` (f32) rounded to `dtype` (f16 or bf16, to nearest even as a cast rounds) in the first rows
+/// of a new tensor of `capacity` positions, in one pass on every core: a cast and then a growth
+/// would write two new copies, one thread each. `None` (and `t` untouched) for other dtypes.
+pub(crate) fn cast_with_capacity<B: Backend>(
+    t: &Tensor<B, 4>,
+    dtype: DType,
+    capacity: usize,
+) -> Option<Tensor<B, 4>> {
+    use half::slice::HalfFloatSliceExt;
+    if t.dtype() != DType::F32 || !matches!(dtype, DType::F16 | DType::BF16) {
+        return None;
+    }
+    let t = view::inner_contiguous(&to_flex(t.clone()));
+    let out = if dtype == DType::F16 {
+        cache::with_capacity_as::<f32, half::f16>(&t, capacity, |s, d| d.convert_from_f32_slice(s))
+    } else {
+        cache::with_capacity_as::<f32, half::bf16>(&t, capacity, |s, d| d.convert_from_f32_slice(s))
+    };
+    Some(from_flex(out))
+}
+
 /// [`with_capacity`] for 8-bit rows.
 pub(crate) fn int_with_capacity<B: Backend>(
     t: Tensor<B, 4, Int>,

@@ -66,22 +66,6 @@ impl<B: Backend> KvBuffer<B> {
         }
     }
 
-    /// The first `len` positions of `kv` (keys rotated) stored in `dtype` (see
-    /// [`KvBuffer::stored_as`]; `None`: as they are), the rest as spare capacity.
-    pub(crate) fn with_prefix(kv: LayerKv<B>, len: usize, dtype: Option<DType>) -> Self {
-        assert!(
-            len <= kv.len(),
-            "a prefix of {len} of {} positions",
-            kv.len()
-        );
-        let mut buffer = match dtype {
-            Some(dtype) => Self::stored_as(kv, dtype),
-            None => Self::new(kv),
-        };
-        buffer.len = len;
-        buffer
-    }
-
     /// Number of valid positions.
     pub fn len(&self) -> usize {
         self.len
@@ -160,6 +144,15 @@ impl<B: Backend> KvBuffer<B> {
         if needed > self.capacity() {
             self.grow(capacity_for(needed));
         }
+    }
+
+    /// Stores the valid positions in `dtype` (as [`KvBuffer::stored_as`] stores them), with room
+    /// for `additional` more (and the usual spare room after them): one new copy, written on
+    /// every core on the CPU backend.
+    pub(crate) fn convert(&mut self, dtype: DType, additional: usize) {
+        let capacity = capacity_for(self.len + additional);
+        self.k = self.k.prefix(self.len).cast_with_capacity(dtype, capacity);
+        self.v = self.v.prefix(self.len).cast_with_capacity(dtype, capacity);
     }
 
     /// Moves the valid positions into new storage of `capacity` positions.
@@ -251,6 +244,32 @@ mod tests {
         // One byte per value (head_dim 4 here) and a 4-byte scale per row, for keys and values.
         let rows = 2 * 3 * buffer.capacity();
         assert_eq!(buffer.size_bytes(), 2 * (rows * 4 + rows * 4));
+    }
+
+    #[test]
+    fn a_conversion_stores_what_a_cast_stores_with_room_for_what_follows() {
+        // A strided start (as the projections lay keys out) with spare rows past `len`.
+        let start = random(9).swap_dims(1, 2).swap_dims(1, 2);
+        for dtype in [DType::F16, DType::BF16, DType::I8, DType::F32] {
+            let mut buffer = KvBuffer::new(LayerKv {
+                k: start.clone(),
+                v: start.clone() * 2.0,
+            });
+            buffer.truncate(7);
+            let kept = buffer.view();
+            let want = KvBuffer::stored_as(kept, dtype).view();
+            buffer.convert(dtype, 5);
+            assert_eq!((buffer.dtype(), buffer.len()), (dtype, 7));
+            assert_eq!(buffer.capacity(), 12 + 12 / 32 + 32);
+            let got = buffer.view();
+            assert_same(got.k, want.k.clone());
+            assert_same(got.v, want.v);
+            // The room is used in place of a growth, and the rows stay as they were.
+            let capacity = buffer.capacity();
+            buffer.append(random(5), random(5));
+            assert_eq!(buffer.capacity(), capacity);
+            assert_same(buffer.view().k.narrow(2, 0, 7), want.k);
+        }
     }
 
     #[cfg(feature = "cpu")]

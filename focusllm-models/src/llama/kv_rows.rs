@@ -106,6 +106,25 @@ impl<B: Backend> Rows<B> {
         }
     }
 
+    /// These rows stored in `dtype` (a float dtype, or [`DType::I8`] for 8-bit rows) in the first
+    /// positions of new storage of `capacity` positions. On flex, f32 rows become f16 or bf16 in
+    /// one pass on every core.
+    pub(crate) fn cast_with_capacity(self, dtype: DType, capacity: usize) -> Self {
+        #[cfg(feature = "cpu")]
+        if let Self::Float(t) = &self
+            && crate::cpu::is_flex::<B>()
+            && let Some(t) = crate::cpu::cast_with_capacity(t, dtype, capacity)
+        {
+            return Self::Float(t);
+        }
+        let stored = match dtype {
+            d if d == self.dtype() => self,
+            DType::I8 => Self::quantize(self.float()),
+            d => Self::Float(self.float().cast(d)),
+        };
+        stored.with_capacity(capacity)
+    }
+
     /// These rows with positions `at..at + n` replaced by `value` (stored alike), in place when
     /// the storage is not shared.
     pub(crate) fn write(self, at: usize, value: Self) -> Self {
