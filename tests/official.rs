@@ -411,6 +411,45 @@ fn plain_decoding_keeps_its_cache_in_the_cache_dtype_from_the_first_step() {
 }
 
 #[test]
+fn a_reserved_cache_takes_the_tokens_fed_after_it_without_growing() {
+    use burn::tensor::DType;
+    use focusllm::core::MainDecoder;
+    let (mut model, dir) = official("C");
+    let short = ids(&json(&dir.join("inputs.json"))["short_ids"]);
+    for dtype in [None, Some(DType::F16), Some(DType::I8)] {
+        model.set_cache_dtype(dtype).unwrap();
+        // The prompt, room for 40 tokens (or none), then 40 greedy tokens one by one: the last
+        // logits, the cache's bytes after the reserve, and after each token.
+        let run = |reserve: Option<usize>| {
+            let mut cache = model.start(None).unwrap();
+            let mut logits = model.feed(&mut cache, &short).unwrap();
+            if let Some(n) = reserve {
+                model.reserve(&mut cache, n);
+            }
+            let reserved = cache.size_bytes();
+            let mut sizes = Vec::new();
+            for _ in 0..40 {
+                let t = focusllm::core::argmax(&logits).unwrap();
+                logits = model.feed(&mut cache, &[t]).unwrap();
+                sizes.push(cache.size_bytes());
+            }
+            (logits, reserved, sizes)
+        };
+        let (grown, _, grown_sizes) = run(None);
+        let (logits, reserved, sizes) = run(Some(40));
+        assert_eq!(logits, grown, "{dtype:?}: the room changes no number");
+        assert!(
+            sizes.iter().all(|&s| s == reserved),
+            "{dtype:?}: reserved {reserved} B, then {sizes:?}"
+        );
+        assert!(
+            grown_sizes.windows(2).any(|w| w[1] > w[0]),
+            "{dtype:?}: without the room the cache grows ({grown_sizes:?})"
+        );
+    }
+}
+
+#[test]
 fn half_precision_compute_stays_close_to_the_reference() {
     let dir = fixtures().join("official").join("C");
     let long = ids(&json(&dir.join("inputs.json"))["long_ids"]);

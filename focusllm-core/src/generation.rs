@@ -79,6 +79,11 @@ impl Default for GenerateOptions {
     }
 }
 
+/// The most tokens [`Session::generate`] makes room for up front ([`Session::reserve`]): a larger
+/// `max_tokens` is more often a bound than an expectation, and a cache reserved for it would hold
+/// memory the generation may never use; past this many tokens the cache grows as it goes.
+const MAX_RESERVED: usize = 4096;
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -186,6 +191,8 @@ where
             });
         }
         let mut logits = self.prefill(ids)?;
+        // Every token but the last is fed back.
+        self.reserve((options.max_tokens - 1).min(MAX_RESERVED));
         loop {
             let id = sampler.sample(&logits)?;
             tokens.push(id);

@@ -24,6 +24,14 @@ pub trait MainDecoder<B: Backend> {
     /// On an error (empty `tokens`, an id outside the vocabulary), `state` is unchanged.
     fn feed(&self, state: &mut Self::MainState, tokens: &[u32]) -> Result<Vec<f32>>;
 
+    /// Room in `state` for `additional` more tokens, fed later one [`MainDecoder::feed`] at a
+    /// time, so that feeding them does not copy the state as it grows (as [`Vec::reserve`]): a
+    /// hint, which the default ignores. The Llama decoder grows each layer's KV cache by a
+    /// thirty-second at a time; every growth copies the whole cache into new memory.
+    fn reserve(&self, state: &mut Self::MainState, additional: usize) {
+        let _ = (state, additional);
+    }
+
     /// The focus map of the last [`MainDecoder::feed`]: the share of its last position's attention
     /// (averaged over heads and layers) that went to each candidate of the past, in the past's
     /// order; `None` when there is no past or the decoder does not measure it (the default).

@@ -361,6 +361,17 @@ where
         Ok((candidates, states))
     }
 
+    /// Makes room for `additional` more tokens fed by [`Session::step`], as [`Vec::reserve`]:
+    /// plain decoding and frozen mode keep one KV cache, which otherwise grows by a thirty-second
+    /// at a time, each growth a copy of the whole cache into new memory. [`Session::generate`]
+    /// reserves what its `max_tokens` may feed, up to 4096 tokens. Nothing to do before a prefill, or in exact mode
+    /// (its main pass starts afresh at every token).
+    pub fn reserve(&mut self, additional: usize) {
+        if let State::Running { main, .. } = &mut self.state {
+            self.engine.main.reserve(main, additional);
+        }
+    }
+
     /// Feeds `token` (the one chosen from the last logits) and returns the next logits.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         let engine = self.engine;

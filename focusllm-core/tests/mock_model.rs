@@ -4,7 +4,7 @@
 //! so their order shows) to a histogram of the tokens it was fed. Every expected number below is
 //! computed from those definitions, not from the engine.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -27,6 +27,8 @@ struct BagOfTokens {
     /// Chunk states alive now, and the most alive at once (to check what the engine keeps).
     live: Arc<AtomicUsize>,
     peak_live: Cell<usize>,
+    /// The room asked of main states by `MainDecoder::reserve`, call by call.
+    reserved: RefCell<Vec<usize>>,
 }
 
 fn histogram(tokens: &[u32]) -> Vec<f32> {
@@ -155,6 +157,11 @@ impl MainDecoder<B> for BagOfTokens {
             .zip(bag)
             .map(|(m, b)| m + 100.0 * b)
             .collect())
+    }
+
+    fn reserve(&self, state: &mut MainBag, additional: usize) {
+        state.tokens.reserve(additional);
+        self.reserved.borrow_mut().push(additional);
     }
 
     fn focus(&self, state: &MainBag) -> Option<Vec<f32>> {
@@ -382,6 +389,54 @@ fn focus_maps_follow_the_candidates_to_their_chunks() {
     // Plain decoding has no memory to focus on.
     session.prefill(&ids[..10]).unwrap();
     assert!(session.focus().is_none());
+}
+
+#[test]
+fn generation_makes_room_for_its_tokens_where_a_main_state_is_kept() {
+    let model = BagOfTokens::default();
+    let generate = |frozen: bool, prompt: usize, max_tokens: usize| {
+        let config = if frozen {
+            config().with_step_mode(StepMode::FrozenCandidates)
+        } else {
+            config()
+        };
+        let engine = FocusEngine::new(&model, config).unwrap();
+        let options = focusllm_core::GenerateOptions {
+            max_tokens,
+            stop_tokens: Some(Vec::new()),
+            ..Default::default()
+        };
+        let ids: Vec<u32> = (0..prompt as u32).map(|i| 2 + i % 13).collect();
+        let mut session = engine.session();
+        session
+            .generate(
+                &ids,
+                &options,
+                None,
+                |_| std::ops::ControlFlow::Continue(()),
+            )
+            .unwrap();
+        model.reserved.take()
+    };
+    // Plain decoding (10 tokens, under the threshold) and frozen FocusLLM: every token but the
+    // last is fed back; a larger bound is reserved up to 4096 tokens.
+    assert_eq!(generate(false, 10, 6), [5]);
+    assert_eq!(generate(true, 40, 6), [5]);
+    assert_eq!(generate(false, 10, 1), [0]);
+    assert_eq!(generate(false, 10, 10_000), [4096]);
+    // Exact mode starts its main pass afresh at every token: nothing kept to reserve.
+    assert_eq!(generate(false, 40, 6), Vec::<usize>::new());
+    // A step by step user asks for it.
+    let engine = FocusEngine::new(&model, config()).unwrap();
+    let mut session = engine.session();
+    session.reserve(3);
+    assert!(
+        model.reserved.take().is_empty(),
+        "nothing to reserve before a prefill"
+    );
+    session.prefill(&[2, 3, 4]).unwrap();
+    session.reserve(3);
+    assert_eq!(model.reserved.take(), [3]);
 }
 
 #[test]

@@ -511,6 +511,18 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
         logits_to_vec(logits)
     }
 
+    fn reserve(&self, cache: &mut LlamaKvCache<B>, additional: usize) {
+        // A cache still to be stored in the cache dtype is converted now, with the room (the
+        // next `feed` then leaves it as it is).
+        let dtype = self.cache_dtype().filter(|_| !cache.is_empty());
+        for layer in &mut cache.layers {
+            match dtype {
+                Some(dtype) if layer.dtype() != dtype => layer.convert(dtype, additional),
+                _ => layer.reserve(additional),
+            }
+        }
+    }
+
     fn focus(&self, cache: &LlamaKvCache<B>) -> Option<Vec<f32>> {
         cache.focus.clone()
     }

@@ -273,6 +273,8 @@ impl Args {
         let mut logits = vec![prefill?];
         let prefill_flops = work.get() - flops;
         let io_prefill = IoBytes::between(io, io_bytes(), 1);
+        // As `Session::generate` does: room for the steps' tokens before the clock starts.
+        session.reserve(self.steps);
         let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
         for _ in 0..self.steps {
             let token = argmax(logits.last().expect("prefill logits"))?;
