@@ -191,6 +191,26 @@ pub(crate) fn quantized_matmul<B: Backend>(
     )))
 }
 
+/// [`quantized_matmul`] (f32 products) of the same `x` `[m, k]` by several weights of width `k`,
+/// few rows at a time in one split across the cores (see `quantized::matmul_many`).
+pub(crate) fn quantized_matmul_many<B: Backend>(
+    x: Tensor<B, 2>,
+    ws: &[&crate::quantized::QuantizedMatrix],
+) -> Vec<Tensor<B, 2>> {
+    let x = to_flex(x).to_contiguous();
+    let m = x.layout().shape()[0];
+    quantized::matmul_many(x.storage::<f32>(), m, ws)
+        .into_iter()
+        .zip(ws)
+        .map(|(out, w)| {
+            from_flex(FlexTensor::from_data(burn::tensor::TensorData::new(
+                out,
+                [m, w.rows()],
+            )))
+        })
+        .collect()
+}
+
 /// Whether this CPU multiplies bf16 operands at twice f32's rate (AVX-512 BF16).
 pub(crate) fn has_bf16_dot() -> bool {
     bf16::has_dot()

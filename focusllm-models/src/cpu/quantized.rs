@@ -50,7 +50,7 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
         return vec![0.0; m * n];
     }
     if m <= MAX_THIN {
-        few_rows(x, m, w)
+        few_rows(x, m, &[w]).pop().expect("one weight, one product")
     } else {
         many_rows(x, m, w)
     }
@@ -69,32 +69,61 @@ pub(crate) fn matmul_bf16(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> 
     })
 }
 
-/// [`matmul`] for a few rows: output rows in tasks, the weight decoded in registers.
-fn few_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
-    let n = w.rows();
+/// [`matmul`] of the same `x` by several weights of `x`'s width (a layer's q, k and v projections,
+/// or its gate and up): for a few rows, the output rows of all of them split across rayon's pool
+/// at once, so that the pool waits once rather than once a weight (a step's small products wait
+/// about as long as they multiply). Each output has the bits [`matmul`] gives it.
+///
+/// # Panics
+/// If `x` is not `m` rows of each weight's `cols()` values.
+pub(crate) fn matmul_many(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
+    let thin = (1..=MAX_THIN).contains(&m) && ws.iter().all(|w| w.rows() > 0 && w.cols() > 0);
+    if !thin {
+        return ws.iter().map(|w| matmul(x, m, w)).collect();
+    }
+    for w in ws {
+        let k = w.cols();
+        assert_eq!(x.len(), m * k, "quantized matmul: x is not [{m}, {k}]");
+    }
+    few_rows(x, m, ws)
+}
+
+/// [`matmul_many`] for a few rows: output rows in tasks, the weights decoded in registers.
+fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
     let tasks = rayon::current_num_threads() * 4;
-    let per_task = n.div_ceil(tasks).max(MIN_ROWS_PER_TASK).min(n);
-    // `[n, m]`: each task owns whole weight rows' outputs.
-    let mut by_row = vec![0.0f32; n * m];
-    // Rounded once here, not by each task.
-    let int8 = Int8Rows::for_product(x, m, w);
-    by_row
-        .par_chunks_mut(per_task * m)
-        .enumerate()
-        .for_each(|(i, out)| match &int8 {
-            Some(rows) => int8_dots(rows, w, i * per_task, out),
-            None => dots(x, m, w, i * per_task, out),
+    // `[n, m]` per weight: each task owns whole weight rows' outputs.
+    let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows() * m]).collect();
+    // Rounded once a weight here, not by each task.
+    let int8: Vec<Option<Int8>> = ws.iter().map(|w| Int8Rows::for_product(x, m, w)).collect();
+    let mut jobs = Vec::new();
+    for (i, out) in by_row.iter_mut().enumerate() {
+        let n = ws[i].rows();
+        let per_task = n.div_ceil(tasks).max(MIN_ROWS_PER_TASK).min(n);
+        for (c, rows) in out.chunks_mut(per_task * m).enumerate() {
+            jobs.push((i, c * per_task, rows));
+        }
+    }
+    jobs.into_par_iter()
+        .for_each(|(i, start, out)| match &int8[i] {
+            Some(rows) => int8_dots(rows, ws[i], start, out),
+            None => dots(x, m, ws[i], start, out),
         });
     if m == 1 {
         return by_row;
     }
-    let mut out = vec![0.0f32; m * n];
-    for (j, row) in by_row.chunks_exact(m).enumerate() {
-        for (r, &v) in row.iter().enumerate() {
-            out[r * n + j] = v;
-        }
-    }
-    out
+    by_row
+        .iter()
+        .map(|by_row| {
+            let n = by_row.len() / m;
+            let mut out = vec![0.0f32; m * n];
+            for (j, row) in by_row.chunks_exact(m).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    out[r * n + j] = v;
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`.

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::masked_attention::AttentionPlan;
-use super::ops::project;
+use super::ops::{project, project_all};
 use super::projection::Projection;
 use super::{CacheRead, KvBuffer, PastKv, RopeTables};
 use crate::config::LlamaConfig;
@@ -111,19 +111,24 @@ impl<B: Backend> Attention<B> {
         // heads move forward for attention.
         let products = plan.products();
         let fused = products.fused;
-        let q = project(x.clone(), &self.q, cand.map(|c| &c.q), candidates, products).reshape([
-            b,
-            s,
-            self.heads,
-            self.head_dim,
-        ]);
+        let [q, k, v] = project_all(
+            x,
+            [
+                (&self.q, cand.map(|c| &c.q)),
+                (&self.k, cand.map(|c| &c.k)),
+                (&self.v, cand.map(|c| &c.v)),
+            ],
+            candidates,
+            products,
+        );
+        let q = q.reshape([b, s, self.heads, self.head_dim]);
         let (cos, sin) = rope;
         let q = apply_rope_with(fused, q, cos, sin).swap_dims(1, 2);
         let super::NewKv {
             k_unrotated: k,
             k_rotated,
             v,
-        } = self.new_kv(x, rope, candidates, products);
+        } = self.rotate_new(k, v, rope, products);
         let (keys, values) = match past {
             LayerPast::None => (k_rotated.clone(), v.clone()),
             LayerPast::Read(kv, past_rope) => {
@@ -197,27 +202,31 @@ impl<B: Backend> Attention<B> {
     fn new_kv(
         &self,
         x: Tensor<B, 3>,
-        (cos, sin): RopeTables<'_, B>,
+        rope: RopeTables<'_, B>,
         candidates: Candidates,
         products: Products,
     ) -> super::NewKv<B> {
-        let [b, s, _] = x.dims();
         let cand = self.candidate.as_ref();
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.kv_heads, self.head_dim]);
-        let k = split(project(
-            x.clone(),
-            &self.k,
-            cand.map(|c| &c.k),
-            candidates,
-            products,
-        ));
-        let v = split(project(
+        let [k, v] = project_all(
             x,
-            &self.v,
-            cand.map(|c| &c.v),
+            [(&self.k, cand.map(|c| &c.k)), (&self.v, cand.map(|c| &c.v))],
             candidates,
             products,
-        ));
+        );
+        self.rotate_new(k, v, rope, products)
+    }
+
+    /// [`Attention::new_kv`] from the projected keys and values `[b, s, kv_heads · d]`.
+    fn rotate_new(
+        &self,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        (cos, sin): RopeTables<'_, B>,
+        products: Products,
+    ) -> super::NewKv<B> {
+        let [b, s, _] = k.dims();
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.kv_heads, self.head_dim]);
+        let (k, v) = (split(k), split(v));
         super::NewKv {
             k_rotated: apply_rope_with(products.fused, k.clone(), cos, sin).swap_dims(1, 2),
             k_unrotated: k.swap_dims(1, 2),

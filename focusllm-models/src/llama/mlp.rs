@@ -6,7 +6,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::Candidates;
-use super::ops::project;
+use super::ops::{project, project_all};
 use super::projection::Projection;
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
@@ -54,11 +54,13 @@ impl<B: Backend> Mlp<B> {
         candidates: Candidates,
         products: Products,
     ) -> Tensor<B, 3> {
-        let gate = self.gate.forward(x.clone(), products);
-        let up = project(
+        // The gate has no candidate version: `project` gives every position the ordinary one.
+        let [gate, up] = project_all(
             x,
-            &self.up,
-            self.candidate.as_ref().map(|c| &c.up),
+            [
+                (&self.gate, None),
+                (&self.up, self.candidate.as_ref().map(|c| &c.up)),
+            ],
             candidates,
             products,
         );

@@ -9,6 +9,26 @@ use super::attention::Candidates;
 use super::projection::Projection;
 use crate::kernels::Products;
 
+/// [`project`] of the same `x` through several layers (each an ordinary projection and its
+/// candidate version, if any): where every position takes the ordinary ones, in one joint product
+/// when [`Projection::forward_together`] applies; else one [`project`] each. The same numbers
+/// either way.
+pub(crate) fn project_all<B: Backend, const N: usize>(
+    x: Tensor<B, 3>,
+    layers: [(&Projection<B>, Option<&Linear<B>>); N],
+    candidates: Candidates,
+    products: Products,
+) -> [Tensor<B, 3>; N] {
+    let ordinary =
+        matches!(candidates, Candidates::None) || layers.iter().all(|(_, cand)| cand.is_none());
+    if ordinary
+        && let Some(out) = Projection::forward_together(layers.map(|(p, _)| p), &x, products)
+    {
+        return out;
+    }
+    layers.map(|(ordinary, cand)| project(x.clone(), ordinary, cand, candidates, products))
+}
+
 /// Applies `ordinary` to the ordinary positions and `candidate` to the candidate ones (`products`:
 /// see [`linear`]).
 pub(crate) fn project<B: Backend>(

@@ -90,6 +90,54 @@ impl<B: Backend> Projection<B> {
     }
 }
 
+impl<B: Backend> Projection<B> {
+    /// `x` through each of `layers` (all of `x`'s width), as [`Projection::forward`] gives it,
+    /// or `None` where no joint product applies. On flex with f32 products, quantized weights
+    /// are multiplied a few rows at a time in one split of all their output rows across the
+    /// cores: a step's small products (a layer's k and v are a third of q) then wait for the
+    /// pool once rather than once each.
+    pub(crate) fn forward_together<const N: usize>(
+        layers: [&Self; N],
+        x: &Tensor<B, 3>,
+        products: Products,
+    ) -> Option<[Tensor<B, 3>; N]> {
+        #[cfg(feature = "cpu")]
+        {
+            let [b, s, k] = x.dims();
+            if !crate::cpu::is_flex::<B>()
+                || x.dtype() != burn::tensor::DType::F32
+                || products.bf16_for(s)
+            {
+                return None;
+            }
+            let quantized: Vec<&QuantizedLinear<B>> = layers
+                .iter()
+                .map(|layer| match layer {
+                    Self::Quantized(q) => Some(q),
+                    Self::Dense(_) => None,
+                })
+                .collect::<Option<_>>()?;
+            let weights: Vec<&QuantizedMatrix> = quantized.iter().map(|q| &q.weight).collect();
+            let mut outs =
+                crate::cpu::quantized_matmul_many(x.clone().reshape([b * s, k]), &weights)
+                    .into_iter();
+            Some(std::array::from_fn(|i| {
+                let y = outs.next().expect("an output a weight");
+                let y = y.reshape([b, s, quantized[i].weight.rows()]);
+                match &quantized[i].bias {
+                    Some(bias) => y + bias.val().unsqueeze::<3>(),
+                    None => y,
+                }
+            }))
+        }
+        #[cfg(not(feature = "cpu"))]
+        {
+            let _ = (layers, x, products);
+            None
+        }
+    }
+}
+
 /// `x` `[m, in]` times the quantized `w` `[out, in]` transposed, in f32 (and back in `x`'s
 /// dtype: a model converted to another dtype after loading still runs); with `bf16`, both
 /// operands rounded to bf16 on the CPU.
