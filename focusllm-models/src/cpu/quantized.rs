@@ -934,6 +934,47 @@ mod tests {
     }
 
     #[test]
+    fn products_of_several_weights_at_once_give_each_ones_bits() {
+        // A layer's q, k and v (or gate and up) in different types, sizes and tasks; Q6_K has
+        // no register kernel; f32 and 8-bit activations; a few rows, and more than that.
+        let k = 96;
+        for precision in [ActivationPrecision::F32, ActivationPrecision::Int8] {
+            let ws: Vec<QuantizedMatrix> = [
+                (GGML_TYPE_Q4_1, 200),
+                (GGML_TYPE_Q8_0, 64),
+                (GGML_TYPE_Q4_0, 33),
+                (GGML_TYPE_Q6_K, 8),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ty, rows))| {
+                let k = if ty == GGML_TYPE_Q6_K { 256 } else { k };
+                random_matrix(ty, rows, k, 30 + i as u32).with_activation_precision(precision)
+            })
+            .collect();
+            let (same_width, wide) = ws.split_at(3);
+            for m in [1, 3, MAX_THIN, MAX_THIN + 1] {
+                let x = activations(m, k, 40 + m as u32);
+                let each: Vec<Vec<f32>> = same_width.iter().map(|w| matmul(&x, m, w)).collect();
+                let together = matmul_many(&x, m, &same_width.iter().collect::<Vec<_>>());
+                let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
+                    v.iter()
+                        .map(|o| o.iter().map(|x| x.to_bits()).collect())
+                        .collect()
+                };
+                assert_eq!(bits(&together), bits(&each), "{precision:?}, {m} rows");
+                let x = activations(m, 256, 50);
+                let one = matmul_many(&x, m, &[&wide[0]]);
+                assert_eq!(
+                    bits(&one),
+                    bits(&[matmul(&x, m, &wide[0])]),
+                    "Q6_K, {m} rows"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_matrix_without_columns_gives_zeros() {
         let w = QuantizedMatrix::new(GGML_TYPE_Q8_0, 5, 0, Vec::new()).unwrap();
         for m in [1, MAX_THIN + 3] {
