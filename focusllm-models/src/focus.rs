@@ -512,6 +512,10 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
     }
 
     fn reserve(&self, cache: &mut LlamaKvCache<B>, additional: usize) {
+        if additional == 0 {
+            // Nothing more to feed (`generate` with one token): no conversion either.
+            return;
+        }
         // A cache still to be stored in the cache dtype is converted now, with the room (the
         // next `feed` then leaves it as it is).
         let dtype = self.cache_dtype().filter(|_| !cache.is_empty());

@@ -11,6 +11,9 @@ fn row_at(t: &FlexTensor, i: usize, h: usize, r: usize) -> usize {
     t.layout().start_offset() + i * stride(0) + h * stride(1) + r * stride(2)
 }
 
+/// Values from which a copy splits its rows across rayon's pool (128 KiB of f32).
+const PARALLEL_FROM: usize = 1 << 15;
+
 /// `t` `[b, h, len, d]` (unit inner stride) in the first `len` rows of a new `[b, h, capacity, d]`.
 pub(super) fn with_capacity<E: Element + bytemuck::Pod>(
     t: &FlexTensor,
@@ -31,15 +34,19 @@ pub(super) fn with_capacity_as<S: Element + bytemuck::Pod, D: Element + bytemuck
     assert!(len <= capacity, "{len} rows into a capacity of {capacity}");
     let src = t.storage::<S>();
     let mut out = vec![D::zeroed(); b * h * capacity * d];
-    out.par_chunks_mut(capacity * d)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (i, head) = (row / h, row % h);
-            for r in 0..len {
-                let at = row_at(t, i, head, r);
-                convert(&src[at..at + d], &mut dst[r * d..(r + 1) * d]);
-            }
-        });
+    let fill = |(row, dst): (usize, &mut [D])| {
+        let (i, head) = (row / h, row % h);
+        for r in 0..len {
+            let at = row_at(t, i, head, r);
+            convert(&src[at..at + d], &mut dst[r * d..(r + 1) * d]);
+        }
+    };
+    // A step's new rows (a few hundred values) are done before the pool would wake.
+    if b * h * len * d < PARALLEL_FROM {
+        out.chunks_mut(capacity * d).enumerate().for_each(fill);
+    } else {
+        out.par_chunks_mut(capacity * d).enumerate().for_each(fill);
+    }
     FlexTensor::from_data(TensorData::new(out, [b, h, capacity, d]))
 }
 

@@ -226,6 +226,10 @@ mod avx512 {
     ) {
         assert!(dim.is_multiple_of(32));
         assert!(acc.len() >= rows * dim && p.len() >= (rows.max(1) - 1) * stride + n);
+        if n == 0 {
+            // Nothing to add, and `v` need not point anywhere.
+            return;
+        }
         let mut r = 0;
         while r < rows {
             let group = (rows - r).min(4);

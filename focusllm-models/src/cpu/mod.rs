@@ -280,9 +280,15 @@ pub(crate) fn with_capacity<B: Backend>(t: Tensor<B, 4>, capacity: usize) -> Ten
     from_flex(out)
 }
 
-/// `t` (f32) rounded to `dtype` (f16 or bf16, to nearest even as a cast rounds) in the first rows
-/// of a new tensor of `capacity` positions, in one pass on every core: a cast and then a growth
-/// would write two new copies, one thread each. `None` (and `t` untouched) for other dtypes.
+/// `t` (f32) rounded to `dtype` (f16 or bf16, to nearest even) in the first rows of a new tensor
+/// of `capacity` positions, in one pass on every core: a cast and then a growth would write two
+/// new copies, one thread each. `None` (and `t` untouched) for other dtypes.
+///
+/// Every row a flex KV cache stores in f16 or bf16 is rounded here (see `llama::kv_rows`), not by
+/// flex's cast: that one widens to f64 first, and `half`'s f64-to-bf16 rounding looks only at the
+/// f64's upper 32 bits, which lose the f32's lowest three mantissa bits (1.0039064, `0x3F808001`,
+/// becomes `0x3F80` there instead of `0x3F81`; 227,808 of the 2^32 f32 patterns differ for bf16,
+/// none for f16 on a CPU with F16C).
 pub(crate) fn cast_with_capacity<B: Backend>(
     t: &Tensor<B, 4>,
     dtype: DType,

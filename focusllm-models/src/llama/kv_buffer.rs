@@ -54,14 +54,9 @@ impl<B: Backend> KvBuffer<B> {
     /// per value and an f32 scale per row of `head_dim`: a quarter of f32's memory).
     pub fn stored_as(kv: LayerKv<B>, dtype: DType) -> Self {
         let len = kv.len();
-        let store = |t: Tensor<B, 4>| match dtype {
-            DType::I8 => Rows::quantize(t),
-            d if d == t.dtype() => Rows::Float(t),
-            d => Rows::Float(t.cast(d)),
-        };
         Self {
-            k: store(kv.k),
-            v: store(kv.v),
+            k: Rows::stored_as(kv.k, dtype),
+            v: Rows::stored_as(kv.v, dtype),
             len,
         }
     }
@@ -248,8 +243,11 @@ mod tests {
 
     #[test]
     fn a_conversion_stores_what_a_cast_stores_with_room_for_what_follows() {
-        // A strided start (as the projections lay keys out) with spare rows past `len`.
-        let start = random(9).swap_dims(1, 2).swap_dims(1, 2);
+        // A strided start (as the projections lay keys out: `[b, s, h, d]` with the heads moved
+        // forward) with spare rows past `len`.
+        let start =
+            Tensor::<Flex, 4>::random([2, 9, 3, 4], Distribution::Default, &Default::default())
+                .swap_dims(1, 2);
         for dtype in [DType::F16, DType::BF16, DType::I8, DType::F32] {
             let mut buffer = KvBuffer::new(LayerKv {
                 k: start.clone(),
@@ -270,6 +268,43 @@ mod tests {
             buffer.append(random(5), random(5));
             assert_eq!(buffer.capacity(), capacity);
             assert_same(buffer.view().k.narrow(2, 0, 7), want.k);
+        }
+    }
+
+    #[test]
+    fn rows_converted_and_rows_appended_round_alike() {
+        // 1.0039064 (`0x3F808001`) lies just above halfway between two bf16 values: rounded to
+        // nearest it is `0x3F81`. A cache's converted rows and its appended rows must agree.
+        let value = f32::from_bits(0x3F80_8001);
+        let row = || Tensor::<Flex, 4>::full([1, 1, 1, 4], value, &Default::default());
+        for (dtype, want) in [
+            (DType::BF16, 0x3F81u16),
+            (DType::F16, half::f16::from_f32(value).to_bits()),
+        ] {
+            let mut buffer = KvBuffer::new(LayerKv { k: row(), v: row() });
+            buffer.convert(dtype, 1);
+            buffer.append(row(), row());
+            let bits: Vec<u16> = match dtype {
+                DType::BF16 => buffer
+                    .view()
+                    .k
+                    .into_data()
+                    .to_vec::<half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+                _ => buffer
+                    .view()
+                    .k
+                    .into_data()
+                    .to_vec::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            };
+            assert_eq!(bits, vec![want; 8], "{dtype:?}");
         }
     }
 

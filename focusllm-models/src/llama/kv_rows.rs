@@ -42,8 +42,18 @@ impl<B: Backend> Rows<B> {
     pub(crate) fn like(like: &Self, x: Tensor<B, 4>) -> Self {
         match like {
             Self::Float(t) if t.dtype() == x.dtype() => Self::Float(x),
-            Self::Float(t) => Self::Float(x.cast(t.dtype())),
+            Self::Float(t) => Self::Float(cast(x, t.dtype())),
             Self::Int8 { .. } => Self::quantize(x),
+        }
+    }
+
+    /// `x` stored in `dtype`: a float dtype (a cast), or [`DType::I8`] (8 bits per value and a
+    /// scale per row).
+    pub(crate) fn stored_as(x: Tensor<B, 4>, dtype: DType) -> Self {
+        match dtype {
+            DType::I8 => Self::quantize(x),
+            d if d == x.dtype() => Self::Float(x),
+            d => Self::Float(cast(x, d)),
         }
     }
 
@@ -119,8 +129,7 @@ impl<B: Backend> Rows<B> {
         }
         let stored = match dtype {
             d if d == self.dtype() => self,
-            DType::I8 => Self::quantize(self.float()),
-            d => Self::Float(self.float().cast(d)),
+            d => Self::stored_as(self.float(), d),
         };
         stored.with_capacity(capacity)
     }
@@ -150,6 +159,19 @@ impl<B: Backend> Rows<B> {
         };
         std::mem::replace(self, empty)
     }
+}
+
+/// `x` cast to the float `dtype`, rounded the same way whichever way a row enters a cache: on
+/// flex, f32 to f16 or bf16 through `cpu::cast_with_capacity` (to nearest even from the f32
+/// value), elsewhere burn's cast.
+fn cast<B: Backend>(x: Tensor<B, 4>, dtype: DType) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if crate::cpu::is_flex::<B>()
+        && let Some(t) = crate::cpu::cast_with_capacity(&x, dtype, x.dims()[2])
+    {
+        return t;
+    }
+    x.cast(dtype)
 }
 
 /// Whether the flex row copies serve `dtype` (the float dtypes of caches; burn's operations do the
