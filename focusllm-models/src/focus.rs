@@ -409,6 +409,22 @@ impl<B: Backend> LocalDecoder<B> for LlamaModel<B> {
     }
 }
 
+impl<B: Backend> LlamaModel<B> {
+    /// Stores `cache` in the model's cache dtype (`set_cache_dtype`), with room for `additional`
+    /// more tokens, where it is not so stored yet. A cache extended by a later feed (plain
+    /// decoding's, frozen mode's) is kept between tokens: it is converted when first extended
+    /// (or reserved), so that a cache read once and dropped (exact mode's main decoder) never is.
+    fn store_kept(&self, cache: &mut LlamaKvCache<B>, additional: usize) {
+        if let Some(dtype) = self.cache_dtype().filter(|_| !cache.is_empty()) {
+            for layer in &mut cache.layers {
+                if layer.dtype() != dtype {
+                    layer.convert(dtype, additional);
+                }
+            }
+        }
+    }
+}
+
 impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
     type MainState = LlamaKvCache<B>;
 
@@ -447,16 +463,7 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             return Err(FocusError::EmptyInput);
         }
         check_vocab(tokens, self.config().vocab_size)?;
-        // A cache extended by a later feed (plain decoding's, frozen mode's) is kept between
-        // tokens: it takes the model's cache dtype (`set_cache_dtype`) here, when first extended,
-        // so that a cache read once and dropped (exact mode's main decoder) is never converted.
-        if let Some(dtype) = self.cache_dtype().filter(|_| !cache.is_empty()) {
-            for layer in &mut cache.layers {
-                if layer.dtype() != dtype {
-                    layer.convert(dtype, tokens.len());
-                }
-            }
-        }
+        self.store_kept(cache, tokens.len());
         let blocks = prefill_blocks(tokens.len(), self.prefill_block());
         let mut logits = None;
         for (i, block) in blocks.iter().enumerate() {
@@ -517,13 +524,10 @@ impl<B: Backend> MainDecoder<B> for LlamaModel<B> {
             return;
         }
         // A cache still to be stored in the cache dtype is converted now, with the room (the
-        // next `feed` then leaves it as it is).
-        let dtype = self.cache_dtype().filter(|_| !cache.is_empty());
+        // next `feed` then leaves it as it is); else the room is made as it is stored.
+        self.store_kept(cache, additional);
         for layer in &mut cache.layers {
-            match dtype {
-                Some(dtype) if layer.dtype() != dtype => layer.convert(dtype, additional),
-                _ => layer.reserve(additional),
-            }
+            layer.reserve(additional);
         }
     }
 
