@@ -8,6 +8,9 @@
 //!   same weight in `Q8_0` and `Q4_1` blocks (`--weights quantized`), also over a prefill block
 //!   of 512 rows and a chunk batch's 2048, where f32 and bf16 products (`--matmul bf16`) are
 //!   compared, and with 8-bit activations (`--activations int8`, the steps' rows);
+//! - `step weights`: one row through every projection of SmolLM2-135M's 30 layers and its LM head
+//!   (`Q4_1` layers, a `Q8_0` head: 96 MB, as in its GGUF), one after the other, so that the
+//!   weights stream from memory as in a decoding step; with f32 and 8-bit activations;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer; the prefill also
 //!   with bf16 products.
@@ -145,6 +148,78 @@ fn linear_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// SmolLM2-135M's layers (and its vocabulary of 49152 for the head).
+const LAYERS: usize = 30;
+const FULL_VOCAB: usize = 49152;
+
+/// Every projection a decoding step multiplies, at SmolLM2-135M's sizes and in its GGUF's
+/// types, applied to one row in turn: 96 MB of weights, more than the caches hold, so this
+/// measures the products at the speed the weights stream from memory.
+fn step_weight_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("step weights");
+    group.sample_size(20);
+    let kv = KV_HEADS * HEAD_DIM;
+    let shapes = [
+        (HIDDEN, HIDDEN),
+        (kv, HIDDEN),
+        (kv, HIDDEN),
+        (HIDDEN, HIDDEN),
+        (MLP, HIDDEN),
+        (MLP, HIDDEN),
+        (HIDDEN, MLP),
+    ];
+    // Values of a normal spread (the same for every layer: only the bytes' places matter here).
+    let values: Vec<f32> = Tensor::<Cpu, 1>::random(
+        [FULL_VOCAB * HIDDEN],
+        Distribution::Normal(0.0, 0.05),
+        &Default::default(),
+    )
+    .into_data()
+    .into_vec()
+    .unwrap();
+    let quantize = |ty, (rows, cols): (usize, usize)| {
+        QuantizedMatrix::quantize(ty, rows, cols, &values[..rows * cols]).unwrap()
+    };
+    let mut weights: Vec<QuantizedMatrix> = (0..LAYERS)
+        .flat_map(|_| shapes.map(|shape| quantize(GGML_TYPE_Q4_1, shape)))
+        .collect();
+    weights.push(quantize(GGML_TYPE_Q8_0, (FULL_VOCAB, HIDDEN)));
+    let bytes: usize = weights.iter().map(|w| w.rows() * w.row_bytes()).sum();
+    group.throughput(criterion::Throughput::Bytes(bytes as u64));
+    for (activations, name) in [
+        (ActivationPrecision::F32, "f32 activations"),
+        (ActivationPrecision::Int8, "int8 activations"),
+    ] {
+        let projections: Vec<Projection<Cpu>> = weights
+            .iter()
+            .map(|w| {
+                let weight = w.clone().with_activation_precision(activations);
+                Projection::Quantized(QuantizedLinear { weight, bias: None })
+            })
+            .collect();
+        let rows: Vec<Tensor<Cpu, 3>> = [HIDDEN, MLP]
+            .map(|width| Tensor::random([1, 1, width], Distribution::Default, &Default::default()))
+            .into();
+        // On a thread of the pool, as a forward runs (from outside, each product's split would
+        // put the caller to sleep until the pool is done).
+        group.bench_function(format!("1 row/{name}"), |b| {
+            b.iter(|| {
+                rayon::scope(|_| {
+                    for p in &projections {
+                        let x = if p.dims()[0] == MLP {
+                            &rows[1]
+                        } else {
+                            &rows[0]
+                        };
+                        black_box(projection(Kernels::Fused, x.clone(), p));
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 /// A one-layer model at SmolLM2-135M's sizes with random weights.
 fn one_layer() -> LlamaModel<Cpu> {
     let device = Default::default();
@@ -268,5 +343,11 @@ fn layer_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, attention_benches, linear_benches, layer_benches);
+criterion_group!(
+    benches,
+    attention_benches,
+    linear_benches,
+    step_weight_benches,
+    layer_benches
+);
 criterion_main!(benches);

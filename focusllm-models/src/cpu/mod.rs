@@ -45,6 +45,8 @@ mod exp;
 mod exp2;
 mod few_rows;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod q4_avx512;
 mod quantized;
 mod rope;
 mod tiles;

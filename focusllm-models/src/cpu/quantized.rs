@@ -1,8 +1,10 @@
 //! Products of `f32` activations with a [`QuantizedMatrix`] (a GGUF's blocks as stored).
 //!
-//! - **A few rows** (a decoding step, up to [`MAX_THIN`]): memory-bound, so the weight is read
-//!   once, in its quantized size, and decoded in registers block by block (AVX2 + FMA + F16C code
-//!   for `Q4_0`, `Q4_1` and `Q8_0`; other types decode a few rows at a time into a buffer in L1).
+//! - **A few rows** (a decoding step, up to [`MAX_THIN`]): the weight is read once, in its
+//!   quantized size, and decoded in registers block by block (AVX2 + FMA + F16C code for `Q4_0`,
+//!   `Q4_1` and `Q8_0`, AVX-512 for `Q4_0` and `Q4_1` in [`super::q4_avx512`]; other types decode
+//!   a few rows at a time into a buffer in L1). Decoding in registers costs more instructions
+//!   than the bytes take to arrive: the kernels' instruction counts set a step's speed.
 //!   A block's dot product is `d · Σ q_i x_i + m · Σ x_i`, the sum of its weights `q_i · d + m`
 //!   times the activations with the scale and offset factored out. The output rows are split
 //!   across rayon's pool, and each dot product is computed the same way whatever the number of
@@ -128,26 +130,90 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
 
 /// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`.
 fn dots(x: &[f32], m: usize, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
+    dots_by(F32Kernel::best(w.ggml_type()), x, m, w, start, out);
+}
+
+/// The kernels of a few-row product with `f32` activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum F32Kernel {
+    /// AVX-512 (`Q4_0`, `Q4_1`): [`super::q4_avx512`].
     #[cfg(target_arch = "x86_64")]
-    if avx2::applies(w.ggml_type()) {
-        // SAFETY: `applies` checked the CPU's features and the type; `out` holds whole rows of
-        // `m` outputs, and `x` `m` rows of `w.cols()` (asserted by `matmul`).
-        unsafe { avx2::dots(x, m, w, start, out) };
-        return;
+    Avx512,
+    /// AVX2, FMA and F16C (`Q4_0`, `Q4_1`, `Q8_0`): blocks decoded in registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Any type on any CPU: a few weight rows decoded into a buffer, then dot products.
+    Buffered,
+}
+
+impl F32Kernel {
+    /// The fastest kernel this CPU runs for blocks of `ggml_type`.
+    fn best(ggml_type: u32) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::q4_avx512::applies(ggml_type) {
+                return Self::Avx512;
+            }
+            if avx2::applies(ggml_type) {
+                return Self::Avx2;
+            }
+        }
+        let _ = ggml_type;
+        Self::Buffered
     }
+}
+
+/// [`dots`] by `kernel`, which must run on this CPU for `w`'s type ([`F32Kernel::best`] or a
+/// slower one that applies).
+fn dots_by(
+    kernel: F32Kernel,
+    x: &[f32],
+    m: usize,
+    w: &QuantizedMatrix,
+    start: usize,
+    out: &mut [f32],
+) {
     let k = w.cols();
-    let rows = out.len() / m;
-    let mut decoded = vec![0.0f32; DECODE_ROWS.min(rows) * k];
-    for first in (0..rows).step_by(DECODE_ROWS) {
-        let count = DECODE_ROWS.min(rows - first);
-        let decoded = &mut decoded[..count * k];
-        w.decode_rows(start + first, decoded);
-        for (j, weights) in decoded.chunks_exact(k).enumerate() {
-            for (r, xs) in x.chunks_exact(k).enumerate() {
-                out[(first + j) * m + r] = dot(xs, weights);
+    match kernel {
+        // SAFETY: the caller chose a kernel whose `applies` holds here for `w`'s type; `out` holds
+        // whole rows of `m` outputs, and `x` `m` rows of `k` (asserted by `matmul`), `sums` their
+        // blocks' sums.
+        #[cfg(target_arch = "x86_64")]
+        F32Kernel::Avx512 => unsafe {
+            super::q4_avx512::dots((x, &block_sums(&x[..m * k])), m, w, start, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        F32Kernel::Avx2 => unsafe { avx2::dots((x, &block_sums(&x[..m * k])), m, w, start, out) },
+        F32Kernel::Buffered => {
+            let rows = out.len() / m;
+            let mut decoded = vec![0.0f32; DECODE_ROWS.min(rows) * k];
+            for first in (0..rows).step_by(DECODE_ROWS) {
+                let count = DECODE_ROWS.min(rows - first);
+                let decoded = &mut decoded[..count * k];
+                w.decode_rows(start + first, decoded);
+                for (j, weights) in decoded.chunks_exact(k).enumerate() {
+                    for (r, xs) in x.chunks_exact(k).enumerate() {
+                        out[(first + j) * m + r] = dot(xs, weights);
+                    }
+                }
             }
         }
     }
+}
+
+/// The sum of each block of 32 values of `x` (for the blocks' offsets `m · Σ x`): 16 lanes of
+/// pairs, then the lanes in order.
+fn block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(32)
+        .map(|b| {
+            let (a, c) = b.split_at(16);
+            let mut lanes = [0.0f32; 16];
+            for l in 0..16 {
+                lanes[l] = a[l] + c[l];
+            }
+            lanes.iter().sum()
+        })
+        .collect()
 }
 
 /// Activation rows rounded to 8-bit integers per block of 32, with each block's scale and the
@@ -538,7 +604,7 @@ mod avx2 {
     /// [`applies`] holds for `w`'s type; `x` is `m` rows of `w.cols()`, `out` whole rows of `m`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dots(
-        x: &[f32],
+        (x, sums): (&[f32], &[f32]),
         m: usize,
         w: &QuantizedMatrix,
         start: usize,
@@ -547,22 +613,22 @@ mod avx2 {
         // SAFETY: forwarded from the caller.
         unsafe {
             match w.ggml_type() {
-                GGML_TYPE_Q4_0 => dots_of::<GGML_TYPE_Q4_0>(x, m, w, start, out),
-                GGML_TYPE_Q4_1 => dots_of::<GGML_TYPE_Q4_1>(x, m, w, start, out),
-                _ => dots_of::<GGML_TYPE_Q8_0>(x, m, w, start, out),
+                GGML_TYPE_Q4_0 => dots_of::<GGML_TYPE_Q4_0>((x, sums), m, w, start, out),
+                GGML_TYPE_Q4_1 => dots_of::<GGML_TYPE_Q4_1>((x, sums), m, w, start, out),
+                _ => dots_of::<GGML_TYPE_Q8_0>((x, sums), m, w, start, out),
             }
         }
     }
 
     /// [`dots`] for blocks of type `T`. A block's dot product is `d · Σ q_i x_i + m · Σ x_i`: the
     /// integers times the activations, scaled once per block, and the block's offset times the
-    /// activations' sum (computed once per row here), which saves a multiply and an add per
+    /// activations' sum (`sums`, [`super::block_sums`]), which saves a multiply and an add per
     /// weight over decoding each weight first. Activation rows go in groups of up to 3, each
     /// decoded block serving the group, and every row is summed the same way whatever its group,
     /// so its bits do not depend on the rows beside it.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dots_of<const T: u32>(
-        x: &[f32],
+        (x, sums): (&[f32], &[f32]),
         m: usize,
         w: &QuantizedMatrix,
         start: usize,
@@ -571,20 +637,8 @@ mod avx2 {
         let k = w.cols();
         let blocks = k / 32;
         let rows = out.len() / m;
-        assert!(x.len() >= m * k && k.is_multiple_of(32));
+        assert!(x.len() >= m * k && sums.len() >= m * blocks && k.is_multiple_of(32));
         let shape = (k, blocks, w.row_bytes() / blocks.max(1));
-        // Σ x_i over each block of each row (for the offsets).
-        let sums: Vec<f32> = x[..m * k]
-            .chunks_exact(32)
-            .map(|b| {
-                let (a, c) = b.split_at(16);
-                let mut lanes = [0.0f32; 16];
-                for l in 0..16 {
-                    lanes[l] = a[l] + c[l];
-                }
-                lanes.iter().sum()
-            })
-            .collect();
         for j in 0..rows {
             let data = w.row_data(start + j, 1).as_ptr();
             let out = &mut out[j * m..(j + 1) * m];
@@ -593,12 +647,12 @@ mod avx2 {
             // activation row `k` floats and `blocks` sums.
             unsafe {
                 while r + 3 <= m {
-                    group::<T, 3>((x, &sums), shape, r, data, &mut out[r..]);
+                    group::<T, 3>((x, sums), shape, r, data, &mut out[r..]);
                     r += 3;
                 }
                 match m - r {
-                    2 => group::<T, 2>((x, &sums), shape, r, data, &mut out[r..]),
-                    1 => group::<T, 1>((x, &sums), shape, r, data, &mut out[r..]),
+                    2 => group::<T, 2>((x, sums), shape, r, data, &mut out[r..]),
+                    1 => group::<T, 1>((x, sums), shape, r, data, &mut out[r..]),
                     _ => {}
                 }
             }
@@ -867,6 +921,73 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The kernels of a few-row product with `f32` activations that this CPU runs for `ty`.
+    fn f32_kernels(ty: u32) -> Vec<F32Kernel> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![F32Kernel::Buffered];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::applies(ty) {
+                kernels.push(F32Kernel::Avx2);
+            }
+            if super::super::q4_avx512::applies(ty) {
+                kernels.push(F32Kernel::Avx512);
+            }
+        }
+        kernels
+    }
+
+    #[test]
+    fn every_few_row_kernel_gives_the_products_with_each_rows_bits_its_own() {
+        // Each kernel this CPU runs (not only the fastest): the products against f64 sums of the
+        // decoded weights, then the bits of an output alone against the same output beside 6
+        // other rows, and from a later weight row on (as a task starts).
+        for ty in [GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0] {
+            let (n, k, rows) = (37, 160, 7);
+            let w = random_matrix(ty, n, k, ty + 21);
+            let dense = w.to_f32();
+            let x = activations(rows, k, 5);
+            for kernel in f32_kernels(ty) {
+                let product = |m: usize, start: usize| {
+                    let mut out = vec![0.0f32; (n - start) * m];
+                    dots_by(kernel, &x[..m * k], m, &w, start, &mut out);
+                    out
+                };
+                let all = product(rows, 0);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let terms = (0..k).map(|i| x[r * k + i] as f64 * dense[j * k + i] as f64);
+                        let want: f64 = terms.clone().sum();
+                        let scale: f64 = terms.map(f64::abs).sum();
+                        let got = all[j * rows + r] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * scale.max(1.0),
+                            "type {ty}, {kernel:?}: ({r}, {j}) is {got} against {want}"
+                        );
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                for m in 1..rows {
+                    let some = product(m, 0);
+                    for r in 0..m {
+                        let alone: Vec<f32> = (0..n).map(|j| some[j * m + r]).collect();
+                        let beside: Vec<f32> = (0..n).map(|j| all[j * rows + r]).collect();
+                        assert_eq!(
+                            bits(&alone),
+                            bits(&beside),
+                            "type {ty}, {kernel:?}: row {r} of {m}"
+                        );
+                    }
+                }
+                assert_eq!(
+                    bits(&product(rows, 5)),
+                    bits(&all[5 * rows..]),
+                    "type {ty}, {kernel:?}"
+                );
             }
         }
     }
@@ -1213,7 +1334,12 @@ mod tests {
     fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
         // A chunk's candidate must not change with how many chunks share its batch: every row
         // of a few-row product is computed alone.
-        for ty in [GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K] {
+        for ty in [
+            GGML_TYPE_Q4_1,
+            GGML_TYPE_Q4_0,
+            GGML_TYPE_Q8_0,
+            GGML_TYPE_Q4_K,
+        ] {
             let k = if ty == GGML_TYPE_Q4_K { 256 } else { 160 };
             let x = activations(MAX_THIN, k, 3);
             for precision in [ActivationPrecision::F32, ActivationPrecision::Int8] {
