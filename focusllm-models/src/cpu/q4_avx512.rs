@@ -30,7 +30,7 @@ pub(super) fn applies(ggml_type: u32) -> bool {
 }
 
 /// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`, with
-/// `sums` each activation block's sum (`[m, k / 32]`, [`super::quantized::block_sums`]).
+/// `sums` each activation block's sum (`[m, k / 32]`, `block_sums` in [`super::quantized`]).
 ///
 /// # Safety
 /// [`applies`] holds for `w`'s type; `x` is `m` rows of `w.cols()`, `sums` their block sums, and

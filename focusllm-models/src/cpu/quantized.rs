@@ -97,6 +97,9 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
     let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows() * m]).collect();
     // Rounded once a weight here, not by each task.
     let int8: Vec<Option<Int8>> = ws.iter().map(|w| Int8Rows::for_product(x, m, w)).collect();
+    // The activations' block sums, for the offsets of the f32 kernels: once for every weight (they
+    // share `x`'s width).
+    let sums = block_sums(&x[..m * ws.first().map_or(0, |w| w.cols())]);
     let mut jobs = Vec::new();
     for (i, out) in by_row.iter_mut().enumerate() {
         let n = ws[i].rows();
@@ -108,7 +111,14 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
     jobs.into_par_iter()
         .for_each(|(i, start, out)| match &int8[i] {
             Some(rows) => int8_dots(rows, ws[i], start, out),
-            None => dots(x, m, ws[i], start, out),
+            None => dots_by(
+                F32Kernel::best(ws[i].ggml_type()),
+                (x, &sums),
+                m,
+                ws[i],
+                start,
+                out,
+            ),
         });
     if m == 1 {
         return by_row;
@@ -126,11 +136,6 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
             out
         })
         .collect()
-}
-
-/// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`.
-fn dots(x: &[f32], m: usize, w: &QuantizedMatrix, start: usize, out: &mut [f32]) {
-    dots_by(F32Kernel::best(w.ggml_type()), x, m, w, start, out);
 }
 
 /// The kernels of a few-row product with `f32` activations.
@@ -163,11 +168,12 @@ impl F32Kernel {
     }
 }
 
-/// [`dots`] by `kernel`, which must run on this CPU for `w`'s type ([`F32Kernel::best`] or a
-/// slower one that applies).
+/// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`, by
+/// `kernel`, which must run on this CPU for `w`'s type ([`F32Kernel::best`] or a slower one that
+/// applies); `sums` are [`block_sums`] of `x`.
 fn dots_by(
     kernel: F32Kernel,
-    x: &[f32],
+    (x, sums): (&[f32], &[f32]),
     m: usize,
     w: &QuantizedMatrix,
     start: usize,
@@ -177,13 +183,11 @@ fn dots_by(
     match kernel {
         // SAFETY: the caller chose a kernel whose `applies` holds here for `w`'s type; `out` holds
         // whole rows of `m` outputs, and `x` `m` rows of `k` (asserted by `matmul`), `sums` their
-        // blocks' sums.
+        // blocks' sums (the kernels assert their length).
         #[cfg(target_arch = "x86_64")]
-        F32Kernel::Avx512 => unsafe {
-            super::q4_avx512::dots((x, &block_sums(&x[..m * k])), m, w, start, out)
-        },
+        F32Kernel::Avx512 => unsafe { super::q4_avx512::dots((x, sums), m, w, start, out) },
         #[cfg(target_arch = "x86_64")]
-        F32Kernel::Avx2 => unsafe { avx2::dots((x, &block_sums(&x[..m * k])), m, w, start, out) },
+        F32Kernel::Avx2 => unsafe { avx2::dots((x, sums), m, w, start, out) },
         F32Kernel::Buffered => {
             let rows = out.len() / m;
             let mut decoded = vec![0.0f32; DECODE_ROWS.min(rows) * k];
@@ -201,8 +205,8 @@ fn dots_by(
     }
 }
 
-/// The sum of each block of 32 values of `x` (for the blocks' offsets `m · Σ x`): 16 lanes of
-/// pairs, then the lanes in order.
+/// The sum of each block of 32 values of `x` (for the blocks' offsets `m · Σ x`; a tail of
+/// fewer than 32 left out): 16 lanes of pairs, then the lanes in order.
 fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks_exact(32)
         .map(|b| {
@@ -954,7 +958,8 @@ mod tests {
             for kernel in f32_kernels(ty) {
                 let product = |m: usize, start: usize| {
                     let mut out = vec![0.0f32; (n - start) * m];
-                    dots_by(kernel, &x[..m * k], m, &w, start, &mut out);
+                    let x = &x[..m * k];
+                    dots_by(kernel, (x, &block_sums(x)), m, &w, start, &mut out);
                     out
                 };
                 let all = product(rows, 0);
