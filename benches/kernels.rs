@@ -9,8 +9,9 @@
 //!   of 512 rows and a chunk batch's 2048, where f32 and bf16 products (`--matmul bf16`) are
 //!   compared, and with 8-bit activations (`--activations int8`, the steps' rows);
 //! - `step weights`: one row through every projection of SmolLM2-135M's 30 layers and its LM head
-//!   (`Q4_1` layers, a `Q8_0` head: 96 MB, as in its GGUF), one after the other, so that the
-//!   weights stream from memory as in a decoding step; with f32 and 8-bit activations;
+//!   (`Q4_1` layers, a `Q8_0` head: 96 MB, as in its GGUF), one after the other, the weights
+//!   streamed from memory rather than cache, as in a decoding step (which multiplies q, k and v,
+//!   and gate and up, together: fewer waits for the pool than here); f32 and 8-bit activations;
 //! - `decoder layer`: one whole layer (norms, projections, RoPE, attention, SwiGLU MLP) through
 //!   `LlamaModel::forward`, a prefill and a step that appends to a KV buffer; the prefill also
 //!   with bf16 products.
@@ -153,8 +154,8 @@ const LAYERS: usize = 30;
 const FULL_VOCAB: usize = 49152;
 
 /// Every projection a decoding step multiplies, at SmolLM2-135M's sizes and in its GGUF's
-/// types, applied to one row in turn: 96 MB of weights, more than the caches hold, so this
-/// measures the products at the speed the weights stream from memory.
+/// types, applied to one row in turn: 96 MB of weights, more than this machine's caches hold, so
+/// the weights stream from memory as in a step (compare the time with reading 96 MB).
 fn step_weight_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("step weights");
     group.sample_size(20);

@@ -1,5 +1,6 @@
 //! Few-row products of `f32` activations with `Q4_0` and `Q4_1` blocks on CPUs with AVX-512
-//! (AMD Zen 4, Intel Skylake-SP and later): [`super::quantized`]'s AVX2 kernel at twice the width.
+//! (AMD Zen 4 and later, Intel's server parts): [`super::quantized`]'s AVX2 kernel at twice the
+//! width. Measured on Zen 4 only; Intel parts that lower their clock for 512-bit code may gain less.
 //!
 //! A block's 16 bytes of nibbles widen to 16 `i32` lanes in one instruction; the low nibbles (the
 //! block's first 16 weights) and the high ones (its last 16) become two vectors of `f32`, which
@@ -47,7 +48,8 @@ pub(super) unsafe fn dots(
     unsafe {
         match w.ggml_type() {
             GGML_TYPE_Q4_0 => dots_of::<GGML_TYPE_Q4_0>((x, sums), m, w, start, out),
-            _ => dots_of::<GGML_TYPE_Q4_1>((x, sums), m, w, start, out),
+            GGML_TYPE_Q4_1 => dots_of::<GGML_TYPE_Q4_1>((x, sums), m, w, start, out),
+            _ => unreachable!("`applies` admits Q4_0 and Q4_1 only"),
         }
     }
 }

@@ -152,6 +152,17 @@ enum F32Kernel {
 }
 
 impl F32Kernel {
+    /// Whether this kernel runs on this CPU for blocks of `ggml_type`.
+    fn applies(self, ggml_type: u32) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => super::q4_avx512::applies(ggml_type),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => avx2::applies(ggml_type),
+            Self::Buffered => true,
+        }
+    }
+
     /// The fastest kernel this CPU runs for blocks of `ggml_type`.
     fn best(ggml_type: u32) -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -169,8 +180,10 @@ impl F32Kernel {
 }
 
 /// `out[j · m + r] = x_r · w_{start + j}` for the `out.len() / m` weight rows from `start`, by
-/// `kernel`, which must run on this CPU for `w`'s type ([`F32Kernel::best`] or a slower one that
-/// applies); `sums` are [`block_sums`] of `x`.
+/// `kernel` ([`F32Kernel::best`] or a slower one that applies); `sums` are [`block_sums`] of `x`.
+///
+/// # Panics
+/// If `kernel` does not run on this CPU for `w`'s type.
 fn dots_by(
     kernel: F32Kernel,
     (x, sums): (&[f32], &[f32]),
@@ -180,8 +193,14 @@ fn dots_by(
     out: &mut [f32],
 ) {
     let k = w.cols();
+    // (The feature checks are cached: a load each.)
+    assert!(
+        kernel.applies(w.ggml_type()),
+        "{kernel:?} does not run here for type {}",
+        w.ggml_type()
+    );
     match kernel {
-        // SAFETY: the caller chose a kernel whose `applies` holds here for `w`'s type; `out` holds
+        // SAFETY: the kernel's `applies` holds here for `w`'s type (asserted); `out` holds
         // whole rows of `m` outputs, and `x` `m` rows of `k` (asserted by `matmul`), `sums` their
         // blocks' sums (the kernels assert their length).
         #[cfg(target_arch = "x86_64")]
@@ -605,7 +624,8 @@ mod avx2 {
     /// [`super::dots`] in registers.
     ///
     /// # Safety
-    /// [`applies`] holds for `w`'s type; `x` is `m` rows of `w.cols()`, `out` whole rows of `m`.
+    /// [`applies`] holds for `w`'s type; `x` is `m` rows of `w.cols()`, `sums` their
+    /// [`super::block_sums`], `out` whole rows of `m`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dots(
         (x, sums): (&[f32], &[f32]),
