@@ -100,6 +100,7 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
     // The activations' block sums, for the offsets of the f32 kernels: once for every weight (they
     // share `x`'s width).
     let sums = block_sums(&x[..m * ws.first().map_or(0, |w| w.cols())]);
+    let kernels: Vec<F32Kernel> = ws.iter().map(|w| F32Kernel::best(w.ggml_type())).collect();
     let mut jobs = Vec::new();
     for (i, out) in by_row.iter_mut().enumerate() {
         let n = ws[i].rows();
@@ -111,14 +112,7 @@ fn few_rows(x: &[f32], m: usize, ws: &[&QuantizedMatrix]) -> Vec<Vec<f32>> {
     jobs.into_par_iter()
         .for_each(|(i, start, out)| match &int8[i] {
             Some(rows) => int8_dots(rows, ws[i], start, out),
-            None => dots_by(
-                F32Kernel::best(ws[i].ggml_type()),
-                (x, &sums),
-                m,
-                ws[i],
-                start,
-                out,
-            ),
+            None => dots_by(kernels[i], (x, &sums), m, ws[i], start, out),
         });
     if m == 1 {
         return by_row;
@@ -152,6 +146,15 @@ enum F32Kernel {
 }
 
 impl F32Kernel {
+    /// Every kernel, the fastest first.
+    const ALL: &[Self] = &[
+        #[cfg(target_arch = "x86_64")]
+        Self::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Self::Avx2,
+        Self::Buffered,
+    ];
+
     /// Whether this kernel runs on this CPU for blocks of `ggml_type`.
     fn applies(self, ggml_type: u32) -> bool {
         match self {
@@ -165,17 +168,11 @@ impl F32Kernel {
 
     /// The fastest kernel this CPU runs for blocks of `ggml_type`.
     fn best(ggml_type: u32) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::q4_avx512::applies(ggml_type) {
-                return Self::Avx512;
-            }
-            if avx2::applies(ggml_type) {
-                return Self::Avx2;
-            }
-        }
-        let _ = ggml_type;
-        Self::Buffered
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|kernel| kernel.applies(ggml_type))
+            .unwrap_or(Self::Buffered)
     }
 }
 
@@ -951,18 +948,11 @@ mod tests {
 
     /// The kernels of a few-row product with `f32` activations that this CPU runs for `ty`.
     fn f32_kernels(ty: u32) -> Vec<F32Kernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![F32Kernel::Buffered];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx2::applies(ty) {
-                kernels.push(F32Kernel::Avx2);
-            }
-            if super::super::q4_avx512::applies(ty) {
-                kernels.push(F32Kernel::Avx512);
-            }
-        }
-        kernels
+        F32Kernel::ALL
+            .iter()
+            .copied()
+            .filter(|kernel| kernel.applies(ty))
+            .collect()
     }
 
     #[test]
