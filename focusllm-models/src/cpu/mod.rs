@@ -38,6 +38,49 @@ macro_rules! tile_of_rows {
     };
 }
 
+/// The body of a few-row quantized product's `dots_of::<T>`: `out[j · m + r] = x_r · w_{start +
+/// j}` for the `out.len() / m` weight rows from `start`, each weight row against the activation
+/// rows in groups of 3 (then 2 or 1) by `$group::<T, R>((x, sums), (k, blocks, block_bytes), r0,
+/// row_data, out)`, each decoded block serving its group. Used inside an `unsafe fn` whose
+/// callers promise that `$group` runs on this CPU for `w`'s type; the sizes it reads are asserted.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
+macro_rules! weight_rows_in_groups {
+    ($group:ident::<$t:ident>, ($x:expr, $sums:expr), $m:expr, $w:expr, $start:expr, $out:expr) => {{
+        let (x, sums, m, w, start, out): (
+            &[f32],
+            &[f32],
+            usize,
+            &QuantizedMatrix,
+            usize,
+            &mut [f32],
+        ) = ($x, $sums, $m, $w, $start, $out);
+        let k = w.cols();
+        let blocks = k / 32;
+        let rows = out.len() / m;
+        assert!(x.len() >= m * k && sums.len() >= m * blocks && k.is_multiple_of(32));
+        let shape = (k, blocks, w.row_bytes() / blocks.max(1));
+        for j in 0..rows {
+            let data = w.row_data(start + j, 1).as_ptr();
+            let out = &mut out[j * m..(j + 1) * m];
+            let mut r = 0;
+            // SAFETY: row `start + j` has `blocks` blocks of `row_bytes / blocks` bytes, every
+            // activation row `k` floats and `blocks` sums (asserted); the caller's promise
+            // covers the CPU's features.
+            unsafe {
+                while r + 3 <= m {
+                    $group::<$t, 3>((x, sums), shape, r, data, &mut out[r..]);
+                    r += 3;
+                }
+                match m - r {
+                    2 => $group::<$t, 2>((x, sums), shape, r, data, &mut out[r..]),
+                    1 => $group::<$t, 1>((x, sums), shape, r, data, &mut out[r..]),
+                    _ => {}
+                }
+            }
+        }
+    }};
+}
+
 mod attention;
 mod bf16;
 mod cache;

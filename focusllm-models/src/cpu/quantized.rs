@@ -655,29 +655,7 @@ mod avx2 {
         start: usize,
         out: &mut [f32],
     ) {
-        let k = w.cols();
-        let blocks = k / 32;
-        let rows = out.len() / m;
-        assert!(x.len() >= m * k && sums.len() >= m * blocks && k.is_multiple_of(32));
-        let shape = (k, blocks, w.row_bytes() / blocks.max(1));
-        for j in 0..rows {
-            let data = w.row_data(start + j, 1).as_ptr();
-            let out = &mut out[j * m..(j + 1) * m];
-            let mut r = 0;
-            // SAFETY: row `start + j` has `blocks` blocks of `row_bytes / blocks` bytes, every
-            // activation row `k` floats and `blocks` sums.
-            unsafe {
-                while r + 3 <= m {
-                    group::<T, 3>((x, sums), shape, r, data, &mut out[r..]);
-                    r += 3;
-                }
-                match m - r {
-                    2 => group::<T, 2>((x, sums), shape, r, data, &mut out[r..]),
-                    1 => group::<T, 1>((x, sums), shape, r, data, &mut out[r..]),
-                    _ => {}
-                }
-            }
-        }
+        weight_rows_in_groups!(group::<T>, (x, sums), m, w, start, out)
     }
 
     /// `out[i] = x_{r0 + i} · w_row` for `i < R`.
