@@ -18,6 +18,7 @@
 use std::arch::x86_64::*;
 
 use super::few_rows::lane_sum;
+use super::quantized::scale_and_offset;
 use crate::gguf::dequant::{GGML_TYPE_Q4_0, GGML_TYPE_Q4_1};
 use crate::quantized::QuantizedMatrix;
 
@@ -65,26 +66,6 @@ unsafe fn dots_of<const T: u32>(
     out: &mut [f32],
 ) {
     weight_rows_in_groups!(group::<T>, (x, sums), m, w, start, out)
-}
-
-/// A block's scale `d` and offset `m` (`Q4_0`: `-8d`).
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn scale_and_offset<const T: u32>(p: *const u8) -> (f32, f32) {
-    // SAFETY: the caller passes a whole block of type `T` at `p` (`Q4_1`: two f16 at its start,
-    // `Q4_0`: one).
-    unsafe {
-        if T == GGML_TYPE_Q4_1 {
-            let halves = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-            (
-                _mm_cvtss_f32(halves),
-                _mm_cvtss_f32(_mm_movehdup_ps(halves)),
-            )
-        } else {
-            let bits = u16::from_le_bytes([*p, *p.add(1)]);
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
-            (d, -8.0 * d)
-        }
-    }
 }
 
 /// `out[i] = x_{r0 + i} · w_row` for `i < R`, the row's blocks at `data`.

@@ -507,6 +507,9 @@ fn many_rows(x: &[f32], m: usize, w: &QuantizedMatrix) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use avx2::scale_and_offset;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
@@ -520,16 +523,26 @@ mod avx2 {
             && std::arch::is_x86_feature_detected!("f16c")
     }
 
-    /// A block's scale `d` and, for `Q4_1`, its offset `m`: the `f16`s at `p` and `p + 2` as `f32`
-    /// (exact, as `half`'s conversion), from one 4-byte load (every block type is longer).
-    /// Loading a lone `u16` had the compiler insert it into a register that held a running sum
-    /// (`vpinsrw`), chaining every block to the one before; a whole-register move has no such tie.
+    /// A block of type `T`'s scale `d` and offset `m` (`Q4_1`: stored after `d`; `Q4_0`: `-8d`;
+    /// `Q8_0`: 0), the `f16`s as `f32` (exact, as `half`'s conversion). Both come from one 4-byte
+    /// load (every block type is longer): loading a lone `u16` had the compiler insert it into a
+    /// register that held a running sum (`vpinsrw`), chaining every block to the one before; a
+    /// whole-register move has no such tie. The AVX-512 `Q4` kernel shares it.
+    ///
+    /// # Safety
+    /// A whole block of type `T` lies at `p`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scale_and_offset(p: *const u8) -> (f32, f32) {
+    pub(in crate::cpu) unsafe fn scale_and_offset<const T: u32>(p: *const u8) -> (f32, f32) {
         // SAFETY: the caller's block has at least four bytes at `p`.
         let word = unsafe { (p as *const i32).read_unaligned() };
         let both = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le(word)));
-        (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+        let d = _mm_cvtss_f32(both);
+        let m = match T {
+            GGML_TYPE_Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(both)),
+            GGML_TYPE_Q4_0 => -8.0 * d,
+            _ => 0.0,
+        };
+        (d, m)
     }
 
     /// A block of 32 weights `w_i = q_i · d + m` as its integers `q_i` (exact in f32), its scale
@@ -541,7 +554,7 @@ mod avx2 {
     unsafe fn decode<const T: u32>(p: *const u8) -> ([__m256; 4], f32, f32) {
         // SAFETY: the caller passes a whole block of type `T` at `p`.
         unsafe {
-            let (d, m) = scale_and_offset(p);
+            let (d, m) = scale_and_offset::<T>(p);
             match T {
                 GGML_TYPE_Q8_0 => {
                     let q = p.add(2);
@@ -562,7 +575,6 @@ mod avx2 {
                     let low = |v: __m256i| _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
                     let high = |v: __m256i| _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
                     let q = [low(front), low(back), high(front), high(back)];
-                    let m = if T == GGML_TYPE_Q4_1 { m } else { -8.0 * d };
                     (q, d, m)
                 }
                 _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
@@ -696,7 +708,7 @@ mod avx2 {
     unsafe fn integers<const T: u32>(p: *const u8) -> (__m256i, f32, f32) {
         // SAFETY: the caller passes a whole block of type `T` at `p`.
         unsafe {
-            let (d, m) = scale_and_offset(p);
+            let (d, m) = scale_and_offset::<T>(p);
             match T {
                 GGML_TYPE_Q8_0 => (_mm256_loadu_si256(p.add(2) as *const __m256i), d, 0.0),
                 GGML_TYPE_Q4_1 | GGML_TYPE_Q4_0 => {
@@ -706,7 +718,6 @@ mod avx2 {
                     // Elements 0-15 are the low nibbles, 16-31 the high ones.
                     let lo = _mm_and_si128(bytes, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), mask);
-                    let m = if T == GGML_TYPE_Q4_1 { m } else { -8.0 * d };
                     (_mm256_set_m128i(hi, lo), d, m)
                 }
                 _ => unreachable!("`applies` admits Q4_0, Q4_1 and Q8_0 only"),
