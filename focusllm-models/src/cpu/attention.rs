@@ -4,11 +4,13 @@
 //! that share the key/value head are stacked as rows of one tile, so each key tile is read once
 //! for all of them, in place (no repeated heads, no transposed copies). A task visits only the
 //! key tiles its rows can see, masks where visibility needs it, and keeps a running maximum and
-//! sum per row. Tasks run on rayon's pool; their matrix products are single-threaded `gemm`
-//! calls (the crate behind flex's own matmul). A decoding step has only one task per key/value
-//! head, so its keys are cut into segments of fixed length whose states are merged afterwards
-//! (split-K, as flash decoding does), and every core reads its part of the cache. The cut depends
-//! on the sequence's shape alone, so a chunk's numbers do not depend on its batch.
+//! sum per row. Tasks run on rayon's pool; their matrix products are single-threaded: our own
+//! tiles ([`tiles`]) on x86-64 CPUs with AVX2 or AVX-512 and FMA, `gemm` (the crate behind flex's
+//! own matmul) elsewhere, and [`few_rows`] for a decoding step's few rows. A decoding step has
+//! only one task per key/value head, so its keys are cut into segments of fixed length whose
+//! states are merged afterwards (split-K, as flash decoding does), and every core reads its part
+//! of the cache. The cut depends on the sequence's shape alone, so a chunk's numbers do not
+//! depend on its batch.
 
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
@@ -283,7 +285,7 @@ fn key_segments(seq: usize, keys: usize) -> usize {
     keys.div_ceil(SEGMENT).max(1)
 }
 
-/// Whether a call's tile products run on [`tiles`] (f32 on CPUs with AVX-512; more than a
+/// Whether a call's tile products run on [`tiles`] (f32 on CPUs with AVX2 or AVX-512; more than a
 /// step's few rows, whose keys a call would transpose for little use, and not bf16 products): a
 /// rule of the sequence's shape and the CPU, as the other paths'.
 fn wide(dims: &Dims, vis: &Visibility) -> bool {
@@ -392,7 +394,7 @@ impl Task<'_> {
             bf16::Packed::default(),
             bf16::Rows::default(),
         );
-        // Else, on CPUs with AVX-512, f32 tiles without `gemm`'s packing: the keys in panels
+        // Else, on CPUs with AVX2 or AVX-512, f32 tiles without `gemm`'s packing: the keys in panels
         // (the call's, or transposed here when this block's keys start elsewhere: its rows are
         // padding), queries, weights and values read where they are.
         let wide = wide(self.dims, self.vis);
