@@ -297,6 +297,25 @@ fn bench_json_rows_carry_rates_work_and_both_calibrations() {
         assert_eq!(row["weights"], "quantized", "{row}");
         assert!(number("weights_mb") < 120.0, "{row}");
         assert_eq!(row["activations"], "f32", "{row}");
+        // Who had the CPUs: shares of the machine's time that add up to 1, and over a prefill of
+        // a second or so, some of it ours (the steps' span may be too short for a tick).
+        for span in ["cpu_prefill", "cpu_steps"] {
+            let shares = &row[span];
+            if shares.is_null() && span == "cpu_steps" {
+                continue;
+            }
+            let parts: Vec<f64> = ["ours", "others", "steal", "idle"]
+                .iter()
+                .map(|k| {
+                    shares[k]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{span}.{k} in {row}"))
+                })
+                .collect();
+            assert!(parts.iter().all(|p| (0.0..=1.0).contains(p)), "{row}");
+            assert!((parts.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{row}");
+        }
+        assert!(row["cpu_prefill"]["ours"].as_f64().unwrap() > 0.0, "{row}");
     }
     // FocusLLM at these sizes reads the input in chunks and keeps their caches; plain keeps none.
     assert!(rows[0]["chunk_cache_mb"].as_f64().unwrap() > 0.0, "{json}");

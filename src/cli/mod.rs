@@ -1,6 +1,6 @@
 //! The `focusllm` command's code, outside the library's API (a hidden module, feature `cli`):
 //! command-line flags, progress bars, the adapter policy, the model fetch (which shells out to
-//! `pip`), passkey prompts, memory readings, the focus strip, and one module per job in [`jobs`].
+//! `pip`), passkey prompts, memory and CPU-time readings, the focus strip, and one module per job in [`jobs`].
 //! The binary (`src/main.rs`) and each example program call a job's `run`, so all of them link the
 //! one compiled copy; the tests include the few parts they need by `#[path]`.
 //!
@@ -12,6 +12,7 @@
 pub mod app;
 pub mod fetch;
 pub mod focus_strip;
+pub mod host;
 pub mod jobs;
 pub mod memory;
 pub mod passkey;

@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use crate::cli::app::{AppError, BackendRunner, EngineArgs, ProgressView, run_on};
+use crate::cli::host::{CpuShares, CpuTimes};
 use crate::cli::memory::{io_bytes, peak_rss_mb, release_free_memory, reset_peak_rss, rss_mb};
 use crate::cli::passkey::passkey_prompt;
 use burn::tensor::backend::Backend;
@@ -90,6 +91,11 @@ pub struct Row {
     /// included, `/proc/net/dev`): what `--devices ws://..` moves.
     io_prefill: Option<IoBytes>,
     io_per_step: Option<IoBytes>,
+    /// Who had the machine's CPUs over the prefill and over the timed steps (`/proc`): this
+    /// process, other programs, the hypervisor (steal) or nobody. A slow row with a large
+    /// `others` or `steal` share ran on a busy machine.
+    cpu_prefill: Option<CpuShares>,
+    cpu_steps: Option<CpuShares>,
     /// With `--cancel-after`: the chunks decoded when the prefill was cancelled, and the resident
     /// memory before the prefill, at the cancel, and a second after the cancelled session was
     /// dropped and the allocator's free memory handed back.
@@ -211,9 +217,10 @@ impl Args {
         let rss_before = rss_mb();
         reset_peak_rss();
         let work = model.work();
-        let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
+        let (start, flops, io, cpu) = (Instant::now(), work.get(), io_bytes(), CpuTimes::now());
         let prefill = session.prefill(ids);
         let this_run_s = start.elapsed().as_secs_f64();
+        let cpu_prefill = CpuShares::between(cpu, CpuTimes::now());
         let resumed = session.resumed().map(|r| ResumedRow {
             batches: r.batches,
             chunks: r.chunks,
@@ -264,6 +271,8 @@ impl Args {
                     chunk_cache_mb: cache as f64 / (1024.0 * 1024.0),
                     io_prefill: None,
                     io_per_step: None,
+                    cpu_prefill,
+                    cpu_steps: None,
                     cancelled: Some(cancelled),
                     resumed,
                 },
@@ -275,12 +284,13 @@ impl Args {
         let io_prefill = IoBytes::between(io, io_bytes(), 1);
         // As `Session::generate` does: room for the steps' tokens before the clock starts.
         session.reserve(self.steps);
-        let (start, flops, io) = (Instant::now(), work.get(), io_bytes());
+        let (start, flops, io, cpu) = (Instant::now(), work.get(), io_bytes(), CpuTimes::now());
         for _ in 0..self.steps {
             let token = argmax(logits.last().expect("prefill logits"))?;
             logits.push(session.step(token)?);
         }
         let io_per_step = IoBytes::between(io, io_bytes(), self.steps);
+        let cpu_steps = CpuShares::between(cpu, CpuTimes::now());
         let steps_s = start.elapsed().as_secs_f64();
         let step_flops = work.get() - flops;
         let step_s = steps_s / self.steps.max(1) as f64;
@@ -307,6 +317,8 @@ impl Args {
             chunk_cache_mb,
             io_prefill,
             io_per_step,
+            cpu_prefill,
+            cpu_steps,
             cancelled: None,
             resumed,
         };
@@ -554,15 +566,20 @@ pub fn run(args: Args) -> Result<(), AppError> {
     }
     println!();
     println!(
-        "| method | kernels (matmul) | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB |"
+        "| method | kernels (matmul) | weights (MiB) | tokens | prefill s | prompt tokens/s | prefill GFLOP/s (x calibration) | s / token | generated tokens/s | step GFLOP/s (x calibration) | peak RSS MiB | chunk caches MiB | CPUs to others + steal % (prefill, steps) |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let peak = r
             .peak_rss_mb
             .map_or("n/a".to_string(), |m| format!("{m:.0}"));
+        let elsewhere = |s: Option<CpuShares>| {
+            s.map_or("n/a".to_string(), |s| {
+                format!("{:.0}", 100.0 * (s.others + s.steal))
+            })
+        };
         println!(
-            "| {} | {} ({}) | {} ({:.0}) | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} |",
+            "| {} | {} ({}) | {} ({:.0}) | {} | {:.1} | {:.0} | {:.1} ({:.2}) | {:.3} | {:.2} | {:.1} ({:.2}) | {} | {:.0} | {}, {} |",
             r.method,
             r.kernels,
             r.matmul,
@@ -582,7 +599,9 @@ pub fn run(args: Args) -> Result<(), AppError> {
             r.step_gflops,
             r.step_gflops / ceiling(r),
             peak,
-            r.chunk_cache_mb
+            r.chunk_cache_mb,
+            elsewhere(r.cpu_prefill),
+            elsewhere(r.cpu_steps),
         );
     }
     println!();
