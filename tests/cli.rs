@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 mod common;
+// The CPU-time readings' own unit tests (the library's unit tests do not run: `test = false`).
+#[path = "../src/cli/host.rs"]
+mod host;
 
 fn focusllm(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_focusllm"));
